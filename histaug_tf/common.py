@@ -1,0 +1,76 @@
+"""Small helpers shared by every layer: user-facing errors, the absl entry wrapper, progress.
+
+This module imports nothing else from the package, so every layer may use it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+class UserError(Exception):
+    """A problem with the user's input. Entry points print it as one line and exit 1.
+
+    The message should name the file (or flag) and the problem, e.g.
+    ``UserError(f"{path}: key 'x' has shape (10, 64, 64, 3), expected (N, 96, 96, 3)")``.
+    """
+
+
+def run_main(main_fn):
+    """Wrap an absl ``main(argv)`` so a ``UserError`` becomes one line on stderr and exit code 1."""
+
+    def wrapped(argv):
+        try:
+            return main_fn(argv)
+        except UserError as e:
+            msg = " ".join(str(e).split("\n"))
+            print(f"error: {msg}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    return wrapped
+
+
+class Progress:
+    """A minimal progress line on stderr: ``label  done/total  items/s  eta``.
+
+    Prints at most every ``interval`` seconds (and once at close). Silent when ``quiet``.
+    """
+
+    def __init__(self, total: int | None, label: str = "", unit: str = "img",
+                 interval: float = 2.0, quiet: bool | None = None):
+        self.total = total
+        self.label = label
+        self.unit = unit
+        self.interval = interval
+        self.quiet = bool(os.environ.get("HISTAUG_QUIET")) if quiet is None else quiet
+        self.done = 0
+        self.t0 = time.monotonic()
+        self._last = 0.0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._print(now)
+
+    def rate(self) -> float:
+        dt = time.monotonic() - self.t0
+        return self.done / dt if dt > 0 else 0.0
+
+    def _print(self, now: float, final: bool = False) -> None:
+        if self.quiet:
+            return
+        dt = max(now - self.t0, 1e-9)
+        rate = self.done / dt
+        tot = f"/{self.total}" if self.total else ""
+        eta = ""
+        if self.total and rate > 0 and not final:
+            eta = f"  eta {max(self.total - self.done, 0) / rate:.0f}s"
+        end = "\n" if final else "\r"
+        print(f"{self.label} {self.done}{tot} {self.unit}  {rate:.1f} {self.unit}/s  {dt:.1f}s{eta}",
+              end=end, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._print(time.monotonic(), final=True)
