@@ -67,7 +67,7 @@ def _small_cnn(inputs, widths=(16, 32, 64), dropout=0.2):
     for i, w in enumerate(widths):
         for j in range(2):
             x = layers.Conv2D(w, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
-            x = layers.BatchNormalization(name=f"bn{i}_{j}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}_{j}")(x)
             x = layers.ReLU(name=f"relu{i}_{j}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)

@@ -100,9 +100,12 @@ def predict_probs(model, dataset):
     """Run ``model`` (logits) over a finite dataset; return (labels, probabilities, keys)."""
     import tensorflow as tf
 
-    @tf.function
-    def step(x):
-        return tf.sigmoid(tf.cast(model(x, training=False), tf.float32))[:, 0]
+    step = getattr(model, "_histaug_predict_step", None)
+    if step is None:
+        @tf.function(reduce_retracing=True)
+        def step(x):
+            return tf.sigmoid(tf.cast(model(x, training=False), tf.float32))[:, 0]
+        model._histaug_predict_step = step
 
     ys, ps, ks = [], [], []
     for elem in dataset:
@@ -113,7 +116,10 @@ def predict_probs(model, dataset):
             ks.append(np.asarray(k).reshape(-1))
     if not ys:
         raise UserError("evaluation split is empty")
-    keys = np.concatenate(ks) if ks else np.arange(sum(len(y) for y in ys)).astype(bytes)
+    if ks:
+        keys = np.asarray([bytes(k) for k in np.concatenate(ks)], dtype="S")
+    else:
+        keys = np.arange(sum(len(y) for y in ys)).astype("S")
     return np.concatenate(ys).astype(np.int64), np.concatenate(ps).astype(np.float64), keys
 
 
@@ -135,6 +141,29 @@ def _worker_info(strategy):
 
 
 # ----------------------------------------------------------------------------- main function
+
+def training_plan(real_counts, syn_counts, ratio: float, batch_size: int, balance: str,
+                  min_steps_per_epoch: int = 1):
+    """Class weights and steps per epoch of a (mixed) training stream.
+
+    The stream's class shares are p = (1 - ratio) · p_real + ratio · p_synthetic; with
+    ``balance='class_weight'`` class c gets weight 1 / (K · p_c) (so every class contributes equally
+    to the loss in expectation), otherwise 1. One epoch covers the real examples once:
+    ceil(n_real / (1 - ratio) / batch) steps.
+    """
+    real_counts = np.asarray(real_counts, np.float64)
+    syn_counts = np.asarray(syn_counts, np.float64)
+    k = real_counts.size
+    p_real = real_counts / real_counts.sum()
+    p_syn = syn_counts / syn_counts.sum() if syn_counts.sum() else np.zeros(k)
+    p_mix = (1 - ratio) * p_real + ratio * p_syn
+    if balance == "class_weight":
+        class_w = np.where(p_mix > 0, 1.0 / (k * np.maximum(p_mix, 1e-12)), 0.0)
+    else:
+        class_w = np.ones(k)
+    steps = max(int(min_steps_per_epoch), math.ceil(real_counts.sum() / (1 - ratio) / batch_size))
+    return class_w, steps
+
 
 def _atomic_save_weights(model, path):
     d = os.path.dirname(path)
@@ -222,16 +251,8 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
         else:
             ratio = 0.5 if synthetic_ratio is None else float(synthetic_ratio)
 
-    # Class shares of the training stream → class weights.
-    p_real = real_counts / real_counts.sum()
-    p_syn = syn_counts / syn_counts.sum() if syn_counts.sum() else np.zeros(k)
-    p_mix = (1 - ratio) * p_real + ratio * p_syn
-    if balance == "class_weight":
-        class_w = np.where(p_mix > 0, 1.0 / (k * np.maximum(p_mix, 1e-12)), 0.0)
-    else:
-        class_w = np.ones(k)
-
-    steps_per_epoch = max(min_steps_per_epoch, math.ceil(n_real / (1 - ratio) / batch_size))
+    class_w, steps_per_epoch = training_plan(real_counts, syn_counts, ratio, batch_size, balance,
+                                             min_steps_per_epoch)
     opts = dict(out_dir=out_dir, train_data=train_data, synthetic_data=synthetic_data,
                 synthetic_ratio=synthetic_ratio, synthetic_count=synthetic_count,
                 effective_synthetic_ratio=ratio, val_data=val_data, test_data=test_data,
@@ -330,7 +351,8 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, "tb"),
                                                      write_graph=False, profile_batch=0))
-    model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0)
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0,
+              shuffle=False)
     if state["weights"] is not None:
         model.set_weights(state["weights"])
     train_seconds = time.time() - t_start
