@@ -145,11 +145,11 @@ class Synthesizer:
 
 def resolve_snapshot(path: str) -> str:
     """A ``.keras`` snapshot path, or a run directory meaning its latest snapshot."""
-    from histaug_tf.gan import snapshot
-
     if not path:
         raise UserError("--network: empty path")
     if os.path.isdir(path):
+        from histaug_tf.gan import snapshot
+
         try:
             p = snapshot.latest_snapshot(path)
         except UserError:
@@ -166,9 +166,9 @@ def resolve_snapshot(path: str) -> str:
 
 def load_generator(path: str):
     """(G_ema, metadata, snapshot_path) of a snapshot file or run directory."""
+    p = resolve_snapshot(path)
     from histaug_tf.gan import snapshot
 
-    p = resolve_snapshot(path)
     try:
         snap = snapshot.load_snapshot(p)
     except UserError:

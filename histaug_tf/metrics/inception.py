@@ -45,11 +45,13 @@ class InceptionFeatures:
 
     def __init__(self, weights=None, seed: int = 0, resolution: int = 299, batch_size: int = 64,
                  jit_compile: bool = False):
+        if weights not in (None, "random", "imagenet") and not os.path.isfile(os.fspath(weights)):
+            raise UserError(f"{os.fspath(weights)}: Inception weights file not found")
+        if resolution < 75:
+            raise UserError(f"--inception_resolution={resolution}: InceptionV3 needs at least 75")
         import keras
         import tensorflow as tf
 
-        if resolution < 75:
-            raise UserError(f"--inception_resolution={resolution}: InceptionV3 needs at least 75")
         self.resolution = int(resolution)
         self.batch_size = int(batch_size)
         shape = (self.resolution, self.resolution, 3)
