@@ -108,6 +108,32 @@ def test_reflect_pad_matches_numpy_including_multiple_folds():
         np.testing.assert_array_equal(A.reflect_pad(x, py, px).numpy(), want)
 
 
+def test_warp_matrices_equal_reflect_pad_plus_upfirdn2d():
+    from histaug_tf.ops import upfirdn2d as U
+    pipe = A.make_augment_pipe("bgcf")
+    x = np.random.default_rng(4).normal(size=(2, 6, 10, 3)).astype(np.float32)
+    up_y, up_x, down_y, down_x = pipe._geom_matrices(6, 10)
+    hz = U.setup_filter(A._SYM6)
+    want = U.upsample2d(A.reflect_pad(x, 5, 9), hz, up=2).numpy()
+    np.testing.assert_allclose(A._apply_rows_cols(x, up_y, up_x).numpy(), want, rtol=1e-5, atol=1e-5)
+    z = np.random.default_rng(5).normal(size=(2, 2 * 6 + 12, 2 * 10 + 12, 3)).astype(np.float32)
+    want = U.downsample2d(z, hz, down=2, padding=-6, flip_filter=True).numpy()
+    np.testing.assert_allclose(A._apply_rows_cols(z, down_y, down_x).numpy(), want, rtol=1e-5, atol=1e-5)
+    # imgfilter: the per-image matrices equal reflect padding + 'valid' correlation with the taps.
+    sy, sx = pipe._filter_shifts(6, 10)
+    taps = sy.shape[0]
+    filt = np.random.default_rng(6).normal(size=(2, taps)).astype(np.float32)
+    got = A._apply_rows_cols(x, tf.einsum("bk,kij->bij", filt, sy), tf.einsum("bk,kij->bij", filt, sx)).numpy()
+    xp = np.pad(x, ((0, 0), (taps // 2,) * 2, (taps // 2,) * 2, (0, 0)), mode="reflect")
+    want = np.zeros_like(x)
+    for n in range(2):
+        for i in range(6):
+            for j in range(10):
+                win = xp[n, i:i + taps, j:j + taps]
+                want[n, i, j] = np.einsum("a,b,abc->c", filt[n], filt[n], win)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------ geometric ops, one at a time
 def test_xflip_rate_and_form():
     g = _geom(xflip=1)

@@ -175,6 +175,60 @@ def bilinear_sample(images, x, y):
     return out
 
 
+def _reflect_matrix(n, pad):
+    """[n + 2 pad, n] 0/1 matrix: reflection padding (folding repeatedly) as a linear map."""
+    idx = np.arange(-pad, n + pad)
+    if n > 1:
+        period = 2 * (n - 1)
+        idx = np.mod(idx, period)
+        idx = np.where(idx > n - 1, period - idx, idx)
+    else:
+        idx = np.zeros_like(idx)
+    m = np.zeros([idx.size, n], np.float64)
+    m[np.arange(idx.size), idx] = 1
+    return m
+
+
+def _upsample_matrix(n, f):
+    """[2n, n] matrix of 1-D ``upsample2d(x, f, up=2)`` (one axis; f normalised, gain 2 per axis).
+
+    upsample2d pads (taps+1)//2 before, zero-inserts and convolves: out[o] = sum_i g[o + p0 - 1 - 2i + ...];
+    written out: out[o] = sum_i 2 f[o + (taps - 1) - p0 - 2 i] x[i], p0 = (taps + 1) // 2.
+    """
+    taps = len(f)
+    p0 = (taps + 1) // 2
+    m = np.zeros([2 * n, n], np.float64)
+    for o in range(2 * n):
+        for i in range(n):
+            j = o + taps - 1 - p0 - 2 * i
+            if 0 <= j < taps:
+                m[o, i] = 2 * f[j]
+    return m
+
+
+def _downsample_matrix(n_out, f, crop):
+    """[n_out, 2 n_out + 2 crop] matrix of 1-D ``downsample2d(x, f, down=2, padding=-crop,
+    flip_filter=True)`` (correlation, f normalised): out[k] = sum_j f[j] x[2k + j + p0], with
+    p0 = (taps - 1) // 2 - crop the (negative = crop) padding before."""
+    taps = len(f)
+    p0 = (taps - 2 + 1) // 2 - crop
+    n_in = 2 * n_out + 2 * crop
+    m = np.zeros([n_out, n_in], np.float64)
+    for k in range(n_out):
+        for j in range(taps):
+            src = 2 * k + j - p0
+            if 0 <= src < n_in:
+                m[k, src] += f[j]
+    return m
+
+
+def _apply_rows_cols(x, my, mx):
+    """``my @ x @ mx^T`` on the H and W axes of NHWC ``x`` (my: [H', H] or [B, H', H], same for mx)."""
+    x = tf.einsum("bhwc,vw->bhvc", x, mx) if mx.shape.rank == 2 else tf.einsum("bhwc,bvw->bhvc", x, mx)
+    x = tf.einsum("bhwc,uh->buwc", x, my) if my.shape.rank == 2 else tf.einsum("bhwc,buh->buwc", x, my)
+    return x
+
+
 def _build_filter_bank():
     """The imgfilter bank: 4 bands (DC..highest octave) built from the sym2 wavelet.
 
@@ -242,6 +296,8 @@ class AugmentPipe(tf.Module):
         self._hz_fbank = _build_filter_bank()
         assert len(self.imgfilter_bands) == self._hz_fbank.shape[0]
         self._gen = tf.random.Generator.from_seed(int(seed)) if seed is not None else None
+        self._geom_cache = {}
+        self._filter_cache = {}
 
     # ---------------------------------------------------------------- random numbers
     def _uniform(self, shape):
@@ -347,15 +403,31 @@ class AugmentPipe(tf.Module):
         warped = tf.cond(tf.reduce_any(active), lambda: self._warp(x, g_inv, h, w), lambda: x)
         return tf.where(active[:, None, None, None], warped, x)
 
+    def _geom_matrices(self, h, w):
+        """Constant matrices of the warp's linear stages, built once per image size (NumPy)."""
+        key = (h, w)
+        if key not in self._geom_cache:
+            hz = self._hz_geom
+            hz_pad = hz.size // 4
+            # Reflect-pad by the reference's largest margin (size - 1), then 2x upsample: one matrix.
+            up_y = _upsample_matrix(3 * h - 2, hz) @ _reflect_matrix(h, h - 1)
+            up_x = _upsample_matrix(3 * w - 2, hz) @ _reflect_matrix(w, w - 1)
+            down_y = _downsample_matrix(h, hz, 2 * hz_pad)
+            down_x = _downsample_matrix(w, hz, 2 * hz_pad)
+            self._geom_cache[key] = [m.astype(np.float32) for m in (up_y, up_x, down_y, down_x)]
+        return [tf.constant(m) for m in self._geom_cache[key]]  # NumPy cache: no tensors leak across graphs
+
     def _warp(self, x, g_inv, h, w):
-        """Resample ``x`` with the inverse transforms ``g_inv`` ([B, 3, 3], centred pixel coords)."""
-        hz = self._hz_geom
-        hz_pad = hz.shape[0] // 4
-        # Reflect-pad by the reference's largest margin (size - 1); symmetric, so the centre stays.
-        my, mx = h - 1, w - 1
-        x = reflect_pad(x, my, mx)
-        x = upfirdn2d.upsample2d(x, hz, up=2)
-        hi, wi = int(x.shape[1]), int(x.shape[2])
+        """Resample ``x`` with the inverse transforms ``g_inv`` ([B, 3, 3], centred pixel coords).
+
+        reflect-pad (size - 1) -> upsample2d(sym6) -> bilinear sample -> downsample2d(sym6, crop),
+        with the padding/upsampling and the downsampling done as constant matrices along H and W
+        (the same numbers as ``upfirdn2d``; tested against it).
+        """
+        hz_pad = self._hz_geom.size // 4
+        up_y, up_x, down_y, down_x = self._geom_matrices(h, w)
+        x = _apply_rows_cols(x, up_y, up_x)
+        hi, wi = 2 * (3 * h - 2), 2 * (3 * w - 2)
         # The transform in the upsampled image's centred coordinates (as the reference composes it).
         s2, s2_inv = _const_matrix(np.diag([2, 2, 1])), _const_matrix(np.diag([0.5, 0.5, 1]))
         t_half = _const_matrix([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])
@@ -370,7 +442,7 @@ class AugmentPipe(tf.Module):
         sx = tf.reshape(src[:, 0] + (wi - 1) / 2, [-1, ho, wo])
         sy = tf.reshape(src[:, 1] + (hi - 1) / 2, [-1, ho, wo])
         x = bilinear_sample(x, sx, sy)
-        return upfirdn2d.downsample2d(x, hz, down=2, padding=-hz_pad * 2, flip_filter=True)
+        return _apply_rows_cols(x, down_y, down_x)
 
     def _color(self, x, b, c, p):
         use_rgb = c > 1
@@ -439,18 +511,27 @@ class AugmentPipe(tf.Module):
             g = g * t
             active |= gate
         filt = g @ tf.constant(bank)  # [B, taps]; symmetric, so correlation == convolution
-        pad = taps // 2
-        y = reflect_pad(x, pad, pad)
-        acc = None
-        for k in range(taps):  # along x
-            term = y[:, :, k:k + w, :] * filt[:, k, None, None, None]
-            acc = term if acc is None else acc + term
-        y = acc
-        acc = None
-        for k in range(taps):  # along y
-            term = y[:, k:k + h, :, :] * filt[:, k, None, None, None]
-            acc = term if acc is None else acc + term
-        return tf.where(active[:, None, None, None], acc, x)
+        shift_y, shift_x = self._filter_shifts(h, w)
+        # Per image, filtering along an axis (after reflection padding) is a matrix sum_k filt[k] S_k.
+        my = tf.einsum("bk,kij->bij", filt, shift_y)
+        mx = tf.einsum("bk,kij->bij", filt, shift_x)
+        y = _apply_rows_cols(x, my, mx)
+        return tf.where(active[:, None, None, None], y, x)
+
+    def _filter_shifts(self, h, w):
+        """[taps, n, n] constants: tap k of the 'same' filter after reflection padding by taps // 2."""
+        key = (h, w)
+        if key not in self._filter_cache:
+            taps = self._hz_fbank.shape[1]
+            pad = taps // 2
+            mats = []
+            for n in (h, w):
+                shifts = np.zeros([taps, n, n + 2 * pad])
+                for k in range(taps):
+                    shifts[k, np.arange(n), np.arange(n) + k] = 1
+                mats.append((shifts @ _reflect_matrix(n, pad)).astype(np.float32))
+            self._filter_cache[key] = mats
+        return [tf.constant(m) for m in self._filter_cache[key]]
 
 
 def make_augment_pipe(name="bgc", p=0.0, seed=None, **overrides):
