@@ -98,7 +98,7 @@ _MODULE_SRC = "# stand-in for the module source NVlabs embeds; it must never be 
 
 def torch_storage_bytes(arr, key="140000000000000"):
     """A legacy torch.save stream of one FloatStorage holding ``arr`` (what _load_from_bytes gets)."""
-    arr = np.ascontiguousarray(arr, dtype="<f4").reshape(-1)
+    arr = np.array(arr, dtype="<f4", order="C").reshape(-1)
     buf = io.BytesIO()
     for obj in (0x1950A86A20F9469CFC6C, 1001,
                 {"protocol_version": 1001, "little_endian": True,
@@ -116,7 +116,7 @@ def torch_storage_bytes(arr, key="140000000000000"):
 def torch_tensor(arr, parameter=True):
     arr = np.asarray(arr, dtype=np.float32)
     shape = tuple(arr.shape)
-    stride = tuple(int(s) // 4 for s in np.ascontiguousarray(arr).strides) if arr.ndim else ()
+    stride = tuple(int(s) // 4 for s in np.array(arr, order="C").strides)
     storage = Reduce(GlobalRef("torch.storage", "_load_from_bytes"), (torch_storage_bytes(arr),))
     t = Reduce(GlobalRef("torch._utils", "_rebuild_tensor_v2"),
                (storage, 0, shape, stride, parameter, Reduce(_ORDERED_DICT, ())))
@@ -320,7 +320,7 @@ def random_weights(shapes, rng):
 
 def _np_array(arr):
     """A NumPy array pickled the way NumPy 1.x pickles it (numpy.core.multiarray._reconstruct)."""
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.array(arr, dtype=np.float32, order="C")  # (ascontiguousarray would make 0-d 1-d)
     dtype = Reduce(GlobalRef("numpy", "dtype"), ("f4", False, True),
                    (3, "<", None, None, None, -1, -1, 0))
     return Reduce(GlobalRef("numpy.core.multiarray", "_reconstruct"),
