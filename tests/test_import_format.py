@@ -49,6 +49,7 @@ def test_pytorch_structure_roundtrip(tmp_path, c_dim):
         got = data[key].params
         assert set(got) == set(ref), key
         for name in ref:
+            assert got[name].shape == ref[name].shape, (key, name)
             np.testing.assert_array_equal(got[name], ref[name], err_msg=f"{key} {name}")
     kw = data["G"].kwargs
     assert (kw["z_dim"], kw["c_dim"], kw["w_dim"], kw["img_resolution"]) == (6, c_dim, 8, 16)
@@ -72,6 +73,7 @@ def test_tf1_structure_gives_same_pytorch_layout_weights(tmp_path):
         got = data[key].params
         assert set(got) == set(ref), (key, set(got) ^ set(ref))
         for name in ref:
+            assert got[name].shape == ref[name].shape, (key, name)
             np.testing.assert_allclose(got[name], ref[name], rtol=0, atol=1e-6,
                                        err_msg=f"{key} {name}")
     gk = data["G_ema"].kwargs
