@@ -1,0 +1,220 @@
+"""Evaluation of a binary classifier's scores on a test split.
+
+Pure NumPy / SciPy / scikit-learn (no TensorFlow), so it can be imported and tested on its own.
+
+* ``roc_auc(y, s)`` — the area under the ROC curve, the Mann-Whitney statistic with ties counted 1/2.
+* ``delong_components(y, s)`` — DeLong's structural components V10 (one per positive: the fraction of
+  negatives it out-scores) and V01 (one per negative), computed in O(n log n) with midranks
+  (Sun & Xu, IEEE Signal Processing Letters 21(11), 2014).
+* ``delong_variance(y, s)``, ``delong_ci(y, s)`` and ``delong_test(y, s1, s2)`` — the variance of an
+  AUC and the two-sided test of AUC1 = AUC2 for two classifiers scored on the same test set
+  (DeLong, DeLong & Clarke-Pearson, Biometrics 44, 1988).
+* ``bootstrap_auc_ci(y, s)`` — a percentile bootstrap interval, resampling within each class
+  (stratified), so every replicate has both classes.
+* ``classification_metrics(y, prob, threshold)`` — accuracy, balanced accuracy, confusion matrix and
+  per-class precision/recall/F1/support at a threshold on the positive-class probability.
+* ``evaluate_scores(...)`` — all of the above as one JSON-serialisable dict (what ``metrics.json``
+  holds); ``plot_roc(path, curves)`` — ROC curves as a PNG; ``write_json_atomic(path, obj)``.
+
+Convention: label 1 is the positive (tumour) class; higher scores mean "more likely 1".
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+from scipy import stats
+
+
+def _check(y, s):
+    y = np.asarray(y).reshape(-1)
+    s = np.asarray(s, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or infinity")
+    u = np.unique(y)
+    if not np.all(np.isin(u, [0, 1])):
+        raise ValueError(f"labels must be 0/1, got values {u.tolist()[:5]}")
+    pos = y == 1
+    if pos.all() or (~pos).all():
+        raise ValueError("the AUC needs both classes in the labels")
+    return y.astype(np.int64), s, pos
+
+
+def roc_auc(y, s) -> float:
+    """ROC AUC = P(score of a positive > score of a negative) + 1/2 P(tie)."""
+    return float(delong_components(y, s)[0])
+
+
+def delong_components(y, s):
+    """Return ``(auc, v10, v01)``: V10 has one entry per positive, V01 one per negative.
+
+    V10[i] = mean_j psi(X_i, Y_j), V01[j] = mean_i psi(X_i, Y_j) with psi(x, y) = 1 if x > y,
+    1/2 if x == y, else 0 (X positives, Y negatives). AUC = mean(V10) = mean(V01).
+    """
+    _, s, pos = _check(y, s)
+    x, yneg = s[pos], s[~pos]
+    m, n = x.size, yneg.size
+    tx = stats.rankdata(x)                           # midranks among positives
+    ty = stats.rankdata(yneg)                        # midranks among negatives
+    tz = stats.rankdata(np.concatenate([x, yneg]))   # midranks among all
+    v10 = (tz[:m] - tx) / n           # negatives below each positive (+1/2 per tie)
+    v01 = 1.0 - (tz[m:] - ty) / m     # positives above each negative (+1/2 per tie)
+    auc = v10.mean()
+    return auc, v10, v01
+
+
+def _cov_components(v10s, v01s):
+    """Covariance matrix of the AUC estimates from stacked components [k, m] and [k, n]."""
+    m, n = v10s.shape[1], v01s.shape[1]
+    s10 = np.atleast_2d(np.cov(v10s)) if m > 1 else np.zeros((len(v10s),) * 2)
+    s01 = np.atleast_2d(np.cov(v01s)) if n > 1 else np.zeros((len(v01s),) * 2)
+    return s10 / m + s01 / n
+
+
+def delong_variance(y, s) -> float:
+    """DeLong's variance of the empirical AUC: S10/m + S01/n (sample variances, ddof=1)."""
+    _, v10, v01 = delong_components(y, s)
+    return float(_cov_components(v10[None], v01[None])[0, 0])
+
+
+def delong_ci(y, s, alpha: float = 0.05):
+    """Normal-approximation (1-alpha) interval from DeLong's variance, clipped to [0, 1]."""
+    auc, v10, v01 = delong_components(y, s)
+    se = float(np.sqrt(_cov_components(v10[None], v01[None])[0, 0]))
+    z = stats.norm.ppf(1 - alpha / 2)
+    return max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def delong_test(y, s1, s2) -> dict:
+    """Two-sided DeLong test of AUC(s1) == AUC(s2) on the same labelled test set.
+
+    Returns a dict: auc1, auc2, var1, var2, cov, z, p_value. z = (auc1 - auc2) / sqrt(var1 + var2
+    - 2 cov); p = 2 (1 - Phi(|z|)). When the difference has zero variance (identical rankings),
+    z = 0 and p = 1 if the AUCs are equal.
+    """
+    a1, v10a, v01a = delong_components(y, s1)
+    a2, v10b, v01b = delong_components(y, s2)
+    c = _cov_components(np.stack([v10a, v10b]), np.stack([v01a, v01b]))
+    var_diff = c[0, 0] + c[1, 1] - 2 * c[0, 1]
+    diff = a1 - a2
+    if var_diff <= 1e-300:
+        z = 0.0 if abs(diff) < 1e-15 else float(np.sign(diff) * np.inf)
+    else:
+        z = diff / np.sqrt(var_diff)
+    p = float(2 * stats.norm.sf(abs(z)))
+    return {"auc1": float(a1), "auc2": float(a2), "var1": float(c[0, 0]), "var2": float(c[1, 1]),
+            "cov": float(c[0, 1]), "z": float(z), "p_value": p}
+
+
+def bootstrap_aucs(y, s, n_boot: int = 1000, seed: int = 0, chunk: int = 256) -> np.ndarray:
+    """AUCs of ``n_boot`` stratified bootstrap replicates (positives and negatives resampled apart)."""
+    _, s, pos = _check(y, s)
+    x, yneg = s[pos], s[~pos]
+    m, n = x.size, yneg.size
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        xb = x[rng.integers(0, m, size=(b, m))]
+        yb = yneg[rng.integers(0, n, size=(b, n))]
+        ranks = stats.rankdata(np.concatenate([xb, yb], axis=1), axis=1)
+        out[start:start + b] = (ranks[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
+    return out
+
+
+def bootstrap_auc_ci(y, s, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0):
+    """Percentile bootstrap (1-alpha) interval of the AUC (stratified resampling)."""
+    aucs = bootstrap_aucs(y, s, n_boot=n_boot, seed=seed)
+    lo, hi = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def classification_metrics(y, prob, threshold: float = 0.5, label_names=("normal", "tumour")) -> dict:
+    """Metrics of the hard decision ``prob >= threshold`` (prob: probability of class 1)."""
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
+                                 precision_recall_fscore_support)
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    pred = (np.asarray(prob, dtype=np.float64).reshape(-1) >= threshold).astype(np.int64)
+    labels = list(range(len(label_names)))
+    p, r, f, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    per_class = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                        "support": int(sup[i])} for i, name in enumerate(label_names)}
+    return {
+        "threshold": float(threshold),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),  # rows true, cols pred
+        "per_class": per_class,
+    }
+
+
+def evaluate_scores(y, prob, *, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
+                    alpha: float = 0.05, label_names=("normal", "tumour")) -> dict:
+    """Everything ``metrics.json`` reports for one classifier on one test set."""
+    y, s, _ = _check(y, prob)
+    auc = roc_auc(y, s)
+    lo, hi = bootstrap_auc_ci(y, s, n_boot=n_boot, alpha=alpha, seed=seed)
+    dlo, dhi = delong_ci(y, s, alpha=alpha)
+    out = {"num_examples": int(y.size), "auc": auc, "auc_ci": [lo, hi],
+           "auc_ci_method": f"stratified percentile bootstrap, {n_boot} replicates, {1 - alpha:.0%}",
+           "auc_ci_delong": [dlo, dhi], "auc_se_delong": float(np.sqrt(delong_variance(y, s)))}
+    out.update(classification_metrics(y, s, threshold=threshold, label_names=label_names))
+    return out
+
+
+def write_json_atomic(path, obj) -> None:
+    """Write JSON to a temporary file in the same directory, then rename it over ``path``."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plot_roc(path, curves, title: str = "ROC") -> None:
+    """Write ROC curves to a PNG (atomically). ``curves``: iterable of (label, y_true, scores)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
+    for label, y, s in curves:
+        fpr, tpr, _ = roc_curve(np.asarray(y).reshape(-1), np.asarray(s).reshape(-1))
+        ax.plot(fpr, tpr, lw=1.5, label=f"{label} (AUC {roc_auc(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
