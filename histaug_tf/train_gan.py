@@ -6,7 +6,7 @@
 
 Rerunning the same command resumes from the latest checkpoint in --outdir.
 """
-from absl import app, flags
+from absl import app, flags, logging
 
 from histaug_tf.common import run_main
 
@@ -61,6 +61,8 @@ flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files.")
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TF's INFO chatter (checkpoint sharding, ...)
     from histaug_tf.gan.launch import launch
     launch(data=FLAGS.data, outdir=FLAGS.outdir, cfg=FLAGS.cfg, resolution=FLAGS.resolution,
            resize=FLAGS.resize, mirror=FLAGS.mirror, cond=FLAGS.cond,

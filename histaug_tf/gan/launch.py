@@ -163,7 +163,11 @@ def launch(**flags):
 
     make_pipe = None
     if opts["aug"] != "noaug":
-        from histaug_tf.gan import augment
+        try:
+            from histaug_tf.gan import augment
+        except ImportError as e:
+            raise UserError(f"--aug={opts['aug']}: the augment pipe is not available ({e}); "
+                            "use --aug=noaug") from None
         make_pipe = lambda: augment.make_augment_pipe(opts["augpipe"])  # noqa: E731
 
     def input_fn(nw, wi, worker_batch, seed):
