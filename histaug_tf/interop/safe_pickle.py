@@ -1,0 +1,490 @@
+"""A restricted unpickler for NVlabs StyleGAN2-ADA network pickles (TF1 and PyTorch).
+
+NVlabs' own loaders execute the Python source embedded in these pickles (``build_module_src`` of
+``dnnlib.tflib.network.Network``; ``module_src`` of ``torch_utils.persistence`` objects) and resolve
+any global the pickle names. A pickle from the internet must never run code here, so this module:
+
+* resolves only the handful of globals the two formats need (see ``ALLOWED_GLOBALS``) — each one is
+  mapped to a local, inert stand-in (a stub class that only stores its state, or a function that
+  only builds NumPy arrays). Any other global (``os.system``, ``builtins.eval``, ...) is refused
+  with :class:`UnsafePickleError` *before* anything is called;
+* never executes, compiles or imports embedded source code: it is kept only as its SHA-256 and
+  length, for provenance;
+* reads PyTorch tensor storages itself (the legacy ``torch.save`` stream that
+  ``TypedStorage.__reduce__`` embeds, and the zip format), so ``torch`` is not needed;
+* accepts only numeric NumPy dtypes (no object arrays).
+
+Format facts (read from NVlabs/stylegan2-ada ``dnnlib/tflib/network.py`` and
+NVlabs/stylegan2-ada-pytorch ``torch_utils/persistence.py``, ``training/training_loop.py`` and
+PyTorch's ``torch/storage.py``, ``torch/serialization.py``):
+
+* TF1: ``pickle.dump((G, D, Gs), f)``; each ``Network`` pickles as NEWOBJ of
+  ``dnnlib.tflib.network.Network`` + BUILD with a state dict ``{version, name, static_kwargs,
+  components, build_module_src, build_func_name, variables: [(name, ndarray)], input_shapes, ...}``.
+* PyTorch: ``pickle.dump(dict(G=..., D=..., G_ema=..., augment_pipe=..., training_set_kwargs=...))``;
+  each persistent module pickles as ``torch_utils.persistence._reconstruct_persistent_obj(meta)``
+  with ``meta = {type, version, module_src, class_name, state}`` where ``state`` is the module's
+  ``__dict__`` (``_parameters``, ``_buffers``, ``_modules``, ``_init_kwargs``, ...). Tensors pickle as
+  ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, meta])``
+  (parameters wrapped in ``torch._utils._rebuild_parameter``), and each storage as
+  ``torch.storage._load_from_bytes(b)`` where ``b`` is a complete legacy ``torch.save`` stream.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+
+__all__ = [
+    "UnsafePickleError", "TFNetworkStub", "PersistentObjectStub", "EasyDictStub",
+    "safe_load", "safe_loads", "ALLOWED_GLOBALS",
+]
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle needs something this loader refuses (a disallowed global, object arrays, ...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Inert stand-ins for the classes the formats name.
+
+
+class TFNetworkStub:
+    """Stand-in for ``dnnlib.tflib.network.Network``: stores the pickled state, runs nothing.
+
+    Attributes: ``version``, ``name``, ``static_kwargs`` (dict), ``components`` (dict name ->
+    TFNetworkStub), ``build_func_name``, ``variables`` (list of (name, ndarray)),
+    ``module_src_sha256`` / ``module_src_len`` (the embedded ``build_module_src``, never executed).
+    """
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise UnsafePickleError("dnnlib.tflib.network.Network state is not a dict")
+        self.version = state.get("version")
+        self.name = state.get("name")
+        self.static_kwargs = dict(state.get("static_kwargs") or {})
+        self.components = dict(state.get("components") or {})
+        self.build_func_name = state.get("build_func_name")
+        src = state.get("build_module_src")
+        self.module_src_sha256, self.module_src_len = _src_digest(src)
+        self.variables = list(state.get("variables") or [])
+        self.input_shapes = state.get("input_shapes")
+        self.output_shapes = state.get("output_shapes")
+
+    def __repr__(self):
+        return f"TFNetworkStub(name={getattr(self, 'name', None)!r})"
+
+
+class PersistentObjectStub:
+    """Stand-in for an object rebuilt by ``torch_utils.persistence._reconstruct_persistent_obj``.
+
+    Attributes: ``class_name``, ``version``, ``state`` (the module's pickled ``__dict__``),
+    ``module_src_sha256`` / ``module_src_len`` (the embedded module source, never executed).
+    """
+
+    def __init__(self, meta):
+        if not isinstance(meta, dict):
+            raise UnsafePickleError("torch_utils.persistence object: meta is not a dict")
+        if meta.get("type") != "class":
+            raise UnsafePickleError(
+                f"torch_utils.persistence object of type {meta.get('type')!r} is not supported")
+        self.class_name = meta.get("class_name")
+        if not isinstance(self.class_name, str):
+            raise UnsafePickleError("torch_utils.persistence object without a class name")
+        self.version = meta.get("version")
+        self.module_src_sha256, self.module_src_len = _src_digest(meta.get("module_src"))
+        state = meta.get("state")
+        self.state = dict(state) if state is not None else {}
+
+    def __repr__(self):
+        return f"PersistentObjectStub({self.class_name})"
+
+
+class EasyDictStub(dict):
+    """Stand-in for ``dnnlib.util.EasyDict`` (a dict with attribute access): a plain dict here."""
+
+    def __setstate__(self, state):  # an EasyDict has no instance attributes of its own
+        pass
+
+
+def _src_digest(src):
+    if src is None:
+        return None, 0
+    if isinstance(src, str):
+        src = src.encode("utf-8", "surrogatepass")
+    if not isinstance(src, (bytes, bytearray)):
+        raise UnsafePickleError("embedded module source is not text")
+    return hashlib.sha256(src).hexdigest(), len(src)
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy reconstruction (TF1 pickles, NumPy scalars in PyTorch module attributes).
+
+_NUMERIC_KINDS = set("biufc")
+
+
+def _check_dtype(dt):
+    if not isinstance(dt, np.dtype) or dt.kind not in _NUMERIC_KINDS or dt.hasobject \
+            or dt.fields is not None or dt.subdtype is not None:
+        raise UnsafePickleError(f"only numeric NumPy dtypes are allowed, got {dt!r}")
+    return dt
+
+
+def _np_dtype(obj, align=False, copy=False):
+    if not isinstance(obj, (str, bytes)):
+        raise UnsafePickleError(f"numpy.dtype({obj!r}) is not allowed")
+    spec = obj.decode("ascii") if isinstance(obj, bytes) else obj
+    if len(spec) > 8 or not spec.replace("<", "").replace(">", "").replace("=", "").isalnum():
+        raise UnsafePickleError(f"numpy.dtype({obj!r}) is not allowed")
+    return _check_dtype(np.dtype(spec, bool(align), bool(copy)))
+
+
+def _np_reconstruct(subtype, shape, typecode):
+    if subtype is not _NDArrayMarker:
+        raise UnsafePickleError("numpy _reconstruct of a class other than numpy.ndarray")
+    if not isinstance(typecode, (bytes, str)) or len(typecode) != 1:
+        raise UnsafePickleError("numpy _reconstruct with an unexpected type code")
+    arr = np.ndarray.__new__(np.ndarray, tuple(shape), np.dtype(typecode))
+    return _ArrayUnderConstruction(arr)
+
+
+class _NDArrayMarker:
+    """What ``numpy.ndarray`` resolves to: usable only as the first argument of _reconstruct."""
+
+
+class _ArrayUnderConstruction:
+    """Receives ``ndarray.__setstate__`` (BUILD) with checked dtype, then is swapped for the array."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, arr):
+        self.array = arr
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise UnsafePickleError("unexpected ndarray state")
+        dt = state[-3]
+        _check_dtype(dt)
+        raw = state[-1]
+        if not isinstance(raw, (bytes, bytearray)):
+            raise UnsafePickleError("ndarray data is not raw bytes (object arrays are refused)")
+        self.array.__setstate__(state)
+
+
+def _np_scalar(dtype, data=None):
+    _check_dtype(dtype)
+    if isinstance(data, str):  # protocol 0/1 writes the bytes latin-1 decoded
+        data = data.encode("latin1")
+    if not isinstance(data, (bytes, bytearray)) or len(data) != dtype.itemsize:
+        raise UnsafePickleError("malformed numpy scalar")
+    return np.frombuffer(bytes(data), dtype=dtype)[0]
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    # Protocol 2 pickles bytes as _codecs.encode(str, 'latin1').
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("_codecs.encode is allowed only as protocol 2's bytes encoding")
+    return text.encode("latin1")
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch tensors and storages, read without torch.
+
+# storage class name -> (numpy dtype, is bfloat16)
+_TORCH_STORAGES = {
+    "FloatStorage": ("<f4", False), "DoubleStorage": ("<f8", False), "HalfStorage": ("<f2", False),
+    "BFloat16Storage": ("<u2", True), "LongStorage": ("<i8", False), "IntStorage": ("<i4", False),
+    "ShortStorage": ("<i2", False), "CharStorage": ("i1", False), "ByteStorage": ("u1", False),
+    "BoolStorage": ("?", False),
+}
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+        self.dtype, self.bfloat16 = _TORCH_STORAGES[name]
+
+
+class _Storage:
+    """A storage read from the file: a flat NumPy array (bfloat16 kept as its uint16 bits)."""
+
+    def __init__(self, data, bfloat16):
+        self.data = data
+        self.bfloat16 = bfloat16
+
+
+def _storage_from_persistent_id(pid, read_bytes):
+    if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
+        raise UnsafePickleError(f"unexpected persistent id {pid!r:.80}")
+    stype, key, _location, numel = pid[1:5]
+    view = pid[5] if len(pid) > 5 else None
+    if not isinstance(stype, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+        raise UnsafePickleError("malformed storage reference")
+    data = read_bytes(key, stype, numel)
+    if view is not None:
+        _vkey, offset, size = view
+        data = data[offset:offset + size]
+    return _Storage(data, stype.bfloat16)
+
+
+def _load_storage_from_bytes(payload):
+    """``torch.storage._load_from_bytes``: parse the embedded ``torch.save`` stream into a _Storage."""
+    if not isinstance(payload, (bytes, bytearray)):
+        raise UnsafePickleError("torch.storage._load_from_bytes of non-bytes")
+    payload = bytes(payload)
+    if payload[:4] == b"PK\x03\x04":
+        obj = _load_torch_zip(io.BytesIO(payload))
+    else:
+        obj = _load_torch_legacy(io.BytesIO(payload))
+    if not isinstance(obj, _Storage):
+        raise UnsafePickleError("embedded torch.save stream does not hold a single storage")
+    return obj
+
+
+_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _load_torch_legacy(f):
+    """The legacy (non-zip) ``torch.save`` stream: magic, protocol, sys_info, object, keys, data."""
+    magic = _Unpickler(f).load()
+    if magic != _TORCH_MAGIC:
+        raise UnsafePickleError("embedded storage is not a torch.save stream (bad magic number)")
+    proto = _Unpickler(f).load()
+    if proto != 1001:
+        raise UnsafePickleError(f"unsupported torch.save protocol {proto!r}")
+    sys_info = _Unpickler(f).load()
+    little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
+    refs = []
+
+    def read_later(key, stype, numel):
+        holder = np.empty(0, dtype=stype.dtype)
+        refs.append((key, stype, numel, holder))
+        return holder
+
+    obj_unpickler = _Unpickler(f, persistent_load=lambda pid: _storage_from_persistent_id(
+        pid, read_later))
+    obj = obj_unpickler.load()
+    keys = _Unpickler(f).load()
+    if not isinstance(keys, list):
+        raise UnsafePickleError("malformed torch.save stream (storage key list)")
+    data_by_key = {}
+    for key in keys:
+        head = f.read(8)
+        if len(head) != 8:
+            raise UnsafePickleError("truncated torch storage")
+        (numel,) = struct.unpack("<q" if little else ">q", head)
+        stype = next((r[1] for r in refs if r[0] == key), None)
+        if stype is None:
+            raise UnsafePickleError("torch storage without a reference")
+        dt = np.dtype(stype.dtype).newbyteorder("<" if little else ">")
+        nbytes = numel * dt.itemsize
+        raw = f.read(nbytes)
+        if numel < 0 or len(raw) != nbytes:
+            raise UnsafePickleError("truncated torch storage")
+        data_by_key[key] = np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
+    return _resolve_storage_refs(obj, refs, data_by_key)
+
+
+def _resolve_storage_refs(obj, refs, data_by_key):
+    # The only objects pickled in an embedded stream are storages: swap in the data read.
+    if isinstance(obj, _Storage):
+        for key, _stype, _numel, holder in refs:
+            if obj.data is holder:
+                if key not in data_by_key:
+                    raise UnsafePickleError(f"torch storage {key!r} missing")
+                obj.data = data_by_key[key]
+        return obj
+    raise UnsafePickleError("embedded torch.save stream does not hold a single storage")
+
+
+def _load_torch_zip(f):
+    """The zip ``torch.save`` format: ``<root>/data.pkl`` + ``<root>/data/<key>`` raw storages."""
+    try:
+        zf = zipfile.ZipFile(f)
+    except zipfile.BadZipFile as e:
+        raise UnsafePickleError(f"bad torch zip archive: {e}") from None
+    with zf:
+        names = zf.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pkl) != 1:
+            raise UnsafePickleError("torch zip archive without a single data.pkl")
+        root = pkl[0][: -len("data.pkl")]
+        little = True
+        if f"{root}byteorder" in names:
+            little = zf.read(f"{root}byteorder").strip() != b"big"
+
+        def read_now(key, stype, numel):
+            raw = zf.read(f"{root}data/{key}")
+            dt = np.dtype(stype.dtype).newbyteorder("<" if little else ">")
+            if len(raw) < numel * dt.itemsize:
+                raise UnsafePickleError(f"truncated torch storage {key!r}")
+            return np.frombuffer(raw[: numel * dt.itemsize], dtype=dt).astype(dt.newbyteorder("="))
+
+        return _Unpickler(io.BytesIO(zf.read(pkl[0])), persistent_load=lambda pid:
+                          _storage_from_persistent_id(pid, read_now)).load()
+
+
+def _bf16_to_f32(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    if not isinstance(storage, _Storage):
+        raise UnsafePickleError("tensor rebuilt from something that is not a storage")
+    size = tuple(int(s) for s in size)
+    stride = tuple(int(s) for s in stride)
+    if len(size) != len(stride) or any(s < 0 for s in size) or any(s < 0 for s in stride):
+        raise UnsafePickleError("malformed tensor size/stride")
+    data = storage.data
+    n = int(np.prod(size)) if size else 1
+    if n == 0:
+        out = np.zeros(size, dtype=data.dtype)
+    else:
+        last = int(storage_offset) + sum((s - 1) * st for s, st in zip(size, stride))
+        if storage_offset < 0 or last >= data.size:
+            raise UnsafePickleError("tensor extends beyond its storage")
+        view = np.lib.stride_tricks.as_strided(
+            data[int(storage_offset):], shape=size,
+            strides=tuple(st * data.itemsize for st in stride), writeable=False)
+        out = np.array(view, copy=True)
+    if storage.bfloat16:
+        out = _bf16_to_f32(out)
+    return out
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None):
+    if metadata and any(bool(v) for v in dict(metadata).values()):
+        raise UnsafePickleError(f"tensor metadata {metadata!r} (conj/neg views) is not supported")
+    return _rebuild_tensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    if not isinstance(data, np.ndarray):
+        raise UnsafePickleError("parameter rebuilt from something that is not a tensor")
+    return data
+
+
+def _reconstruct_persistent_obj(meta):
+    return PersistentObjectStub(meta)
+
+
+def _ordered_dict(*args):
+    if args and not (len(args) == 1 and isinstance(args[0], (list, tuple, dict))):
+        raise UnsafePickleError("unexpected collections.OrderedDict arguments")
+    return collections.OrderedDict(*args)
+
+
+# (module, name) -> the local stand-in. Nothing else is ever resolved.
+ALLOWED_GLOBALS = {
+    ("dnnlib.tflib.network", "Network"): TFNetworkStub,
+    ("dnnlib.util", "EasyDict"): EasyDictStub,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("_codecs", "encode"): _codecs_encode,
+    ("numpy", "ndarray"): _NDArrayMarker,
+    ("numpy", "dtype"): _np_dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
+}
+for _name in _TORCH_STORAGES:
+    ALLOWED_GLOBALS[("torch", _name)] = _StorageType(_name)
+# Python 2-era names that protocol 2 maps to (fix_imports) and that mean the same harmless thing.
+ALLOWED_GLOBALS[("__builtin__", "set")] = set
+ALLOWED_GLOBALS[("__builtin__", "frozenset")] = frozenset
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, f, persistent_load=None):
+        super().__init__(f, fix_imports=False, encoding="latin1")
+        self._persistent = persistent_load
+
+    def find_class(self, module, name):
+        obj = ALLOWED_GLOBALS.get((module, name))
+        if obj is None:
+            raise UnsafePickleError(
+                f"refusing to load global '{module}.{name}': not one of the names NVlabs network "
+                "pickles use (nothing in the pickle was executed)")
+        return obj
+
+    def persistent_load(self, pid):
+        if self._persistent is None:
+            raise UnsafePickleError("unexpected persistent id in a pickle.dump stream")
+        return self._persistent(pid)
+
+
+def _finalize(obj, seen=None):
+    """Swap arrays under construction for the arrays; check every array is numeric."""
+    if seen is None:
+        seen = {}
+    key = id(obj)
+    if key in seen:
+        return seen[key]
+    if isinstance(obj, _ArrayUnderConstruction):
+        out = obj.array
+        _check_dtype(out.dtype)
+        seen[key] = out
+        return out
+    if isinstance(obj, np.ndarray):
+        _check_dtype(obj.dtype)
+        return obj
+    if isinstance(obj, dict):
+        seen[key] = obj
+        for k in list(obj.keys()):
+            obj[k] = _finalize(obj[k], seen)
+        return obj
+    if isinstance(obj, list):
+        seen[key] = obj
+        obj[:] = [_finalize(v, seen) for v in obj]
+        return obj
+    if isinstance(obj, tuple):
+        out = tuple(_finalize(v, seen) for v in obj)
+        seen[key] = out
+        return out
+    if isinstance(obj, TFNetworkStub):
+        seen[key] = obj
+        obj.static_kwargs = _finalize(obj.static_kwargs, seen)
+        obj.components = _finalize(obj.components, seen)
+        obj.variables = _finalize(obj.variables, seen)
+        return obj
+    if isinstance(obj, PersistentObjectStub):
+        seen[key] = obj
+        obj.state = _finalize(obj.state, seen)
+        return obj
+    if isinstance(obj, _Storage):
+        raise UnsafePickleError("a bare torch storage outside a tensor is not supported")
+    return obj
+
+
+def safe_load(f):
+    """Unpickle an NVlabs network pickle from a binary file object, allowing only known globals.
+
+    Raises :class:`UnsafePickleError` (a ``pickle.UnpicklingError``) naming the first refused
+    global or construct. Embedded source code is never executed.
+    """
+    head = f.read(4)
+    f.seek(-len(head), io.SEEK_CUR)
+    if head == b"PK\x03\x04":  # a torch.save zip of the whole snapshot dict
+        obj = _load_torch_zip(f)
+    else:
+        obj = _Unpickler(f).load()
+    return _finalize(obj)
+
+
+def safe_loads(data: bytes):
+    """:func:`safe_load` from bytes."""
+    return safe_load(io.BytesIO(data))
