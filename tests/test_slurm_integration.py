@@ -208,3 +208,72 @@ def test_batch_not_divisible_is_one_error_line_per_task(slurm, tmp_path):
                           for ln in errors), out
     assert not os.path.exists(os.path.join(outdir, "checkpoints"))
     print("\n".join(errors))
+
+
+STUB = """import json, os, sys
+out = os.environ["STUB_OUT"]
+os.makedirs(out, exist_ok=True)
+name = "args-" + os.environ.get("SLURM_ARRAY_TASK_ID", "x") + "-" + os.environ["SLURM_JOB_ID"]
+keys = ("SLURM_NTASKS", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_JOB_ID", "PYTHONPATH")
+json.dump({"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keys}},
+          open(os.path.join(out, name + ".json"), "w"))
+"""
+
+
+def stub_env(tmp_path, **extra):
+    stub = tmp_path / "stub.py"
+    stub.write_text(STUB)
+    flagfile = tmp_path / "x.flags"
+    flagfile.write_text("--foo=1\n")
+    return {"HISTAUG_PROGRAM": str(stub), "HISTAUG_PYTHON": sys.executable,
+            "HISTAUG_FLAGFILE": str(flagfile), "HISTAUG_OUTDIR": str(tmp_path / "study"),
+            "STUB_OUT": str(tmp_path / "calls"), **extra}
+
+
+def test_array_script_runs_each_fraction_seed_cell_once(slurm, tmp_path):
+    env = stub_env(tmp_path, HISTAUG_FRACTIONS="0.03,0.2", HISTAUG_SEEDS="0,1")
+    log = str(tmp_path / "arr-%A_%a.out")
+    # 4 cells; task 4 is one too many and must fail with a clear message
+    jobid, rc = sbatch_wait(slurm, os.path.join("jobs", "slurm", "experiment_array.sbatch"),
+                            ["--array=0-4", "--cpus-per-task=1", f"--output={log}"], ["--bar=2"],
+                            env, timeout=300)
+    calls = [json.load(open(os.path.join(env["STUB_OUT"], f)))
+             for f in sorted(os.listdir(env["STUB_OUT"]))]
+    cells = sorted((c["argv"][-2], c["argv"][-1]) for c in calls)
+    assert cells == [("--fractions=0.03", "--seeds=0"), ("--fractions=0.03", "--seeds=1"),
+                     ("--fractions=0.2", "--seeds=0"), ("--fractions=0.2", "--seeds=1")]
+    for c in calls:
+        assert c["argv"][:3] == [f"--flagfile={env['HISTAUG_FLAGFILE']}",
+                                 f"--outdir={env['HISTAUG_OUTDIR']}", "--bar=2"]
+        assert c["env"]["SLURM_ARRAY_JOB_ID"] == jobid
+    bad = open(log.replace("%A", jobid).replace("%a", "4")).read()
+    assert "error: array task 4 out of range: 2 fractions × 2 seeds = 4 cells (use --array=0-3)" \
+        in bad, bad
+    assert rc != 0  # sbatch --wait reports the failed array task
+
+    # the aggregation job (no array): --aggregate_only once
+    log2 = str(tmp_path / "agg-%j.out")
+    jobid2, rc = sbatch_wait(slurm, os.path.join("jobs", "slurm", "experiment_array.sbatch"),
+                             [f"--output={log2}", f"--dependency=afterany:{jobid}"], [],
+                             {**env, "HISTAUG_AGGREGATE": "1"}, timeout=300)
+    assert rc == 0, open(log2.replace("%j", jobid2)).read()
+    agg = json.load(open(os.path.join(env["STUB_OUT"], f"args-x-{jobid2}.json")))
+    assert agg["argv"] == [f"--flagfile={env['HISTAUG_FLAGFILE']}",
+                           f"--outdir={env['HISTAUG_OUTDIR']}", "--aggregate_only"]
+
+
+def test_one_node_script_runs_one_task_with_mirrored(slurm, tmp_path):
+    env = stub_env(tmp_path)
+    log = str(tmp_path / "one-%j.out")
+    jobid, rc = sbatch_wait(slurm, os.path.join("jobs", "slurm", "train_gan_1node.sbatch"),
+                            [f"--output={log}", "--cpus-per-task=2"], ["--kimg=1"], env,
+                            timeout=300)
+    out = open(log.replace("%j", jobid)).read()
+    assert rc == 0, out
+    (call,) = [json.load(open(os.path.join(env["STUB_OUT"], f)))
+               for f in os.listdir(env["STUB_OUT"])]
+    assert call["argv"] == ["--strategy=mirrored", f"--flagfile={env['HISTAUG_FLAGFILE']}",
+                            f"--outdir={env['HISTAUG_OUTDIR']}", "--kimg=1"]
+    assert call["env"]["SLURM_NTASKS"] == "1"
+    assert call["env"]["PYTHONPATH"].split(":")[0] == ROOT
+    assert "histaug job" in out and "finished with exit code 0" in out
