@@ -112,6 +112,7 @@ def test_tf1_and_pytorch_pickles_of_same_weights_give_same_networks(tmp_path):
             np.testing.assert_allclose(va[p], vb[p], rtol=0, atol=1e-7, err_msg=p)
 
 
+@pytest.mark.slow  # a subprocess importing TF, a .keras save and load
 def test_import_cli_writes_loadable_snapshot(tmp_path):
     pkl, G, G_ema, D = _make(tmp_path, 0, seed=2)
     out = tmp_path / "out"
@@ -132,6 +133,12 @@ def test_import_cli_writes_loadable_snapshot(tmp_path):
     ref = fx.np_generator(G_ema, z.astype(np.float64), None, RES, NMAP, psi=0.8)
     np.testing.assert_allclose(img, ref.transpose(0, 2, 3, 1), atol=1e-4, rtol=0)
     assert s["D"] is not None and s["G"] is not None
+    # train_gan --resume copies variables by path into networks it builds with default names
+    from histaug_tf.gan.networks import Generator
+
+    fresh = Generator(**s["G_ema"].get_config())
+    assert {v.path for v in fresh.variables} == {v.path for v in s["G_ema"].variables} \
+        == {v.path for v in s["G"].variables}
     assert s["metadata"]["source_format"] == "nvlabs-pytorch"
     json.dumps(s["metadata"])
 

@@ -151,9 +151,10 @@ def load_network_pkl(path, force_fp32=False):
     path = os.fspath(path)
     data = read_network_pkl(path)
     nets = {
-        "G": build_network(data["G"], path, force_fp32, name="generator"),
-        "G_ema": build_network(data["G_ema"], path, force_fp32, name="generator_ema"),
-        "D": build_network(data["D"], path, force_fp32, name="discriminator"),
+        # default names, as train_gan builds them (its snapshot loader matches variable paths)
+        "G": build_network(data["G"], path, force_fp32),
+        "G_ema": build_network(data["G_ema"], path, force_fp32),
+        "D": build_network(data["D"], path, force_fp32),
     }
     m = re.search(r"network-snapshot-(\d+)", os.path.basename(path))
     g = data["G_ema"].kwargs
