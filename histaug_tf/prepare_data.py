@@ -1,0 +1,65 @@
+"""Convert a raw patch dataset into sharded TFRecords + manifest.json.
+
+    python -m histaug_tf.prepare_data --dataset=pcam --src=DIR --out=tfrecords/pcam
+    python -m histaug_tf.prepare_data --dataset=idc  --src=DIR --out=tfrecords/idc --split=0.7,0.15,0.15
+    python -m histaug_tf.prepare_data --dataset=folder --src=DIR --out=tfrecords/mine
+    python -m histaug_tf.prepare_data --dataset=synthetic_tissue --out=tfrecords/synth --size=64 \
+        --num_train=2000 --num_valid=500 --num_test=500 --seed=0
+
+Thin entry: flags → ``histaug_tf.data.convert.convert``. TensorFlow is imported only inside main,
+so the spawned encoder processes (which re-import this module) stay light.
+"""
+from absl import app, flags
+
+from histaug_tf.common import run_main
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("dataset", None, ["pcam", "idc", "folder", "synthetic_tissue"], "Input format.")
+flags.DEFINE_string("src", None, "Input directory (not needed for synthetic_tissue).")
+flags.DEFINE_string("out", None, "Output dataset directory (default tfrecords/<dataset>).")
+flags.DEFINE_enum("encoding", "png", ["png", "raw"], "Image encoding in the TFRecords.")
+flags.DEFINE_integer("shard_size", 4096, "Examples per shard.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+flags.DEFINE_integer("workers", None, "Encoder processes (default: number of cores; 0 = inline).")
+flags.DEFINE_string("split", "0.7,0.15,0.15", "idc/folder: train,valid,test fractions "
+                    "(idc: by patient; folder: by image, stratified by class).")
+flags.DEFINE_integer("split_seed", 0, "idc/folder: seed of the split.")
+flags.DEFINE_enum("undersized", "pad", ["pad", "drop"],
+                  "idc/folder: patches smaller than the dataset size are padded (white) or dropped.")
+flags.DEFINE_bool("skip_bad", False, "idc/folder: skip bad files (class/folder mismatch, corrupt "
+                  "images) instead of failing; each is listed in the manifest.")
+flags.DEFINE_list("label_names", None, "folder: class folder names in label order (default sorted).")
+flags.DEFINE_string("tmp_dir", None, "pcam: where .h5.gz files are decompressed "
+                    "(default: a temporary folder inside --out, deleted after use).")
+flags.DEFINE_integer("num_train", 2000, "synthetic_tissue: train patches.")
+flags.DEFINE_integer("num_valid", 500, "synthetic_tissue: valid patches.")
+flags.DEFINE_integer("num_test", 500, "synthetic_tissue: test patches.")
+flags.DEFINE_integer("size", 64, "synthetic_tissue: patch size in pixels.")
+flags.DEFINE_integer("seed", 0, "synthetic_tissue: generator seed.")
+flags.DEFINE_float("positive_fraction", 0.5, "synthetic_tissue: fraction of class-1 patches.")
+flags.mark_flag_as_required("dataset")
+
+
+def main(argv):
+    del argv
+    from histaug_tf.data.convert import convert
+
+    kw = {}
+    if FLAGS.dataset in ("idc", "folder"):
+        kw.update(split=FLAGS.split, split_seed=FLAGS.split_seed, undersized=FLAGS.undersized)
+    if FLAGS.dataset == "folder":
+        kw.update(label_names=FLAGS.label_names)
+    if FLAGS.dataset == "synthetic_tissue":
+        kw.update(num_train=FLAGS.num_train, num_valid=FLAGS.num_valid, num_test=FLAGS.num_test,
+                  size=FLAGS.size, seed=FLAGS.seed, positive_fraction=FLAGS.positive_fraction)
+    flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(__name__)}
+    m = convert(FLAGS.dataset, FLAGS.out or f"tfrecords/{FLAGS.dataset}", src=FLAGS.src,
+                encoding=FLAGS.encoding, shard_size=FLAGS.shard_size, overwrite=FLAGS.overwrite,
+                workers=FLAGS.workers, skip_bad=FLAGS.skip_bad, tmp_dir=FLAGS.tmp_dir,
+                flags=flag_values, **kw)
+    counts = ", ".join(f"{s} {v['num_examples']} {v['class_counts']}" for s, v in m["splits"].items())
+    print(f"wrote {FLAGS.out or 'tfrecords/' + FLAGS.dataset}: {counts}")
+
+
+if __name__ == "__main__":
+    app.run(run_main(main))
