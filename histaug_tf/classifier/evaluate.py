@@ -204,6 +204,41 @@ def plot_roc(path, curves, title: str = "ROC") -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
+    _save_fig_atomic(fig, path)
+
+
+def plot_roc_panels(path, panels, ncols: int = 3) -> None:
+    """Several ROC panels in one PNG (atomically). ``panels``: [(title, [(label, y, s), ...]), ...]."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    n = len(panels)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.4 * nrows), dpi=90,
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (title, curves) in zip(axes.flat, panels):
+        for label, y, s in curves:
+            fpr, tpr, _ = roc_curve(np.asarray(y).reshape(-1), np.asarray(s).reshape(-1))
+            ax.plot(fpr, tpr, lw=1.3, label=f"{label} {roc_auc(y, s):.3f}")
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.7, color="grey")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("FPR", fontsize=8)
+        ax.set_ylabel("TPR", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(loc="lower right", fontsize=7, title="AUC", title_fontsize=7)
+    fig.tight_layout()
+    _save_fig_atomic(fig, path)
+
+
+def _save_fig_atomic(fig, path) -> None:
+    import matplotlib.pyplot as plt
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)

@@ -1,0 +1,502 @@
+"""The augmentation study: dataset × fraction × seed cells, each
+
+    subset → GAN (conditional, or one per class) → generate → classifier baseline, augmented, TSTR
+    → evaluate on the full test split,
+
+and the aggregated table. ``python -m histaug_tf.experiment`` is the thin entry.
+
+Layout of ``--outdir``::
+
+    data/<name>/                     datasets prepared by the experiment (``--prepare``), if any
+    cells/<dataset>/f<fraction>/s<seed>/
+        subset/  gan/ (or gan_c0/, gan_c1/)  synthetic/  clf_baseline/  clf_augmented/  clf_tstr/
+        logs/<stage>.log             stdout/stderr of each stage's subprocess
+        cell.json                    the cell's results — written LAST, atomically
+    results.csv  results.md  roc.png   regenerated from every cell.json on each run
+
+Resumption: every step is skipped when its output is complete (a manifest.json, a GAN ``.done``
+marker, a classifier's metrics.json), and a cell with a ``cell.json`` is skipped entirely; killing
+the experiment at any moment and rerunning the same command loses at most the step that was running
+(the GAN stage resumes from its own checkpoints). The table is always regenerated from the cell files,
+so it is never half-written. For SLURM arrays run one cell per task (``--fractions=<one>
+--seeds=<one>``) into a shared ``--outdir`` and finish with ``--aggregate_only``.
+
+A fraction of 1 (``--fractions=...,1``) runs the baseline classifier on all the training data only
+(no GAN), the reference for how much the scarce-data cells lose.
+
+The GAN, subset, generate and prepare stages run as subprocesses (``python -m histaug_tf.<stage>``),
+the classifiers in this process.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fcntl
+import io
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import logging
+
+from histaug_tf.classifier import evaluate as ev
+from histaug_tf.common import UserError
+
+
+@dataclasses.dataclass
+class StudyConfig:
+    outdir: str
+    data: list                      # dataset directories (manifest.json), or names to --prepare
+    fractions: list = dataclasses.field(default_factory=lambda: [0.03, 0.2])
+    seeds: list = dataclasses.field(default_factory=lambda: [0])
+    prepare: str = ""               # '' or a prepare_data --dataset name (e.g. synthetic_tissue)
+    prepare_args: str = ""          # extra prepare_data flags
+    subset_args: str = ""
+    resolution: int = 32
+    resize_mode: str = "crop"
+    # GAN
+    gan_mode: str = "conditional"   # conditional | per_class
+    gan_cfg: str = "demo"
+    gan_kimg: float = 10
+    gan_args: str = ""
+    # generate
+    num_synthetic_per_class: int = 1000
+    truncation: float = 1.0
+    generate_args: str = ""
+    # classifier
+    arch: str = "small_cnn"
+    weights: str = "none"
+    clf_batch: int = 64
+    clf_epochs: int = 30
+    clf_min_steps_per_epoch: int = 1
+    clf_lr: float = 1e-3
+    clf_patience: int = 5
+    balance: str = "class_weight"
+    synthetic_ratio: float | None = 0.5
+    synthetic_count: int | None = None
+    tstr: bool = True
+    n_boot: int = 1000
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    # control
+    aggregate_only: bool = False
+    stop_after_cells: int = 0        # testing: stop after this many newly finished cells (0 = all)
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def frac_tag(f: float) -> str:
+    """0.03 → 'f0.03', 1 → 'f1' (stable directory names)."""
+    return "f" + (f"{f:.6f}".rstrip("0").rstrip("."))
+
+
+def cell_dir(outdir: str, dataset: str, fraction: float, seed: int) -> str:
+    return os.path.join(outdir, "cells", dataset, frac_tag(fraction), f"s{seed}")
+
+
+def _has_manifest(d: str) -> bool:
+    return os.path.isfile(os.path.join(d, "manifest.json"))
+
+
+def run_stage(module: str, args: list, log_path: str) -> None:
+    """Run ``python -m histaug_tf.<module> args`` with output to ``log_path``; UserError on failure."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    cmd = [sys.executable, "-m", f"histaug_tf.{module}", *[str(a) for a in args]]
+    logging.info("run: %s", " ".join(shlex.quote(c) for c in cmd))
+    t0 = time.time()
+    with open(log_path, "ab") as log:
+        log.write(("\n$ " + " ".join(shlex.quote(c) for c in cmd) + "\n").encode())
+        log.flush()
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        tail = ""
+        with contextlib.suppress(OSError), open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - 2000))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+            tail = lines[-1] if lines else ""
+        raise UserError(f"{log_path}: stage {module} failed with exit code {rc}: {tail}")
+    logging.info("done: %s (%.0fs)", module, time.time() - t0)
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- stages
+
+def prepare_dataset(cfg: StudyConfig, entry: str) -> str:
+    """Return the dataset directory for a ``--data`` entry, preparing it when asked."""
+    if _has_manifest(entry):
+        return entry
+    if not cfg.prepare:
+        raise UserError(f"{entry}: no manifest.json (prepare it with histaug_tf.prepare_data, or "
+                        f"pass --prepare=<dataset>)")
+    d = entry if os.path.isabs(entry) or os.sep in entry else os.path.join(cfg.outdir, "data", entry)
+    with _file_lock(os.path.join(cfg.outdir, ".prepare.lock")):  # SLURM array tasks share it
+        if not _has_manifest(d):
+            args = [f"--dataset={cfg.prepare}", f"--out={d}", "--overwrite",
+                    *shlex.split(cfg.prepare_args)]
+            run_stage("prepare_data", args, os.path.join(cfg.outdir, "logs", "prepare_data.log"))
+    return d
+
+
+def make_subset(cfg, data_dir, fraction, seed, out, logs) -> str:
+    """The train subset of one cell: ``<out>/frac<f>/`` written by ``histaug_tf.subset``."""
+    from histaug_tf.data.subsets import frac_dirname
+    d = os.path.join(out, frac_dirname(fraction))
+    if not _has_manifest(d):
+        args = [f"--src={data_dir}", f"--fractions={fraction}", f"--seed={seed}", f"--out={out}",
+                "--overwrite", *shlex.split(cfg.subset_args)]
+        run_stage("subset", args, os.path.join(logs, "subset.log"))
+    return d
+
+
+def train_gans(cfg, subset_dir, cdir, seed, logs, num_classes=2) -> dict:
+    """Train the GAN(s); return {'network': dir} (conditional) or {'networks': {c: dir}}."""
+    common = [f"--data={subset_dir}", f"--cfg={cfg.gan_cfg}", f"--kimg={cfg.gan_kimg}",
+              f"--seed={seed}", f"--resolution={cfg.resolution}", *shlex.split(cfg.gan_args)]
+    runs = {}
+    if cfg.gan_mode == "conditional":
+        runs[None] = (os.path.join(cdir, "gan"), ["--cond"])
+    elif cfg.gan_mode == "per_class":
+        for c in range(num_classes):
+            runs[c] = (os.path.join(cdir, f"gan_c{c}"), ["--nocond", f"--class_filter={c}"])
+    else:
+        raise UserError(f"--gan_mode={cfg.gan_mode}: expected conditional or per_class")
+    for c, (rd, extra) in runs.items():
+        done = os.path.join(rd, ".done")
+        if not os.path.exists(done):
+            name = "train_gan" if c is None else f"train_gan_c{c}"
+            run_stage("train_gan", [f"--outdir={rd}", *common, *extra],
+                      os.path.join(logs, f"{name}.log"))
+            ev.write_json_atomic(done, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if cfg.gan_mode == "conditional":
+        return {"network": runs[None][0]}
+    return {"networks": {c: rd for c, (rd, _) in runs.items()}}
+
+
+def generate_synthetic(cfg, gans, out, seed, logs) -> str:
+    if not _has_manifest(out):
+        if "network" in gans:
+            net = [f"--network={gans['network']}"]
+        else:
+            net = ["--networks=" + ",".join(f"{c}:{d}" for c, d in sorted(gans["networks"].items()))]
+        args = [*net, f"--num_per_class={cfg.num_synthetic_per_class}", f"--seed={seed}",
+                f"--outdir={out}", f"--trunc={cfg.truncation}", "--overwrite",
+                *shlex.split(cfg.generate_args)]
+        run_stage("generate", args, os.path.join(logs, "generate.log"))
+    return out
+
+
+def _clf_kwargs(cfg: StudyConfig, seed: int) -> dict:
+    return dict(arch=cfg.arch, weights=cfg.weights, resolution=cfg.resolution,
+                resize_mode=cfg.resize_mode, batch_size=cfg.clf_batch, epochs=cfg.clf_epochs,
+                min_steps_per_epoch=cfg.clf_min_steps_per_epoch, learning_rate=cfg.clf_lr,
+                patience=cfg.clf_patience, balance=cfg.balance, seed=seed, strategy=cfg.strategy,
+                mixed_precision=cfg.mixed_precision, n_boot=cfg.n_boot, overwrite=True)
+
+
+def run_classifier(kind: str, run_dir: str, cfg: StudyConfig, seed: int, **kw) -> dict:
+    """Train one classifier unless its metrics.json exists; return its metrics."""
+    from histaug_tf.classifier.train import read_metrics, train_classifier
+    m = read_metrics(run_dir)
+    if m is not None:
+        return m
+    logging.info("classifier %s → %s", kind, run_dir)
+    import keras
+    keras.backend.clear_session()
+    return train_classifier(run_dir, **kw, **_clf_kwargs(cfg, seed))
+
+
+# ----------------------------------------------------------------------------- one cell
+
+def _tumour(m: dict, label_names) -> dict:
+    pc = m["per_class"]
+    name = label_names[1] if label_names[1] in pc else sorted(pc)[-1]
+    return pc[name]
+
+
+def _aligned_predictions(run_a: str, run_b: str):
+    from histaug_tf.classifier.train import load_predictions
+    ya, pa, ka = load_predictions(run_a)
+    yb, pb, kb = load_predictions(run_b)
+    if len(ka) != len(kb):
+        raise UserError(f"{run_a}, {run_b}: test sets differ in size ({len(ka)} vs {len(kb)})")
+    if not np.array_equal(ka, kb):
+        ia, ib = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
+        if not np.array_equal(ka[ia], kb[ib]):
+            raise UserError(f"{run_a}, {run_b}: test sets hold different keys")
+        ya, pa, yb, pb = ya[ia], pa[ia], yb[ib], pb[ib]
+    if not np.array_equal(ya, yb):
+        raise UserError(f"{run_a}, {run_b}: test labels differ")
+    return ya, pa, pb
+
+
+def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, seed: int) -> dict:
+    """Run (or finish) one cell; write and return its cell.json record."""
+    from histaug_tf.data.manifest import load_manifest
+
+    cdir = cell_dir(cfg.outdir, dataset, fraction, seed)
+    cell_json = os.path.join(cdir, "cell.json")
+    if os.path.exists(cell_json):
+        with open(cell_json) as f:
+            return json.load(f)
+    t0 = time.time()
+    logs = os.path.join(cdir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    man = load_manifest(data_dir)
+    label_names = list(man.get("label_names", ["normal", "tumour"]))
+    full = fraction >= 1.0
+    train_dir = data_dir if full else make_subset(cfg, data_dir, fraction, seed,
+                                                  os.path.join(cdir, "subsets"), logs)
+    tman = load_manifest(train_dir)
+    n_train = int(tman["splits"]["train"]["num_examples"])
+    rec = {"dataset": dataset, "fraction": fraction, "seed": seed, "n_train": n_train,
+           "train_class_counts": tman["splits"]["train"].get("class_counts"),
+           "label_names": label_names, "dir": os.path.relpath(cdir, cfg.outdir)}
+    # Validation and test come from the full dataset (a subset's valid/test reference the parent's).
+    real = dict(val_data=data_dir, test_data=data_dir)
+    base_dir = os.path.join(cdir, "clf_baseline")
+    mb = run_classifier("baseline", base_dir, cfg, seed, train_data=train_dir, **real)
+    rec["baseline"] = _summary(mb, label_names)
+    if not full:
+        gans = train_gans(cfg, train_dir, cdir, seed, logs, num_classes=len(label_names))
+        syn = generate_synthetic(cfg, gans, os.path.join(cdir, "synthetic"), seed, logs)
+        aug_dir = os.path.join(cdir, "clf_augmented")
+        mix_kw = ({"synthetic_count": cfg.synthetic_count} if cfg.synthetic_count is not None
+                  else {"synthetic_ratio": cfg.synthetic_ratio})
+        ma = run_classifier("augmented", aug_dir, cfg, seed, train_data=train_dir,
+                            synthetic_data=syn, **mix_kw, **real)
+        rec["augmented"] = _summary(ma, label_names)
+        rec["effective_synthetic_ratio"] = ma.get("effective_synthetic_ratio")
+        y, pb, pa = _aligned_predictions(base_dir, aug_dir)
+        rec["delong"] = ev.delong_test(y, pa, pb)   # augmented vs baseline
+        if cfg.tstr:
+            mt = run_classifier("tstr", os.path.join(cdir, "clf_tstr"), cfg, seed, train_data=syn,
+                                **real)
+            rec["tstr"] = _summary(mt, label_names)
+    rec["seconds"] = round(time.time() - t0, 1)
+    ev.write_json_atomic(cell_json, rec)
+    return rec
+
+
+def _summary(m: dict, label_names) -> dict:
+    t = _tumour(m, label_names)
+    return {"auc": m["auc"], "auc_ci": m["auc_ci"], "accuracy": m["accuracy"],
+            "balanced_accuracy": m["balanced_accuracy"], "tumour_precision": t["precision"],
+            "tumour_recall": t["recall"], "tumour_f1": t["f1"], "best_epoch": m.get("best_epoch"),
+            "epochs_run": m.get("epochs_run"), "train_seconds": m.get("train_seconds")}
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+CSV_COLUMNS = ["dataset", "fraction", "seed", "n_train", "auc_baseline", "auc_baseline_lo",
+               "auc_baseline_hi", "auc_augmented", "auc_augmented_lo", "auc_augmented_hi",
+               "delta_auc", "delta_auc_rel_pct", "delong_z", "delong_p", "auc_tstr",
+               "tumour_precision_baseline", "tumour_recall_baseline", "tumour_f1_baseline",
+               "tumour_precision_augmented", "tumour_recall_augmented", "tumour_f1_augmented",
+               "balanced_accuracy_baseline", "balanced_accuracy_augmented", "seconds"]
+
+
+def load_cells(outdir: str) -> list:
+    recs = []
+    root = os.path.join(outdir, "cells")
+    for dirpath, _, files in os.walk(root):
+        if "cell.json" in files:
+            try:
+                with open(os.path.join(dirpath, "cell.json")) as f:
+                    recs.append(json.load(f))
+            except (OSError, ValueError) as e:
+                raise UserError(f"{os.path.join(dirpath, 'cell.json')}: unreadable ({e})") from None
+    recs.sort(key=lambda r: (r["dataset"], r["fraction"], r["seed"]))
+    return recs
+
+
+def cell_row(r: dict) -> dict:
+    b, a, t = r.get("baseline", {}), r.get("augmented"), r.get("tstr")
+    row = {"dataset": r["dataset"], "fraction": r["fraction"], "seed": r["seed"],
+           "n_train": r["n_train"], "auc_baseline": b.get("auc"),
+           "auc_baseline_lo": b.get("auc_ci", [None, None])[0],
+           "auc_baseline_hi": b.get("auc_ci", [None, None])[1],
+           "tumour_precision_baseline": b.get("tumour_precision"),
+           "tumour_recall_baseline": b.get("tumour_recall"),
+           "tumour_f1_baseline": b.get("tumour_f1"),
+           "balanced_accuracy_baseline": b.get("balanced_accuracy"), "seconds": r.get("seconds")}
+    if a:
+        row.update(auc_augmented=a["auc"], auc_augmented_lo=a["auc_ci"][0],
+                   auc_augmented_hi=a["auc_ci"][1], delta_auc=a["auc"] - b["auc"],
+                   delta_auc_rel_pct=100.0 * (a["auc"] - b["auc"]) / b["auc"],
+                   delong_z=r["delong"]["z"], delong_p=r["delong"]["p_value"],
+                   tumour_precision_augmented=a["tumour_precision"],
+                   tumour_recall_augmented=a["tumour_recall"], tumour_f1_augmented=a["tumour_f1"],
+                   balanced_accuracy_augmented=a["balanced_accuracy"])
+    if t:
+        row["auc_tstr"] = t["auc"]
+    return {c: row.get(c) for c in CSV_COLUMNS}
+
+
+def _fmt(v, nd=3):
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def _mean_sd(vals, nd=3, pct=False):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    suf = " %" if pct else ""
+    if len(vals) == 1:
+        return f"{vals[0]:+.{nd}f}{suf}" if pct else f"{vals[0]:.{nd}f}"
+    m, s = float(np.mean(vals)), float(np.std(vals, ddof=1))
+    return (f"{m:+.{nd}f} ± {s:.{nd}f}{suf}" if pct else f"{m:.{nd}f} ± {s:.{nd}f}")
+
+
+def results_markdown(rows: list) -> str:
+    """The study table: per dataset × fraction the mean ± sd over seeds, then every cell."""
+    out = io.StringIO()
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["fraction"]), []).append(r)
+    out.write("| dataset | data | seeds | n train | AUC baseline | AUC augmented | Δ AUC | Δ AUC rel. "
+              "| DeLong p | tumour F1 base → aug | TSTR AUC |\n")
+    out.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
+    for (ds, fr), rs in groups.items():
+        pvals = [r["delong_p"] for r in rs if r["delong_p"] is not None]
+        p = ("–" if not pvals else f"{pvals[0]:.3g}" if len(pvals) == 1
+             else f"{sum(v < 0.05 for v in pvals)}/{len(pvals)} < 0.05")
+        f1 = f"{_mean_sd([r['tumour_f1_baseline'] for r in rs])}"
+        if any(r["tumour_f1_augmented"] is not None for r in rs):
+            f1 += f" → {_mean_sd([r['tumour_f1_augmented'] for r in rs])}"
+        out.write(f"| {ds} | {fr * 100:g} % | {len(rs)} | {rs[0]['n_train']} "
+                  f"| {_mean_sd([r['auc_baseline'] for r in rs])} "
+                  f"| {_mean_sd([r['auc_augmented'] for r in rs])} "
+                  f"| {_mean_sd([r['delta_auc'] for r in rs], pct=False)} "
+                  f"| {_mean_sd([r['delta_auc_rel_pct'] for r in rs], nd=1, pct=True)} "
+                  f"| {p} | {f1} | {_mean_sd([r['auc_tstr'] for r in rs])} |\n")
+    out.write("\nPer cell (95 % stratified bootstrap intervals; DeLong test augmented vs baseline on "
+              "the same test set; tumour-class precision / recall / F1 at threshold 0.5):\n\n")
+    out.write("| dataset | data | seed | AUC baseline [95 % CI] | AUC augmented [95 % CI] | Δ | Δ rel. "
+              "| p | tumour P/R/F1 baseline | tumour P/R/F1 augmented | TSTR AUC |\n")
+    out.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
+    for r in rows:
+        def ci(k):
+            if r[f"auc_{k}"] is None:
+                return "–"
+            return f"{r[f'auc_{k}']:.3f} [{r[f'auc_{k}_lo']:.3f}, {r[f'auc_{k}_hi']:.3f}]"
+
+        def prf(k):
+            if r[f"tumour_f1_{k}"] is None:
+                return "–"
+            return "/".join(_fmt(r[f"tumour_{m}_{k}"], 2) for m in ("precision", "recall", "f1"))
+        d = "–" if r["delta_auc"] is None else f"{r['delta_auc']:+.3f}"
+        dr = "–" if r["delta_auc_rel_pct"] is None else f"{r['delta_auc_rel_pct']:+.1f} %"
+        p = "–" if r["delong_p"] is None else f"{r['delong_p']:.3g}"
+        out.write(f"| {r['dataset']} | {r['fraction'] * 100:g} % | {r['seed']} | {ci('baseline')} "
+                  f"| {ci('augmented')} | {d} | {dr} | {p} | {prf('baseline')} "
+                  f"| {prf('augmented')} | {_fmt(r['auc_tstr'])} |\n")
+    return out.getvalue()
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def plot_study_roc(outdir: str, recs: list, path: str) -> bool:
+    """One panel per dataset × fraction (first seed): baseline, augmented and TSTR ROC curves."""
+    from histaug_tf.classifier.train import load_predictions
+    panels = []
+    seen = set()
+    for r in recs:
+        key = (r["dataset"], r["fraction"])
+        if key in seen:
+            continue
+        seen.add(key)
+        cdir = os.path.join(outdir, r["dir"])
+        curves = []
+        for kind in ("baseline", "augmented", "tstr"):
+            rd = os.path.join(cdir, f"clf_{kind}")
+            if os.path.exists(os.path.join(rd, "predictions.npz")):
+                y, p, _ = load_predictions(rd)
+                curves.append((kind, y, p))
+        if curves:
+            panels.append((f"{r['dataset']} {r['fraction'] * 100:g} % (seed {r['seed']})", curves))
+    if not panels:
+        return False
+    ev.plot_roc_panels(path, panels)
+    return True
+
+
+def aggregate(outdir: str) -> str:
+    """Regenerate results.csv, results.md and roc.png from every cell.json; return the markdown."""
+    recs = load_cells(outdir)
+    rows = [cell_row(r) for r in recs]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    os.makedirs(outdir, exist_ok=True)
+    _write_text_atomic(os.path.join(outdir, "results.csv"), buf.getvalue())
+    md = results_markdown(rows)
+    _write_text_atomic(os.path.join(outdir, "results.md"), md)
+    if rows:
+        plot_study_roc(outdir, recs, os.path.join(outdir, "roc.png"))
+    return md
+
+
+# ----------------------------------------------------------------------------- the study
+
+def run_study(cfg: StudyConfig) -> str:
+    """Run every unfinished cell, then aggregate. Returns the results markdown."""
+    if not cfg.outdir:
+        raise UserError("--outdir is required")
+    os.makedirs(cfg.outdir, exist_ok=True)
+    if cfg.aggregate_only:
+        md = aggregate(cfg.outdir)
+        if not load_cells(cfg.outdir):
+            raise UserError(f"{cfg.outdir}: no finished cells to aggregate")
+        return md
+    if not cfg.data:
+        raise UserError("--data: give at least one dataset directory")
+    for f in cfg.fractions:
+        if not 0 < f <= 1:
+            raise UserError(f"--fractions: {f} is not in (0, 1]")
+    from histaug_tf.data.manifest import load_manifest
+    t0 = time.time()
+    new = 0
+    for entry in cfg.data:
+        data_dir = prepare_dataset(cfg, entry)
+        dataset = load_manifest(data_dir)["name"]
+        for fraction in cfg.fractions:
+            for seed in cfg.seeds:
+                cdir = cell_dir(cfg.outdir, dataset, fraction, seed)
+                if os.path.exists(os.path.join(cdir, "cell.json")):
+                    logging.info("cell %s done already, skipped", os.path.relpath(cdir, cfg.outdir))
+                    continue
+                logging.info("cell %s ...", os.path.relpath(cdir, cfg.outdir))
+                rec = run_cell(cfg, data_dir, dataset, fraction, seed)
+                new += 1
+                logging.info("cell %s finished in %.0fs", rec["dir"], rec["seconds"])
+                aggregate(cfg.outdir)
+                if cfg.stop_after_cells and new >= cfg.stop_after_cells:
+                    return aggregate(cfg.outdir)
+    md = aggregate(cfg.outdir)
+    logging.info("study finished in %.0fs (%d new cells)", time.time() - t0, new)
+    return md

@@ -1,0 +1,120 @@
+"""Classifier training end to end on tiny datasets written with the data writer.
+
+Independent references: sklearn's AUC on the saved predictions, a fresh model loaded from the kept
+best checkpoint reproducing those predictions, and hand-computed class weights / steps."""
+import json
+import os
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from histaug_tf.classifier import train as ct
+from histaug_tf.common import UserError
+from histaug_tf.data.writer import DatasetWriter
+
+S = 16  # the small CNN runs at any size; 16x16 keeps this fast
+
+
+def _img(rng, label, s=S):
+    x = rng.normal(110, 25, (s, s, 3))
+    if label:  # a bright square somewhere in the centre region: easy but not trivial
+        i, j = rng.integers(2, s - 8, size=2)
+        x[i:i + 6, j:j + 6] += 70
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _write(path, name, counts, seed, source="real", splits=("train", "valid", "test")):
+    rng = np.random.default_rng(seed)
+    with DatasetWriter(str(path), name, (S, S, 3), encoding="raw", shard_size=200) as w:
+        for split in splits:
+            n0, n1 = counts[split]
+            labels = [0] * n0 + [1] * n1
+            for i, lab in enumerate(labels):
+                w.add(split, _img(rng, lab), lab, f"{name}/{split}/{i}", split, source=source)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    d = tmp_path_factory.mktemp("real") / "real"
+    return _write(d, "real", {"train": (120, 40), "valid": (60, 30), "test": (80, 40)}, 0)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    d = tmp_path_factory.mktemp("syn") / "syn"
+    return _write(d, "syn", {"train": (50, 50)}, 1, source="synthetic", splits=("train",))
+
+
+def test_training_plan_matches_hand_computation():
+    w, steps = ct.training_plan([300, 100], [0, 0], 0.0, 64, "class_weight")
+    np.testing.assert_allclose(w, [400 / (2 * 300), 400 / (2 * 100)])
+    assert steps == 7  # ceil(400 / 64)
+    # mixed: p = 0.75*[.75,.25] + 0.25*[.5,.5] = [.6875, .3125]
+    w, steps = ct.training_plan([300, 100], [500, 500], 0.25, 64, "class_weight")
+    np.testing.assert_allclose(w, [1 / (2 * 0.6875), 1 / (2 * 0.3125)])
+    assert steps == 9  # ceil(400 / 0.75 / 64) = ceil(8.33)
+    w, _ = ct.training_plan([300, 100], [0, 0], 0.0, 64, "none")
+    np.testing.assert_allclose(w, [1, 1])
+
+
+def test_train_early_stops_keeps_best_checkpoint_and_metrics(real, tmp_path):
+    import keras
+    from histaug_tf.classifier.models import build_model
+    from histaug_tf.data.pipeline import make_dataset
+
+    out = str(tmp_path / "run")
+    m = ct.train_classifier(out, real, batch_size=32, epochs=30, patience=2, n_boot=100,
+                            strategy="default", verbose=False, learning_rate=3e-3)
+    files = set(os.listdir(out))
+    assert {"metrics.json", "best.weights.h5", "predictions.npz", "roc.png", "history.json",
+            "options.json", "tb"} <= files
+    y, p, keys = ct.load_predictions(out)
+    assert len(y) == 120 and y.sum() == 40 and len(set(keys.tolist())) == 120
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert m["auc"] > 0.85, m["auc"]  # the task is easy
+    assert json.load(open(os.path.join(out, "metrics.json")))["auc"] == m["auc"]
+    # early stopping: stopped exactly `patience` epochs after the best validation AUC
+    hist = json.load(open(os.path.join(out, "history.json")))
+    best = max(range(len(hist)), key=lambda i: hist[i]["val_auc"])  # first maximum
+    assert m["best_epoch"] == best + 1 and m["best_val_auc"] == pytest.approx(hist[best]["val_auc"])
+    assert m["epochs_run"] == len(hist) == best + 1 + 2 < 30
+    # the kept checkpoint is the best-validation one and reproduces the test predictions
+    keras.backend.clear_session()
+    model = build_model("small_cnn", (S, S, 3), weights=os.path.join(out, "best.weights.h5"))
+    ds = make_dataset(real, "test", pixel_range=(-1, 1), batch_size=64)
+    p2 = np.concatenate([1 / (1 + np.exp(-np.asarray(model(x, training=False))[:, 0]))
+                         for x, _ in ds])
+    np.testing.assert_allclose(p2, p, atol=1e-5)
+    # a finished run is not silently redone
+    with pytest.raises(UserError, match="already finished"):
+        ct.train_classifier(out, real, epochs=1, verbose=False)
+
+
+def test_augmented_and_tstr(real, synthetic, tmp_path):
+    from histaug_tf.classifier.tstr import tstr
+    m = ct.train_classifier(str(tmp_path / "aug"), real, synthetic_data=synthetic,
+                            synthetic_count=60, batch_size=32, epochs=1, n_boot=50,
+                            strategy="default", verbose=False)
+    assert m["effective_synthetic_ratio"] == pytest.approx(60 / 220)
+    opts = json.load(open(tmp_path / "aug" / "options.json"))
+    assert opts["steps_per_epoch"] == 7  # ceil(160 / (160/220) / 32) = ceil(6.875)
+    m2 = ct.train_classifier(str(tmp_path / "aug2"), real, synthetic_data=synthetic,
+                             synthetic_ratio=0.5, balance="sampling", batch_size=32, epochs=1,
+                             n_boot=50, strategy="default", verbose=False)
+    assert m2["effective_synthetic_ratio"] == 0.5
+    t = tstr(str(tmp_path / "tstr"), synthetic, real, batch_size=32, epochs=1, n_boot=50,
+             strategy="default", verbose=False)
+    assert t["num_examples"] == 120 and t["num_real_train"] == 100
+
+
+def test_bad_inputs(real, synthetic, tmp_path):
+    with pytest.raises(UserError, match="only 100"):
+        ct.train_classifier(str(tmp_path / "x"), real, synthetic_data=synthetic,
+                            synthetic_count=1000, verbose=False)
+    with pytest.raises(UserError, match="no split"):
+        ct.train_classifier(str(tmp_path / "y"), synthetic, verbose=False)  # no valid split
+    with pytest.raises(UserError, match="need --synthetic_data"):
+        ct.train_classifier(str(tmp_path / "z"), real, synthetic_ratio=0.3, verbose=False)
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
