@@ -81,7 +81,12 @@ def encode_image(image: np.ndarray, encoding: str = "png") -> bytes:
 #   Feature  { oneof { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
 #   BytesList { repeated bytes value = 1; }   Int64List { repeated int64 value = 1 [packed]; }
 # --------------------------------------------------------------------------------------------
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL_VARINTS[n]
     if n < 0:
         n += 1 << 64  # int64 two's complement, as protobuf does
     out = bytearray()
@@ -107,6 +112,14 @@ def _int64_feature(value: int) -> bytes:
     return _len_field(3, _len_field(1, _varint(int(value))))  # Feature.int64_list { packed value }
 
 
+_KEY_FIELD = {k: _len_field(1, k) for k in (b"group", b"image", b"key", b"label", b"source")}
+
+
+def _entry(name: bytes, feature: bytes) -> bytes:
+    """One map<string, Feature> entry of Features (field 1): {key = 1: name, value = 2: feature}."""
+    return _len_field(1, _KEY_FIELD[name] + _len_field(2, feature))
+
+
 def _as_bytes(s) -> bytes:
     return s if isinstance(s, bytes) else str(s).encode("utf-8")
 
@@ -116,14 +129,13 @@ def make_example(image_bytes: bytes, label: int, key, group, source="real") -> b
     source = _as_bytes(source)
     if source.decode() not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    feats = [
-        (b"group", _bytes_feature(_as_bytes(group))),
-        (b"image", _bytes_feature(bytes(image_bytes))),
-        (b"key", _bytes_feature(_as_bytes(key))),
-        (b"label", _int64_feature(label)),
-        (b"source", _bytes_feature(source)),
-    ]
-    features = b"".join(_len_field(1, _len_field(1, k) + _len_field(2, v)) for k, v in feats)
+    features = b"".join((
+        _entry(b"group", _bytes_feature(_as_bytes(group))),
+        _entry(b"image", _bytes_feature(bytes(image_bytes))),
+        _entry(b"key", _bytes_feature(_as_bytes(key))),
+        _entry(b"label", _int64_feature(label)),
+        _entry(b"source", _bytes_feature(source)),
+    ))
     return _len_field(1, features)
 
 
