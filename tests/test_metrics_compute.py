@@ -247,3 +247,22 @@ def test_network_side_unconditional_and_conditional(two_sets, tmp_path):
                         extractor=QuadrantMeans(), cache_dir=str(tmp_path))
     with pytest.raises(UserError, match="unknown metric"):
         compute_metrics(["fid", "is"], data_dir=real_dir, G=G, extractor=QuadrantMeans())
+
+
+def test_training_metrics_class_filter_and_count_in_name(two_sets, tmp_path):
+    from histaug_tf.metrics import training_metrics
+
+    real_dir, real, rl, _, _, _ = two_sets
+    G = FakeG(c_dim=0)
+    details = {}
+    # The trainer's call: a GAN of class 1 only; 'fid30' = 30 generated images, seeds 0..29.
+    res = training_metrics(["fid30"], G=G, data_dir=real_dir, snapshot_path="x", run_dir="y",
+                           resolution=8, resize_mode="crop", class_filter=[1],
+                           extractor=QuadrantMeans(), cache_dir=str(tmp_path), details=details)
+    fr = quadrant_features(to_float(real[rl == 1]))
+    fg = quadrant_features(to_float(expected_gen_images(G, range(30))))
+    assert details["num_gen"] == 30 and details["num_real"] == int((rl == 1).sum())
+    assert res == {"fid": pytest.approx(fid_ref(fg, fr), rel=1e-5)}
+    with pytest.raises(UserError, match="class 5 out of range"):
+        training_metrics(["fid"], G=G, data_dir=real_dir, class_filter=5,
+                         extractor=QuadrantMeans(), cache_dir=str(tmp_path))

@@ -39,26 +39,50 @@ def default_cache_dir() -> str:
     return os.path.join(root, "stats")
 
 
-def parse_metrics(metrics) -> list[str]:
+def parse_metric_spec(metrics) -> tuple[list[str], int | None]:
+    """``'fid,kid'`` or ``['fid2k', 'pr']`` → (['fid', 'kid' ...], num_gen or None).
+
+    A name may carry the number of generated images as NVlabs' names do: ``fid50k``, ``kid2k``,
+    ``pr500``; all metrics of one call share it (the largest given).
+    """
+    import re
+
     if isinstance(metrics, str):
-        metrics = [m for m in metrics.split(",")]
-    out = []
+        metrics = metrics.split(",")
+    out, nums = [], []
     for m in metrics:
         m = m.strip().lower()
         if not m or m == "none":
             continue
-        if m not in KNOWN_METRICS:
-            raise UserError(f"--metrics: unknown metric {m!r} (known: {', '.join(KNOWN_METRICS)})")
-        if m not in out:
-            out.append(m)
-    return out
+        g = re.fullmatch(r"(fid|kid|pr)(?:(\d+)(k?))?", m)
+        if not g:
+            raise UserError(f"--metrics: unknown metric {m!r} (known: {', '.join(KNOWN_METRICS)}, "
+                            "optionally with the number of generated images, e.g. fid10k)")
+        if g.group(2):
+            nums.append(int(g.group(2)) * (1000 if g.group(3) else 1))
+        if g.group(1) not in out:
+            out.append(g.group(1))
+    return out, (max(nums) if nums else None)
+
+
+def parse_metrics(metrics) -> list[str]:
+    return parse_metric_spec(metrics)[0]
 
 
 # ------------------------------------------------------------------------------------------------
 # Real (dataset) statistics.
 # ------------------------------------------------------------------------------------------------
 
-def _stats_cache_key(manifest, split, extractor_id, resolution, resize_mode, max_keep, seed) -> str:
+def _class_filter(class_filter):
+    if class_filter is None:
+        return None
+    if np.isscalar(class_filter):
+        return [int(class_filter)]
+    return sorted({int(c) for c in class_filter})
+
+
+def _stats_cache_key(manifest, split, extractor_id, resolution, resize_mode, max_keep, seed,
+                     class_filter=None) -> str:
     from histaug_tf.data.manifest import split_info
 
     info = split_info(manifest, split)
@@ -72,6 +96,7 @@ def _stats_cache_key(manifest, split, extractor_id, resolution, resize_mode, max
         "resize_mode": resize_mode if resolution else None,
         "max_keep": max_keep,
         "seed": seed,
+        "class_filter": _class_filter(class_filter),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -93,22 +118,33 @@ def _save_npz_atomic(path: str, arrays: dict) -> None:
 def dataset_feature_stats(data_dir: str, extractor, split: str = "train", *, resolution=None,
                           resize_mode: str = "crop", max_keep: int | None = 50000, seed: int = 0,
                           batch_size: int = 64, cache_dir=None, use_cache: bool = True,
-                          progress: bool = False) -> tuple[stats_lib.FeatureStats, dict]:
+                          progress: bool = False, class_filter=None
+                          ) -> tuple[stats_lib.FeatureStats, dict]:
     """Features of every image of ``data_dir/split`` (per class, plus a kept subset of rows).
 
     Returns (FeatureStats, info) where info has ``cache_file`` and ``cached`` (bool).
     The cache key is the split's shard sha256s (from the manifest) + the extractor's identity +
-    resolution/resize mode + the kept-subset size and seed; files are written atomically.
+    resolution/resize mode + the kept-subset size and seed (+ ``class_filter``: only those
+    labels); files are written atomically.
     """
     from histaug_tf.data.manifest import load_manifest, split_info
     from histaug_tf.data.pipeline import make_dataset
 
     manifest = load_manifest(data_dir)
     info = split_info(manifest, split)
+    class_filter = _class_filter(class_filter)
     n_total = int(info["num_examples"])
+    if class_filter is not None:
+        counts = info.get("class_counts") or []
+        bad = [c for c in class_filter if not 0 <= c < len(counts)]
+        if bad:
+            raise UserError(f"{data_dir}: class {bad[0]} out of range (labels 0..{len(counts) - 1})")
+        n_total = int(sum(counts[c] for c in class_filter))
     if n_total == 0:
-        raise UserError(f"{data_dir}: split '{split}' is empty")
-    key = _stats_cache_key(manifest, split, extractor.identity, resolution, resize_mode, max_keep, seed)
+        raise UserError(f"{data_dir}: split '{split}' has no images"
+                        + (f" of classes {class_filter}" if class_filter is not None else ""))
+    key = _stats_cache_key(manifest, split, extractor.identity, resolution, resize_mode, max_keep,
+                           seed, class_filter)
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     cache_file = os.path.join(cache_dir, f"{manifest['name']}-{split}-{key[:24]}.npz")
     if use_cache and os.path.isfile(cache_file):
@@ -125,7 +161,7 @@ def dataset_feature_stats(data_dir: str, extractor, split: str = "train", *, res
         keep_idx = np.ones([n_total], bool)
     st = stats_lib.FeatureStats(capture_all=True)
     ds = make_dataset(data_dir, split, resolution=resolution, resize_mode=resize_mode,
-                      pixel_range=(-1, 1), batch_size=batch_size)
+                      pixel_range=(-1, 1), batch_size=batch_size, class_filter=class_filter)
     bar = Progress(n_total, label=f"features {os.path.basename(os.path.normpath(data_dir))}/{split}",
                    quiet=None if progress else True)
     pos = 0
@@ -175,9 +211,9 @@ def generator_feature_stats(synth, extractor, num: int, labels=None, *, seed_sta
 # ------------------------------------------------------------------------------------------------
 
 def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: str | None = None,
-                    split: str = "train", gen_split: str = "train", num_gen: int = 50000,
+                    split: str = "train", gen_split: str = "train", num_gen: int | None = None,
                     truncation_psi: float = 1.0, truncation_cutoff=None, noise_mode: str = "random",
-                    resolution: int | None = None, resize_mode: str = "crop",
+                    resolution: int | None = None, resize_mode: str = "crop", class_filter=None,
                     extractor=None, inception_weights=None, inception_seed: int = 0,
                     batch_size: int = 64, jit_compile: bool = False,
                     cache_dir: str | None = None, use_cache: bool = True, seed: int = 0,
@@ -190,9 +226,12 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
     network per class — producing ``num_gen`` images with seeds ``seed .. seed+num_gen-1``, or a
     dataset directory ``gen_data_dir`` (all of its ``gen_split``).
 
-    metrics: any of 'fid', 'kid', 'pr' (list or comma string).
+    metrics: any of 'fid', 'kid', 'pr' (list or comma string); a name may carry the number of
+      generated images (``fid10k``), used when ``num_gen`` is None (default 50,000).
     resolution: the size real images are mapped to (``resize_mode``) before the extractor;
       default: the generator's resolution (or the generated dataset's image size).
+    class_filter: only these labels of the real (and generated-dataset) images, e.g. for a GAN
+      trained on one class; labels of a conditional G are then drawn among these classes.
     extractor: any callable ``images[-1,1] -> [N, D]`` with ``identity`` and ``dim`` attributes;
       default: ``InceptionFeatures(inception_weights)`` (None = seeded random weights, for tests).
 
@@ -205,22 +244,22 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
     from histaug_tf.metrics.inception import get_inception
 
     t0 = time.monotonic()
-    wanted = parse_metrics(metrics)
+    wanted, spec_num = parse_metric_spec(metrics)
     if not wanted:
         return {}
     if (G is None) == (gen_data_dir is None):
         raise UserError("give exactly one of a network (--network) and a generated dataset (--gen_data)")
+    num_gen = int(num_gen if num_gen is not None else (spec_num or 50000))
+    class_filter = _class_filter(class_filter)
     need_rows = "kid" in wanted or "pr" in wanted
-    if extractor is None:
-        extractor = get_inception(inception_weights, seed=inception_seed, batch_size=batch_size,
-                                  jit_compile=jit_compile)
     real_manifest = load_manifest(data_dir)
     label_names = list(real_manifest["label_names"])
     real_info = split_info(real_manifest, split)
 
-    gen_stats = None
+    # ---- check the generated side and settle the resolution before any heavy work ----
+    synth = labels = None
     if G is not None:
-        if int(num_gen) < 2:
+        if num_gen < 2:
             raise UserError(f"--num_gen={num_gen}: must be >= 2")
         synth = Synthesizer(G=None if isinstance(G, dict) else G,
                             per_class=G if isinstance(G, dict) else None,
@@ -229,11 +268,12 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
         if resolution is None:
             resolution = synth.resolution
         classes = synth.classes
-        labels = None
         if classes is not None:
             counts = np.asarray(real_info["class_counts"], np.float64)
             if len(counts) != len(label_names):
                 raise UserError(f"{data_dir}: class_counts do not match label_names")
+            if class_filter is not None:
+                counts = np.where(np.isin(np.arange(len(counts)), class_filter), counts, 0)
             if not isinstance(G, dict) and len(classes) != len(label_names):
                 raise UserError(f"the network is conditional with c_dim={len(classes)}, but "
                                 f"{data_dir} has {len(label_names)} classes {label_names}")
@@ -241,28 +281,34 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
             if missing:
                 raise UserError(f"no network for class(es) {missing} of {data_dir} "
                                 f"(per-class networks given for {classes})")
-            labels = np.random.default_rng(seed).choice(len(counts), size=int(num_gen),
+            if counts.sum() <= 0:
+                raise UserError(f"{data_dir}: split '{split}' has no labelled images to match")
+            labels = np.random.default_rng(seed).choice(len(counts), size=num_gen,
                                                         p=counts / counts.sum())
-        gen_stats = generator_feature_stats(synth, extractor, int(num_gen), labels, seed_start=seed,
-                                            capture_all=need_rows, batch_size=batch_size,
-                                            progress=progress)
-        gen_info = {"source": "network", "num": int(num_gen)}
-    else:
-        gm = load_manifest(gen_data_dir)
-        if resolution is None:
-            resolution = int(gm["image_shape"][0])
-        gen_stats, ginfo = dataset_feature_stats(
-            gen_data_dir, extractor, gen_split, resolution=resolution, resize_mode=resize_mode,
-            max_keep=None, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
-            use_cache=use_cache, progress=progress)
-        gen_info = {"source": "dataset", "num": gen_stats.count, **ginfo}
-    t_gen = time.monotonic()
+    elif resolution is None:
+        resolution = int(load_manifest(gen_data_dir)["image_shape"][0])
+    if extractor is None:
+        extractor = get_inception(inception_weights, seed=inception_seed, batch_size=batch_size,
+                                  jit_compile=jit_compile)
 
     real_stats, rinfo = dataset_feature_stats(
         data_dir, extractor, split, resolution=resolution, resize_mode=resize_mode,
         max_keep=max_real_features, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
-        use_cache=use_cache, progress=progress)
+        use_cache=use_cache, progress=progress, class_filter=class_filter)
     t_real = time.monotonic()
+
+    if synth is not None:
+        gen_stats = generator_feature_stats(synth, extractor, num_gen, labels, seed_start=seed,
+                                            capture_all=need_rows, batch_size=batch_size,
+                                            progress=progress)
+        gen_info = {"source": "network", "num": num_gen}
+    else:
+        gen_stats, ginfo = dataset_feature_stats(
+            gen_data_dir, extractor, gen_split, resolution=resolution, resize_mode=resize_mode,
+            max_keep=None, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
+            use_cache=use_cache, progress=progress, class_filter=class_filter)
+        gen_info = {"source": "dataset", "num": gen_stats.count, **ginfo}
+    t_gen = time.monotonic()
 
     out = {}
     if "fid" in wanted:
@@ -294,8 +340,44 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
             "num_gen": gen_stats.count,
             "generated": gen_info,
             "real_cache": rinfo,
-            "seconds_generated_features": t_gen - t0,
-            "seconds_real_features": t_real - t_gen,
+            "seconds_real_features": t_real - t0,
+            "seconds_generated_features": t_gen - t_real,
             "seconds_total": t_end - t0,
         })
     return out
+
+
+_warned_random = []
+
+
+def training_metrics(metrics, G, data_dir, *, snapshot_path=None, resolution=None,
+                     resize_mode="crop", class_filter=None, run_dir=None, num_gen=None,
+                     inception_weights=None, batch_size=64, **kwargs) -> dict:
+    """``compute_metrics`` for the trainer's ``--metrics`` at snapshots: the same definitions,
+    with ``noise_mode='const'`` and seed 0 so successive snapshots are measured on the same latents.
+
+    ``inception_weights``: as ``calc_metrics --inception_weights``; when None, the environment
+    variable ``HISTAUG_INCEPTION_WEIGHTS``, else Keras' cached ImageNet file
+    (``~/.keras/models/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5``) if present
+    (nothing is downloaded), else seeded random weights with a warning — such numbers track one
+    run's progress but mean nothing across setups.
+    ``snapshot_path`` and ``run_dir`` are accepted for the trainer's convenience (unused).
+    """
+    del snapshot_path, run_dir
+    w = inception_weights or os.environ.get("HISTAUG_INCEPTION_WEIGHTS") or None
+    if w is None:
+        keras_file = os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"),
+                                  "models", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")
+        if os.path.isfile(keras_file):
+            w = keras_file
+    if w == "random":
+        w = None
+    if w is None and not _warned_random:
+        _warned_random.append(True)
+        logging.warning("metrics: no Inception weights given (HISTAUG_INCEPTION_WEIGHTS or "
+                        "inception_weights=); using seeded RANDOM weights: the values only "
+                        "compare snapshots of this setup")
+    kwargs.setdefault("noise_mode", "const")
+    return compute_metrics(metrics, G=G, data_dir=data_dir, resolution=resolution,
+                           resize_mode=resize_mode, class_filter=class_filter, num_gen=num_gen,
+                           inception_weights=w, batch_size=batch_size, **kwargs)
