@@ -93,6 +93,8 @@ def test_rebuild_tensor_strides_offsets_bfloat16():
     np.testing.assert_array_equal(got, ref)
     with pytest.raises(safe_pickle.UnsafePickleError, match="beyond"):
         safe_pickle._rebuild_tensor_v2(st, 10, (3, 4), (1, 5))
+    with pytest.raises(safe_pickle.UnsafePickleError, match="more elements"):
+        safe_pickle._rebuild_tensor_v2(st, 0, (10 ** 6, 10 ** 6), (0, 0))   # no 4 TB expansion
     vals = np.array([1.0, -2.5, 3.140625], dtype=np.float32)
     bits = (vals.view(np.uint32) >> 16).astype(np.uint16)
     got = safe_pickle._rebuild_tensor_v2(safe_pickle._Storage(bits, True), 0, (3,), (1,))
