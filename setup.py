@@ -30,7 +30,8 @@ setup(
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         # CUDA-enabled TensorFlow wheels (Linux x86_64).
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
-        # Reading PyTorch network pickles' tensor storages (see README, "Import NVlabs models").
+        # Importing NVlabs pickles needs nothing extra: tensor storages are parsed without torch
+        # (see README, "Importing NVlabs models").
         "import": [],
     },
 )

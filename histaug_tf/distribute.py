@@ -21,6 +21,12 @@ distribution); the address of a task is ``<node>:<port_base + local task index>`
 ``MultiWorkerMirroredStrategy`` must be created before any other TensorFlow op runs in the process
 (so call ``get_strategy`` first thing in ``main``).
 
+Preemption: SLURM stops a job (requeue, preemption, ``scancel``, time limit) with SIGTERM to every
+task and SIGKILL ``KillWait`` seconds later. A multi-worker TF process *ignores* SIGTERM (the
+coordination service installs its own handler that only records the notice), so without a handler
+it runs on until SIGKILL. ``StopSignal`` turns SIGTERM into "stop at the next step boundary, agreed
+by all workers", so that a checkpoint can be saved before exiting.
+
 Writing convention (TF's multi-worker guide): only the chief writes summaries, snapshots and stats;
 checkpoints are saved by *every* worker (saving is a collective operation), the non-chief workers into
 a private temporary directory that they delete afterwards — see ``worker_write_path`` and
@@ -32,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 
 from histaug_tf.common import UserError
@@ -394,3 +401,46 @@ def remove_worker_path(path: str, strategy) -> None:
     tmp = os.path.dirname(path.rstrip("/"))
     if os.path.basename(tmp).startswith(".workertemp_"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Graceful stop on SIGTERM (preemption / requeue / scancel / time limit)
+
+class StopSignal:
+    """Record SIGTERM (and the other ``signals``) so a training loop can stop cleanly.
+
+    Create it right *after* ``get_strategy`` (multi-worker strategies install a SIGTERM handler
+    of their own, which this replaces) in the main thread. In the loop, every worker must call
+    ``should_stop(strategy)`` at the same steps: with several workers it is a (tiny) collective
+    that returns True on every worker as soon as any worker got the signal, so all of them leave
+    the loop at the same step, save the checkpoint together and exit::
+
+        stop = distribute.StopSignal()
+        while step < total:
+            train_step(...)
+            if step % 10 == 0 and stop.should_stop(strategy):
+                manager.save(); break
+    """
+
+    def __init__(self, signals=(signal.SIGTERM,)):
+        self.signum = None
+        for s in signals:
+            signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+
+    @property
+    def received(self) -> bool:
+        """True when this process got a signal (no communication)."""
+        return self.signum is not None
+
+    def should_stop(self, strategy) -> bool:
+        """True on all workers when any worker received a signal (a collective with >1 worker)."""
+        if worker_info(strategy)[0] == 1:
+            return self.received
+        import tensorflow as tf
+        local = 1.0 if self.received else 0.0
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                strategy.run(lambda: tf.constant(local)), axis=None)
+        return float(total) > 0

@@ -154,23 +154,27 @@ def prepare_dataset(cfg: StudyConfig, entry: str) -> str:
 
 
 def make_subset(cfg, data_dir, fraction, seed, out, logs) -> str:
-    if not _has_manifest(out):
-        args = [f"--data={data_dir}", f"--fraction={fraction}", f"--seed={seed}", f"--out={out}",
+    """The train subset of one cell: ``<out>/frac<f>/`` written by ``histaug_tf.subset``."""
+    from histaug_tf.data.subsets import frac_dirname
+    d = os.path.join(out, frac_dirname(fraction))
+    if not _has_manifest(d):
+        args = [f"--src={data_dir}", f"--fractions={fraction}", f"--seed={seed}", f"--out={out}",
                 "--overwrite", *shlex.split(cfg.subset_args)]
         run_stage("subset", args, os.path.join(logs, "subset.log"))
-    return out
+    return d
 
 
 def train_gans(cfg, subset_dir, cdir, seed, logs, num_classes=2) -> dict:
     """Train the GAN(s); return {'network': dir} (conditional) or {'networks': {c: dir}}."""
     common = [f"--data={subset_dir}", f"--cfg={cfg.gan_cfg}", f"--kimg={cfg.gan_kimg}",
-              f"--seed={seed}", f"--resolution={cfg.resolution}", *shlex.split(cfg.gan_args)]
+              f"--seed={seed}", f"--resolution={cfg.resolution}", f"--resize={cfg.resize_mode}",
+              *shlex.split(cfg.gan_args)]
     runs = {}
     if cfg.gan_mode == "conditional":
-        runs[None] = (os.path.join(cdir, "gan"), ["--cond=true"])
+        runs[None] = (os.path.join(cdir, "gan"), ["--cond"])
     elif cfg.gan_mode == "per_class":
         for c in range(num_classes):
-            runs[c] = (os.path.join(cdir, f"gan_c{c}"), ["--cond=false", f"--class_filter={c}"])
+            runs[c] = (os.path.join(cdir, f"gan_c{c}"), ["--nocond", f"--class_filter={c}"])
     else:
         raise UserError(f"--gan_mode={cfg.gan_mode}: expected conditional or per_class")
     for c, (rd, extra) in runs.items():
@@ -192,7 +196,7 @@ def generate_synthetic(cfg, gans, out, seed, logs) -> str:
         else:
             net = ["--networks=" + ",".join(f"{c}:{d}" for c, d in sorted(gans["networks"].items()))]
         args = [*net, f"--num_per_class={cfg.num_synthetic_per_class}", f"--seed={seed}",
-                f"--out={out}", f"--trunc={cfg.truncation}", "--overwrite",
+                f"--outdir={out}", f"--trunc={cfg.truncation}", "--overwrite",
                 *shlex.split(cfg.generate_args)]
         run_stage("generate", args, os.path.join(logs, "generate.log"))
     return out
@@ -258,7 +262,7 @@ def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, see
     label_names = list(man.get("label_names", ["normal", "tumour"]))
     full = fraction >= 1.0
     train_dir = data_dir if full else make_subset(cfg, data_dir, fraction, seed,
-                                                  os.path.join(cdir, "subset"), logs)
+                                                  os.path.join(cdir, "subsets"), logs)
     tman = load_manifest(train_dir)
     n_train = int(tman["splits"]["train"]["num_examples"])
     rec = {"dataset": dataset, "fraction": fraction, "seed": seed, "n_train": n_train,

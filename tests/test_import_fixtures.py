@@ -98,7 +98,7 @@ _MODULE_SRC = "# stand-in for the module source NVlabs embeds; it must never be 
 
 def torch_storage_bytes(arr, key="140000000000000"):
     """A legacy torch.save stream of one FloatStorage holding ``arr`` (what _load_from_bytes gets)."""
-    arr = np.ascontiguousarray(arr, dtype="<f4").reshape(-1)
+    arr = np.array(arr, dtype="<f4", order="C").reshape(-1)
     buf = io.BytesIO()
     for obj in (0x1950A86A20F9469CFC6C, 1001,
                 {"protocol_version": 1001, "little_endian": True,
@@ -116,7 +116,7 @@ def torch_storage_bytes(arr, key="140000000000000"):
 def torch_tensor(arr, parameter=True):
     arr = np.asarray(arr, dtype=np.float32)
     shape = tuple(arr.shape)
-    stride = tuple(int(s) // 4 for s in np.ascontiguousarray(arr).strides) if arr.ndim else ()
+    stride = tuple(int(s) // 4 for s in np.array(arr, order="C").strides)
     storage = Reduce(GlobalRef("torch.storage", "_load_from_bytes"), (torch_storage_bytes(arr),))
     t = Reduce(GlobalRef("torch._utils", "_rebuild_tensor_v2"),
                (storage, 0, shape, stride, parameter, Reduce(_ORDERED_DICT, ())))
@@ -320,7 +320,7 @@ def random_weights(shapes, rng):
 
 def _np_array(arr):
     """A NumPy array pickled the way NumPy 1.x pickles it (numpy.core.multiarray._reconstruct)."""
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.array(arr, dtype=np.float32, order="C")  # (ascontiguousarray would make 0-d 1-d)
     dtype = Reduce(GlobalRef("numpy", "dtype"), ("f4", False, True),
                    (3, "<", None, None, None, -1, -1, 0))
     return Reduce(GlobalRef("numpy.core.multiarray", "_reconstruct"),
@@ -400,7 +400,7 @@ def pt_to_tf1_D(sd):
 
 def write_tf1_pkl(path, G_sd, G_ema_sd, D_sd, *, z_dim, c_dim, w_dim, img_resolution,
                   img_channels, num_map, fmap_base, fmap_max, mbstd_group_size, d_mapping_fmaps,
-                  d_num_map=0):
+                  d_num_map=0, d_mapping_lrmul=None):
     def make_G(sd, name):
         mapping, synthesis, own = pt_to_tf1_G(sd, img_resolution)
         kw = dict(latent_size=z_dim, label_size=c_dim, dlatent_size=w_dim,
@@ -415,6 +415,7 @@ def write_tf1_pkl(path, G_sd, G_ema_sd, D_sd, *, z_dim, c_dim, w_dim, img_resolu
                 fmap_base=fmap_base, fmap_max=fmap_max, architecture="resnet",
                 mbstd_group_size=mbstd_group_size, mapping_fmaps=d_mapping_fmaps,
                 mapping_layers=d_num_map,
+                **({} if d_mapping_lrmul is None else {"mapping_lrmul": d_mapping_lrmul}),
                 num_fp16_res=0, conv_clamp=None)
     data = (make_G(G_sd, "G"), tf1_network("D", "D_main", D_kw, pt_to_tf1_D(D_sd)),
             make_G(G_ema_sd, "Gs"))
@@ -493,7 +494,7 @@ def _modconv(x, weight, styles, demodulate, up, noise=None):
 _F = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float64) / 64
 
 
-def np_mapping(p, z, c, num_map, psi=1.0, cutoff=None, num_ws=None, prefix="mapping."):
+def np_mapping(p, z, c, num_map, psi=1.0, cutoff=None, num_ws=None, prefix="mapping.", lr=0.01):
     x = []
     if z is not None:
         x.append(_norm2(z))
@@ -501,7 +502,7 @@ def np_mapping(p, z, c, num_map, psi=1.0, cutoff=None, num_ws=None, prefix="mapp
         x.append(_norm2(_fc(c, p[prefix + "embed.weight"], p[prefix + "embed.bias"])))
     x = np.concatenate(x, axis=1)
     for i in range(num_map):
-        x = _fc(x, p[f"{prefix}fc{i}.weight"], p[f"{prefix}fc{i}.bias"], lr=0.01, act=True)
+        x = _fc(x, p[f"{prefix}fc{i}.weight"], p[f"{prefix}fc{i}.bias"], lr=lr, act=True)
     if num_ws is None:
         return x
     ws = np.repeat(x[:, None], num_ws, axis=1)
@@ -557,7 +558,7 @@ def _conv_layer(x, w, b, act, pad, down=1, gain=1.0):
     return (_lrelu(y) if act else y) * gain
 
 
-def np_discriminator(p, img, c, img_resolution, num_map, mbstd_group=4):
+def np_discriminator(p, img, c, img_resolution, num_map, mbstd_group=4, map_lr=0.01):
     """D(img, c) -> logits [N, 1] for the resnet architecture (img NCHW)."""
     p = {k: np.asarray(v, np.float64) for k, v in p.items()}
     x = None
@@ -582,7 +583,7 @@ def np_discriminator(p, img, c, img_resolution, num_map, mbstd_group=4):
     x = _fc(x.reshape(n, -1), p["b4.fc.weight"], p["b4.fc.bias"], act=True)
     x = _fc(x, p["b4.out.weight"], p["b4.out.bias"])
     if c is not None and "mapping.embed.weight" in p:
-        cmap = np_mapping(p, None, c, num_map)
+        cmap = np_mapping(p, None, c, num_map, lr=map_lr)
         x = np.sum(x * cmap, axis=1, keepdims=True) / np.sqrt(cmap.shape[1])
     return x
 

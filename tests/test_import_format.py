@@ -49,6 +49,7 @@ def test_pytorch_structure_roundtrip(tmp_path, c_dim):
         got = data[key].params
         assert set(got) == set(ref), key
         for name in ref:
+            assert got[name].shape == ref[name].shape, (key, name)
             np.testing.assert_array_equal(got[name], ref[name], err_msg=f"{key} {name}")
     kw = data["G"].kwargs
     assert (kw["z_dim"], kw["c_dim"], kw["w_dim"], kw["img_resolution"]) == (6, c_dim, 8, 16)
@@ -72,6 +73,7 @@ def test_tf1_structure_gives_same_pytorch_layout_weights(tmp_path):
         got = data[key].params
         assert set(got) == set(ref), (key, set(got) ^ set(ref))
         for name in ref:
+            assert got[name].shape == ref[name].shape, (key, name)
             np.testing.assert_allclose(got[name], ref[name], rtol=0, atol=1e-6,
                                        err_msg=f"{key} {name}")
     gk = data["G_ema"].kwargs
@@ -91,6 +93,8 @@ def test_rebuild_tensor_strides_offsets_bfloat16():
     np.testing.assert_array_equal(got, ref)
     with pytest.raises(safe_pickle.UnsafePickleError, match="beyond"):
         safe_pickle._rebuild_tensor_v2(st, 10, (3, 4), (1, 5))
+    with pytest.raises(safe_pickle.UnsafePickleError, match="more elements"):
+        safe_pickle._rebuild_tensor_v2(st, 0, (10 ** 6, 10 ** 6), (0, 0))   # no 4 TB expansion
     vals = np.array([1.0, -2.5, 3.140625], dtype=np.float32)
     bits = (vals.view(np.uint32) >> 16).astype(np.uint16)
     got = safe_pickle._rebuild_tensor_v2(safe_pickle._Storage(bits, True), 0, (3,), (1,))

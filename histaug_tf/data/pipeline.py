@@ -162,20 +162,22 @@ def make_dataset(data_dir, split="train", *, resolution=None, resize_mode="crop"
     if repeat:
         ds = ds.repeat()
 
-    ds = ds.map(schema.parse_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if class_filter is not None:
+    # One fused map (parse → decode → resolution → augment → scale) keeps the per-element overhead
+    # low; a class filter needs the label first, so then parsing is a map of its own.
+    parsed = class_filter is not None
+    if parsed:
         keep = tf.constant(sorted({int(class_filter)} if np.isscalar(class_filter)
                                   else {int(k) for k in class_filter}), tf.int64)
+        ds = ds.map(schema.parse_example, num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=deterministic)
         ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["label"], keep)))
 
     augment = flips or rot90
     if augment:
-        rnd = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, rnd))
-    else:
-        ds = ds.map(lambda ex: (ex, tf.zeros([2], tf.int64)))
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
 
-    def _map(ex, rnd_pair):
+    def _map(rec, rnd_pair=None):
+        ex = rec if parsed else schema.parse_example(rec)
         img = schema.decode_image(ex["image"], encoding, (h, w, c))
         if pixel_range is not None and resize_mode == "resize":
             img = tf.cast(img, tf.float32)  # resize in float; round only for uint8 output

@@ -43,9 +43,11 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 def encode_png(image: np.ndarray, level: int = 1) -> bytes:
     """Lossless 8-bit PNG of a uint8 HWC array (C in 1, 3, 4), written with NumPy + zlib.
 
-    Uses the PNG "Up" filter on every row and zlib's run-length strategy: about 2-3x faster than
-    Pillow's adaptive encoder on histology patches for a few percent larger files. Any PNG decoder
-    reads it (the tests decode with TensorFlow's libpng and Pillow).
+    Uses the PNG "Sub" filter on every row (each byte minus the same channel of the pixel to its
+    left) and zlib run-length coding at level 1: on 96x96 tissue patches about 2x faster than
+    Pillow's adaptive encoder for the same size (general LZ77 matching finds little in noisy tissue
+    after the filter; runs still shrink flat background). Any PNG decoder reads it (the tests
+    decode with TensorFlow's libpng and Pillow).
     """
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in _PNG_COLOR_TYPE:
@@ -53,9 +55,9 @@ def encode_png(image: np.ndarray, level: int = 1) -> bytes:
     h, w, c = img.shape
     rows = img.reshape(h, w * c)
     filt = np.empty((h, w * c + 1), np.uint8)
-    filt[:, 0] = 2  # filter type Up
-    filt[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filt[1:, 1:])  # uint8 wrap-around == mod 256
+    filt[:, 0] = 1  # filter type Sub
+    filt[:, 1:1 + c] = rows[:, :c]
+    np.subtract(rows[:, c:], rows[:, :-c], out=filt[:, 1 + c:])  # uint8 wrap-around == mod 256
     comp = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     idat = comp.compress(filt.tobytes()) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", w, h, 8, _PNG_COLOR_TYPE[c], 0, 0, 0)
@@ -81,7 +83,12 @@ def encode_image(image: np.ndarray, encoding: str = "png") -> bytes:
 #   Feature  { oneof { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
 #   BytesList { repeated bytes value = 1; }   Int64List { repeated int64 value = 1 [packed]; }
 # --------------------------------------------------------------------------------------------
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL_VARINTS[n]
     if n < 0:
         n += 1 << 64  # int64 two's complement, as protobuf does
     out = bytearray()
@@ -107,6 +114,14 @@ def _int64_feature(value: int) -> bytes:
     return _len_field(3, _len_field(1, _varint(int(value))))  # Feature.int64_list { packed value }
 
 
+_KEY_FIELD = {k: _len_field(1, k) for k in (b"group", b"image", b"key", b"label", b"source")}
+
+
+def _entry(name: bytes, feature: bytes) -> bytes:
+    """One map<string, Feature> entry of Features (field 1): {key = 1: name, value = 2: feature}."""
+    return _len_field(1, _KEY_FIELD[name] + _len_field(2, feature))
+
+
 def _as_bytes(s) -> bytes:
     return s if isinstance(s, bytes) else str(s).encode("utf-8")
 
@@ -116,14 +131,13 @@ def make_example(image_bytes: bytes, label: int, key, group, source="real") -> b
     source = _as_bytes(source)
     if source.decode() not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    feats = [
-        (b"group", _bytes_feature(_as_bytes(group))),
-        (b"image", _bytes_feature(bytes(image_bytes))),
-        (b"key", _bytes_feature(_as_bytes(key))),
-        (b"label", _int64_feature(label)),
-        (b"source", _bytes_feature(source)),
-    ]
-    features = b"".join(_len_field(1, _len_field(1, k) + _len_field(2, v)) for k, v in feats)
+    features = b"".join((
+        _entry(b"group", _bytes_feature(_as_bytes(group))),
+        _entry(b"image", _bytes_feature(bytes(image_bytes))),
+        _entry(b"key", _bytes_feature(_as_bytes(key))),
+        _entry(b"label", _int64_feature(label)),
+        _entry(b"source", _bytes_feature(source)),
+    ))
     return _len_field(1, features)
 
 

@@ -330,7 +330,7 @@ def _tf_generator(net, path, key):
             raise UserError(f"{path}: {key}: TF1 variable {tf_name!r} is missing")
         used.add(tf_name)
         v = tf[tf_name]
-        out[pt_name] = _as_float32(np.ascontiguousarray(fn(v) if fn else v), tf_name, path)
+        out[pt_name] = _as_float32(np.array(fn(v) if fn else v, order="C"), tf_name, path)
         src[pt_name] = tf_name
 
     dense = lambda p: (lambda w: w.T) if p == "weight" else None
@@ -396,7 +396,7 @@ def _tf_discriminator(net, path, key):
             raise UserError(f"{path}: {key}: TF1 variable {tf_name!r} is missing")
         used.add(tf_name)
         v = tf[tf_name]
-        out[pt_name] = _as_float32(np.ascontiguousarray(fn(v) if fn else v), tf_name, path)
+        out[pt_name] = _as_float32(np.array(fn(v) if fn else v, order="C"), tf_name, path)
         src[pt_name] = tf_name
 
     conv = lambda w: np.transpose(w, (3, 2, 0, 1))

@@ -101,6 +101,9 @@ class PersistentObjectStub:
         state = meta.get("state")
         self.state = dict(state) if state is not None else {}
 
+    def __setstate__(self, state):  # the real format never BUILDs a persistent object
+        raise UnsafePickleError("unexpected state for a torch_utils.persistence object")
+
     def __repr__(self):
         return f"PersistentObjectStub({self.class_name})"
 
@@ -147,8 +150,8 @@ def _np_dtype(obj, align=False, copy=False):
 def _np_reconstruct(subtype, shape, typecode):
     if subtype is not _NDArrayMarker:
         raise UnsafePickleError("numpy _reconstruct of a class other than numpy.ndarray")
-    if not isinstance(typecode, (bytes, str)) or len(typecode) != 1:
-        raise UnsafePickleError("numpy _reconstruct with an unexpected type code")
+    if not isinstance(typecode, (bytes, str)) or len(typecode) != 1 or tuple(shape) != (0,):
+        raise UnsafePickleError("numpy _reconstruct with unexpected arguments")
     arr = np.ndarray.__new__(np.ndarray, tuple(shape), np.dtype(typecode))
     return _ArrayUnderConstruction(arr)
 
@@ -348,6 +351,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
         last = int(storage_offset) + sum((s - 1) * st for s, st in zip(size, stride))
         if storage_offset < 0 or last >= data.size:
             raise UnsafePickleError("tensor extends beyond its storage")
+        if n > data.size:  # only expanded/overlapping views could; network tensors never are
+            raise UnsafePickleError("tensor has more elements than its storage")
         view = np.lib.stride_tricks.as_strided(
             data[int(storage_offset):], shape=size,
             strides=tuple(st * data.itemsize for st in stride), writeable=False)

@@ -55,6 +55,7 @@ def run(outdir, steps, batch, strategy_name, seed, dim, lr, ckpt_every, step_sle
     import tensorflow as tf
     import keras
 
+    stop = distribute.StopSignal()  # SIGTERM -> save a checkpoint and exit at the next step
     n_workers, index = distribute.worker_info(strategy)
     chief = distribute.is_chief(strategy)
     per_replica = distribute.per_replica_batch(batch, strategy)
@@ -82,6 +83,13 @@ def run(outdir, steps, batch, strategy_name, seed, dim, lr, ckpt_every, step_sle
     if latest:
         ckpt.restore(latest).assert_existing_objects_matched()
     resumed_from = int(step_var.numpy())
+    stats_path = os.path.join(outdir, "stats.jsonl")
+    if chief and os.path.exists(stats_path):  # drop lines of steps lost since the checkpoint
+        with open(stats_path) as f:
+            kept = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= resumed_from]
+        with open(stats_path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(stats_path + ".tmp", stats_path)
     logging.info("cluster_check: %s", f"resumed from step {resumed_from} ({latest})" if latest
                  else "no checkpoint, starting at step 0")
 
@@ -97,7 +105,6 @@ def run(outdir, steps, batch, strategy_name, seed, dim, lr, ckpt_every, step_sle
         per = strategy.run(fn, args=(x, y))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
 
-    stats_path = os.path.join(outdir, "stats.jsonl")
     while int(step_var.numpy()) < steps:
         s = int(step_var.numpy())
 
@@ -117,6 +124,12 @@ def run(outdir, steps, batch, strategy_name, seed, dim, lr, ckpt_every, step_sle
             manager.save(checkpoint_number=s + 1)  # every worker: saving is collective
         if step_sleep:
             time.sleep(step_sleep)
+        if stop.should_stop(strategy):
+            manager.save(checkpoint_number=int(step_var.numpy()))
+            logging.info("cluster_check: signal %s: saved step %d, exiting", stop.signum,
+                         int(step_var.numpy()))
+            distribute.remove_worker_path(my_dir, strategy)
+            sys.exit(143)
 
     weights = [v.numpy().tolist() for v in model.trainable_variables]
     info = {"worker_index": index, "num_workers": n_workers, "chief": chief,

@@ -1,0 +1,274 @@
+"""From train_gan's flags to a running ``Trainer``: strategy, preset, data, networks, augment pipe.
+
+``launch(**options)`` is the one call behind ``python -m histaug_tf.train_gan``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from histaug_tf.common import UserError
+
+AUG_MODES = ("ada", "noaug", "fixed")
+
+
+def _pow2(n):
+    return n >= 4 and (n & (n - 1)) == 0
+
+
+def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop", mirror=False,
+                    cond=False, class_filter=None, batch=None, kimg=None, tick=4.0, snap=50,
+                    gamma=None, aug="ada", p=None, target=0.6, augpipe="bgc", ada_kimg=500.0,
+                    strategy="auto", jit=False, mixed_precision=None, seed=0, metrics=(),
+                    metrics_kimg=None, resume=None, freezed=0, deterministic=False,
+                    shuffle_buffer=10000, checkpoint_ticks=1, noise_mode="random",
+                    input_sharding="file", num_replicas=1, ema_kimg=None, lr=None,
+                    style_mixing=None, pl_weight=None, grid=(8, 4), tensorboard=True):
+    """Validate the flags and resolve the preset. Returns the options dict
+    (written to ``training_options.json``). ``num_replicas`` is the strategy's replica count."""
+    from histaug_tf.data.pipeline import dataset_info
+    from histaug_tf.gan.presets import get_preset
+
+    if not data:
+        raise UserError("--data: required (a dataset directory from prepare_data or subset)")
+    if not outdir:
+        raise UserError("--outdir: required")
+    info = dataset_info(data)
+    h, w, ch = (int(v) for v in info["image_shape"])
+    if resolution is None:
+        if h != w or not _pow2(h):
+            raise UserError(f"{data}: images are {h}x{w}, not a square power of two; pass "
+                            f"--resolution (e.g. 64) and --resize=crop|resize|pad")
+        resolution = h
+    resolution = int(resolution)
+    if not _pow2(resolution) or resolution < 8:
+        raise UserError(f"--resolution={resolution}: must be a power of two >= 8")
+    if resize not in ("crop", "resize", "pad"):
+        raise UserError(f"--resize={resize}: expected crop, resize or pad")
+    if aug not in AUG_MODES:
+        raise UserError(f"--aug={aug}: expected one of {', '.join(AUG_MODES)}")
+    if aug == "fixed" and p is None:
+        raise UserError("--aug=fixed needs --p")
+    if p is not None and not 0 <= float(p) <= 1:
+        raise UserError(f"--p={p}: must be in [0, 1]")
+    num_classes = len(info["label_names"])
+    counts = info["class_counts"].get("train")
+    if counts is None:
+        raise UserError(f"{data}: no 'train' split")
+    if class_filter is not None:
+        class_filter = int(class_filter)
+        if not 0 <= class_filter < num_classes:
+            raise UserError(f"--class_filter={class_filter}: the dataset has classes "
+                            f"0..{num_classes - 1} ({', '.join(info['label_names'])})")
+        if cond:
+            raise UserError("--cond and --class_filter exclude each other (one class is "
+                            "unconditional)")
+        if counts[class_filter] == 0:
+            raise UserError(f"{data}: class {class_filter} has no training examples")
+    c_dim = num_classes if cond else 0
+    preset = get_preset(cfg, resolution, gpus=max(int(num_replicas), 1), c_dim=c_dim,
+                        img_channels=ch, mixed_precision=mixed_precision)
+    if batch is not None:
+        preset["batch"] = int(batch)
+    if gamma is not None:
+        preset["gamma"] = float(gamma)
+        preset["loss_kwargs"]["r1_gamma"] = float(gamma)
+    if kimg is not None:
+        preset["kimg"] = float(kimg)
+    if ema_kimg is not None:
+        preset["ema_kimg"] = float(ema_kimg)
+    if lr is not None:
+        preset["G_lr"] = preset["D_lr"] = float(lr)
+    if style_mixing is not None:
+        preset["loss_kwargs"]["style_mixing_prob"] = float(style_mixing)
+    if pl_weight is not None:
+        preset["loss_kwargs"]["pl_weight"] = float(pl_weight)
+    ema_rampup = preset["ema_rampup"]
+    if resume:
+        if not os.path.exists(resume):
+            raise UserError(f"--resume={resume}: no such snapshot")
+        ada_kimg = 100.0   # reference: ADA reacts faster at the beginning of transfer learning
+        ema_rampup = None  # reference: no EMA ramp-up when resuming from a snapshot
+    if freezed and int(freezed) < 0:
+        raise UserError(f"--freezed={freezed}: must be >= 0")
+    return dict(
+        data=os.path.abspath(data), outdir=os.path.abspath(outdir), cfg=cfg,
+        resolution=resolution, resize=resize, mirror=bool(mirror), cond=bool(cond),
+        class_filter=class_filter, c_dim=c_dim, label_names=info["label_names"],
+        class_counts=counts, image_shape=[h, w, ch], batch=int(preset["batch"]),
+        kimg=float(preset["kimg"]), tick=float(tick), snap=int(snap) if snap else 0,
+        gamma=float(preset["gamma"]), aug=aug, p=float(p) if p is not None else 0.0,
+        target=float(target) if aug == "ada" else None, augpipe=augpipe,
+        ada_kimg=float(ada_kimg), strategy=strategy, jit=bool(jit),
+        mixed_precision=bool(preset.get("mixed_precision", False)), seed=int(seed),
+        metrics=list(metrics or []), metrics_kimg=metrics_kimg, resume=resume,
+        freezed=int(freezed or 0), deterministic=bool(deterministic),
+        shuffle_buffer=int(shuffle_buffer), checkpoint_ticks=int(checkpoint_ticks),
+        noise_mode=noise_mode, input_sharding=input_sharding, ema_rampup=ema_rampup,
+        grid=list(grid), tensorboard=bool(tensorboard), preset=preset)
+
+
+def freeze_d_variables(D, freezed):
+    """Freeze-D: the variables of the first ``freezed`` D layers (reference numbering: per block
+    fromrgb, conv0, conv1 count as layers, the skip shares the next index)."""
+    if not freezed:
+        return []
+    out = []
+    first = 0
+    for block in getattr(D, "blocks", []):
+        idx = first
+        counted = 0
+        for name in ("fromrgb", "conv0", "conv1", "skip"):
+            layer = getattr(block, name, None)
+            if layer is None:
+                continue
+            if idx < freezed:
+                out.extend(layer.trainable_variables)
+            idx += 1
+            if name != "skip":
+                counted += 1
+        first += counted
+    return out
+
+
+def launch(**flags):
+    """Run (or resume) one training run; returns the Trainer after it finishes."""
+    import tensorflow as tf
+
+    from histaug_tf import distribute
+
+    if flags.get("deterministic"):
+        tf.config.experimental.enable_op_determinism()
+    strategy = distribute.get_strategy(flags.get("strategy", "auto"))
+    num_workers, worker_index = distribute.worker_info(strategy)
+    chief = distribute.is_chief(strategy)
+    opts = resolve_options(num_replicas=strategy.num_replicas_in_sync, **flags)
+    distribute.per_replica_batch(opts["batch"], strategy)  # clear error if not divisible
+    if opts["deterministic"]:
+        import keras
+        keras.utils.set_random_seed(opts["seed"])
+    preset = opts["preset"]
+
+    from histaug_tf.data.pipeline import make_dataset
+    from histaug_tf.gan import networks
+    from histaug_tf.gan.trainer import Trainer, copy_matching_variables
+
+    def build_networks():
+        G = networks.Generator(**preset["G_kwargs"])
+        D = networks.Discriminator(**preset["D_kwargs"])
+        G_ema = networks.Generator(**preset["G_kwargs"])
+        copy_matching_variables(G, G_ema)
+        return G, D, G_ema
+
+    make_pipe = None
+    if opts["aug"] != "noaug":
+        try:
+            from histaug_tf.gan import augment
+        except ImportError as e:
+            raise UserError(f"--aug={opts['aug']}: the augment pipe is not available ({e}); "
+                            "use --aug=noaug") from None
+        make_pipe = lambda: augment.make_augment_pipe(opts["augpipe"])  # noqa: E731
+
+    def input_fn(nw, wi, worker_batch, seed):
+        common = dict(resolution=opts["resolution"], resize_mode=opts["resize"],
+                      pixel_range=(-1, 1), flips=opts["mirror"],
+                      shuffle_buffer=opts["shuffle_buffer"], repeat=True, drop_remainder=True,
+                      seed=seed, class_filter=opts["class_filter"])
+        if opts["input_sharding"] == "batch" or nw == 1:
+            ds = make_dataset(opts["data"], "train", batch_size=worker_batch * nw, **common)
+            if nw > 1:
+                ds = ds.map(lambda x, y: (x[wi * worker_batch:(wi + 1) * worker_batch],
+                                          y[wi * worker_batch:(wi + 1) * worker_batch]))
+            return ds
+        return make_dataset(opts["data"], "train", batch_size=worker_batch, num_workers=nw,
+                            worker_index=wi, **common)
+
+    snapshot_fn = load_fn = None
+    try:
+        from histaug_tf.gan import snapshot as snapshot_lib
+        snapshot_fn = lambda path, G_ema, G, D, md: snapshot_lib.save_snapshot(  # noqa: E731
+            path, G_ema, G=G, D=D, metadata=md)
+        load_fn = snapshot_lib.load_snapshot
+    except ImportError:  # pragma: no cover - snapshot module not available
+        if opts["snap"]:
+            raise
+
+    metrics_fn = _metrics_hook(opts) if opts["metrics"] else None
+    counts = np.asarray(opts["class_counts"], np.float64)
+    class_probs = counts / counts.sum() if opts["c_dim"] else None
+    lk = preset["loss_kwargs"]
+    ticks_per_snap = opts["snap"] or None
+    trainer = Trainer(
+        strategy=strategy, build_networks=build_networks, input_fn=input_fn,
+        run_dir=opts["outdir"], batch=opts["batch"], make_augment_pipe=make_pipe,
+        c_dim=opts["c_dim"], class_probs=class_probs,
+        G_lr=preset["G_lr"], D_lr=preset["D_lr"],
+        betas=tuple(preset["G_opt_kwargs"].get("betas", (0.0, 0.99))),
+        eps=preset["G_opt_kwargs"].get("eps", 1e-8),
+        G_reg_interval=preset["G_reg_interval"], D_reg_interval=preset["D_reg_interval"],
+        r1_gamma=opts["gamma"], pl_weight=lk["pl_weight"], pl_batch_shrink=lk["pl_batch_shrink"],
+        pl_decay=lk["pl_decay"], style_mixing_prob=lk["style_mixing_prob"],
+        ema_kimg=preset["ema_kimg"], ema_rampup=opts["ema_rampup"], augment_p=opts["p"],
+        ada_target=opts["target"], ada_kimg=opts["ada_kimg"],
+        ada_controller=_ada_controller(opts),
+        total_kimg=opts["kimg"], kimg_per_tick=opts["tick"], snapshot_ticks=ticks_per_snap,
+        image_snapshot_ticks=ticks_per_snap, checkpoint_ticks=opts["checkpoint_ticks"],
+        seed=opts["seed"], jit=opts["jit"], noise_mode=opts["noise_mode"],
+        freeze_d_vars=(lambda D: freeze_d_variables(D, opts["freezed"])),
+        options={k: v for k, v in opts.items()}, resume_snapshot=opts["resume"],
+        snapshot_fn=snapshot_fn, load_snapshot_fn=load_fn, metrics_fn=metrics_fn,
+        num_workers=num_workers, worker_index=worker_index, is_chief=chief,
+        input_sharding=opts["input_sharding"], grid_size=tuple(opts["grid"]),
+        tensorboard=opts["tensorboard"], deterministic=opts["deterministic"])
+    if chief:
+        print(f"{distribute.describe(strategy)}; {opts['cfg']} at {opts['resolution']}px, "
+              f"batch {opts['batch']}, augment {opts['aug']}", flush=True)
+    return trainer.run()
+
+
+def _ada_controller(opts):
+    """The ops developer's ADA update when available (``augment.ada_update``), else None
+    (the trainer's built-in reference formula)."""
+    if opts["aug"] != "ada":
+        return None
+    try:
+        from histaug_tf.gan import augment
+    except ImportError:
+        return None
+    fn = getattr(augment, "ada_update", None)
+    if fn is None:
+        return None
+    target, ada_kimg = opts["target"], opts["ada_kimg"]
+    return lambda p_var, rt, nimg_delta: fn(p_var, rt, target=target, nimg_delta=nimg_delta,
+                                            ada_kimg=ada_kimg)
+
+
+def _metrics_hook(opts):
+    """``fn(G_ema, snapshot_path, kimg) -> {name: value}`` calling
+    ``histaug_tf.metrics.training_metrics(...)`` when the metrics package provides it."""
+    try:
+        import histaug_tf.metrics as metrics_pkg
+    except ImportError:
+        metrics_pkg = None
+    fn = getattr(metrics_pkg, "training_metrics", None) if metrics_pkg else None
+    if fn is None:
+        print("warning: --metrics given but histaug_tf.metrics.training_metrics is not "
+              "available; skipping metrics", flush=True)
+        return None
+
+    state = {"last": None}
+
+    def hook(G_ema, snapshot_path, kimg):
+        # At network snapshots; with --metrics_kimg only when another metrics_kimg has passed.
+        every = float(opts["metrics_kimg"] or 0)
+        if every > 0:
+            bucket = int(kimg // every)
+            if state["last"] is not None and bucket == state["last"] and kimg < opts["kimg"]:
+                return {}
+            state["last"] = bucket
+        return fn(metrics=opts["metrics"], G=G_ema, snapshot_path=snapshot_path,
+                  data_dir=opts["data"], resolution=opts["resolution"],
+                  resize_mode=opts["resize"], class_filter=opts["class_filter"],
+                  run_dir=opts["outdir"])
+    return hook

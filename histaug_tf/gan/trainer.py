@@ -1,0 +1,788 @@
+"""The StyleGAN2-ADA training loop: a custom loop under tf.distribute (DESIGN.md §5–6).
+
+One ``Trainer`` owns G, D, G_ema, the two Adam optimizers, the augment pipe, the input iterator,
+the checkpoint and the run directory. Each step runs the reference's phases in order
+(Gmain, Greg every ``G_reg_interval`` steps, Dmain, Dreg every ``D_reg_interval`` steps), each a
+``tf.function`` around ``strategy.run``; the loss/gradient part of a phase can be XLA-compiled
+(``jit=True``). Then G_ema is updated, and every ``ada_interval`` steps the augment probability.
+
+Distribution: ``batch`` is the global batch; every replica computes per-sample losses on its
+slice, sums them and divides by the global batch (Keras optimizers sum gradients over replicas),
+so a run on N replicas takes the same steps as one replica with the same global batch. Random
+inputs (latents, labels, mixing, path-length noise) come from a stateless Philox RNG keyed by
+(seed, step, phase) and are drawn for the global batch, each replica taking its slice; the
+path-length mean and the ``w_avg`` update use global means. (With ``jit=True`` and several
+replicas the path-length mean is per replica, as in the reference's per-GPU ``pl_mean``.)
+
+Input: each worker has its own plain tf.data iterator over worker batches (sharded by file, or
+the global batch sliced per worker with ``input_sharding='batch'``), checkpointed per worker; the
+worker batch is split over the worker's local replicas.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from histaug_tf.common import UserError
+from histaug_tf.gan import loss as loss_lib
+
+PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
+_PHASE_ID = {name: i for i, name in enumerate(PHASES)}
+
+# Statistic names accumulated per tick (mean over all samples that reported them).
+STAT_NAMES = (
+    "Loss/G/loss", "Loss/G/reg", "Loss/pl_penalty",
+    "Loss/D/loss", "Loss/D/reg", "Loss/r1_penalty",
+    "Loss/scores/fake", "Loss/signs/fake", "Loss/scores/real", "Loss/signs/real",
+)
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN/Inf loss; the run stops and keeps its last good checkpoint."""
+
+
+def format_time(seconds: float) -> str:
+    s = int(np.rint(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
+    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
+    """NHWC float images in [-1, 1] -> one uint8 HWC grid with ``cols`` columns."""
+    n, h, w, c = images.shape
+    rows = -(-n // cols)
+    img = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    pad = rows * cols - n
+    if pad:
+        img = np.concatenate([img, np.zeros((pad, h, w, c), np.uint8)])
+    img = img.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+    return img
+
+
+def save_png(path: str, grid_uint8: np.ndarray) -> None:
+    from PIL import Image
+    arr = grid_uint8[:, :, 0] if grid_uint8.shape[2] == 1 else grid_uint8
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, path)
+
+
+def _tf_var(v):
+    """The tf.Variable behind a Keras 3 variable (what GradientTape watches)."""
+    return v.value if hasattr(v, "value") and isinstance(v.value, tf.Variable) else v
+
+
+def _apply(opt, grads, variables):
+    """apply_gradients without the variables that get no gradient (e.g. the last bias in R1)."""
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    opt.apply_gradients(pairs)
+
+
+def _nan_to_num(g):
+    """Reference ``nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5)``."""
+    if g is None:
+        return None
+    g = tf.where(tf.math.is_nan(g), tf.zeros_like(g), g)
+    return tf.where(tf.math.is_inf(g), tf.sign(g) * tf.cast(1e5, g.dtype), g)
+
+
+class Trainer:
+    """StyleGAN2-ADA trainer. See the module docstring.
+
+    Args (all keyword):
+      strategy: a tf.distribute.Strategy (``tf.distribute.get_strategy()`` for the default).
+      build_networks: ``fn() -> (G, D, G_ema)``, called inside ``strategy.scope()``; the models
+        must be built (variables created) and G_ema a structural copy of G.
+      make_augment_pipe: ``fn() -> pipe`` (with a ``p`` variable) or None; called in scope.
+      input_fn: ``fn(num_workers, worker_index, worker_batch, seed) -> tf.data.Dataset`` yielding
+        ``(images [worker_batch,H,W,C] float in [-1,1], labels int [worker_batch])`` forever.
+      run_dir: output directory (DESIGN.md §5).
+      batch: global batch. c_dim: label dimension (0 = unconditional). class_probs: gen label
+        distribution for conditional training (defaults to uniform).
+      G_lr, D_lr, betas, eps: Adam settings before the lazy-regularisation rescaling.
+      G_reg_interval, D_reg_interval: lazy regularisation intervals (None disables the phase).
+      r1_gamma, pl_weight, pl_batch_shrink, pl_decay, style_mixing_prob: loss settings.
+      ema_kimg, ema_rampup: G EMA.
+      augment_p: initial p; ada_target (None = fixed p), ada_interval, ada_kimg: ADA heuristic.
+      total_kimg, kimg_per_tick, snapshot_ticks, image_snapshot_ticks, checkpoint_ticks.
+      seed: run seed. jit: XLA-compile the per-replica computation. noise_mode: synthesis noise
+        during training. freeze_d_vars: fn(D) -> list of D variables to keep frozen (Freeze-D).
+      options: JSON-able dict written to ``training_options.json``.
+      resume_snapshot: path of a .keras snapshot to initialise G/D/G_ema from (when no checkpoint).
+      snapshot_fn: ``fn(path, G_ema, G, D, metadata)`` (snapshot.save_snapshot).
+      load_snapshot_fn: ``fn(path) -> dict`` (snapshot.load_snapshot).
+      metrics_fn: ``fn(G_ema, snapshot_path, kimg) -> dict`` or None; called at snapshots.
+      num_workers, worker_index, is_chief: from distribute.worker_info / is_chief.
+      log: print function for the progress lines (chief only).
+    """
+
+    def __init__(self, *, strategy, build_networks, input_fn, run_dir, batch,
+                 make_augment_pipe=None, c_dim=0, class_probs=None,
+                 G_lr=0.0025, D_lr=0.0025, betas=(0.0, 0.99), eps=1e-8,
+                 G_reg_interval=4, D_reg_interval=16, r1_gamma=10.0, pl_weight=2.0,
+                 pl_batch_shrink=2, pl_decay=0.01, style_mixing_prob=0.9,
+                 ema_kimg=10.0, ema_rampup=0.05, augment_p=0.0, ada_target=None, ada_interval=4,
+                 ada_kimg=500.0, ada_controller=None, total_kimg=25000.0, kimg_per_tick=4.0,
+                 snapshot_ticks=50, image_snapshot_ticks=None, checkpoint_ticks=1, seed=0,
+                 jit=False, noise_mode="random", freeze_d_vars=None, options=None,
+                 resume_snapshot=None, snapshot_fn=None, load_snapshot_fn=None, metrics_fn=None,
+                 num_workers=1, worker_index=0, is_chief=True, input_sharding="file",
+                 grid_size=(8, 4), max_checkpoints=2, log=print, tensorboard=True,
+                 deterministic=False):
+        self.strategy = strategy
+        self.run_dir = run_dir
+        self.batch = int(batch)
+        self.num_replicas = int(strategy.num_replicas_in_sync)
+        if self.batch % self.num_replicas:
+            raise UserError(f"--batch={batch} is not divisible by the {self.num_replicas} replicas")
+        self.replica_batch = self.batch // self.num_replicas
+        self.num_workers = int(num_workers)
+        self.worker_index = int(worker_index)
+        if self.num_replicas % self.num_workers:
+            raise UserError(f"{self.num_replicas} replicas over {self.num_workers} workers")
+        self.local_replicas = self.num_replicas // self.num_workers
+        self.worker_batch = self.replica_batch * self.local_replicas
+        self.is_chief = bool(is_chief)
+        self.c_dim = int(c_dim)
+        self.class_probs = None if class_probs is None else np.asarray(class_probs, np.float64)
+        self.G_reg_interval = G_reg_interval or None
+        self.D_reg_interval = D_reg_interval or None
+        self.pl_batch_shrink = int(pl_batch_shrink)
+        self.pl_weight = float(pl_weight)
+        self.r1_gamma = float(r1_gamma)
+        self.ema_kimg = float(ema_kimg)
+        self.ema_rampup = ema_rampup
+        self.ada_target = ada_target
+        self.ada_interval = int(ada_interval)
+        self.ada_kimg = float(ada_kimg)
+        self.ada_controller = ada_controller
+        self.total_kimg = float(total_kimg)
+        self.kimg_per_tick = float(kimg_per_tick)
+        self.snapshot_ticks = snapshot_ticks
+        self.image_snapshot_ticks = image_snapshot_ticks if image_snapshot_ticks else snapshot_ticks
+        self.checkpoint_ticks = max(1, int(checkpoint_ticks))
+        self.seed = int(seed)
+        self.jit = bool(jit)
+        self.options = dict(options or {})
+        self.snapshot_fn = snapshot_fn
+        self.load_snapshot_fn = load_snapshot_fn
+        self.metrics_fn = metrics_fn
+        self.input_fn = input_fn
+        self.input_sharding = input_sharding
+        self.grid_size = tuple(grid_size)
+        self.log = log if self.is_chief else (lambda *a, **k: None)
+        self.tensorboard = tensorboard
+        self.deterministic = bool(deterministic)
+        self.max_checkpoints = int(max_checkpoints)
+
+        if self.G_reg_interval and (self.replica_batch // self.pl_batch_shrink) < 1 \
+                and self.pl_weight != 0:
+            raise UserError(f"per-replica batch {self.replica_batch} too small for "
+                            f"pl_batch_shrink={self.pl_batch_shrink}")
+
+        with strategy.scope():
+            self.G, self.D, self.G_ema = build_networks()
+            self.augment_pipe = make_augment_pipe() if make_augment_pipe is not None else None
+            if self.augment_pipe is not None:
+                self.augment_pipe.p.assign(float(augment_p))
+            G_lr_eff, G_betas = loss_lib.lazy_regularization(G_lr, betas, self.G_reg_interval)
+            D_lr_eff, D_betas = loss_lib.lazy_regularization(D_lr, betas, self.D_reg_interval)
+            import keras
+            self.G_opt = keras.optimizers.Adam(G_lr_eff, beta_1=G_betas[0], beta_2=G_betas[1],
+                                               epsilon=eps, name="G_opt")
+            self.D_opt = keras.optimizers.Adam(D_lr_eff, beta_1=D_betas[0], beta_2=D_betas[1],
+                                               epsilon=eps, name="D_opt")
+            self.G_vars = list(self.G.trainable_variables)
+            frozen = set(id(v) for v in (freeze_d_vars(self.D) if freeze_d_vars else []))
+            self.D_vars = [v for v in self.D.trainable_variables if id(v) not in frozen]
+            self.G_opt.build(self.G_vars)
+            self.D_opt.build(self.D_vars)
+            self._G_tf = [_tf_var(v) for v in self.G_vars]
+            self._D_tf = [_tf_var(v) for v in self.D_vars]
+            self.pl_mean = tf.Variable(0.0, trainable=False, name="pl_mean")
+        # Host-side counters and accumulators (cross-replica only; identical on every worker).
+        self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.nimg_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="nimg")
+        self.tick_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="tick")
+        self.seed_var = tf.Variable(self.seed, dtype=tf.int64, trainable=False, name="seed")
+        self.ada_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="ada_sum")
+        self.ada_num = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="ada_num")
+        self.stat_acc = {n: tf.Variable(tf.zeros([3], tf.float64), trainable=False)
+                         for n in STAT_NAMES}
+
+        self.loss = loss_lib.StyleGAN2Loss(
+            self.G, self.D, augment_pipe=self.augment_pipe, r1_gamma=r1_gamma,
+            style_mixing_prob=style_mixing_prob, pl_weight=pl_weight,
+            pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay, noise_mode=noise_mode)
+        self.z_dim = int(self.G.z_dim)
+        self._w_avg = getattr(getattr(self.G, "mapping", None), "w_avg", None)
+        self._w_avg_beta = float(getattr(self.G.mapping, "w_avg_beta", 0.995))
+
+        self._setup_checkpoint(resume_snapshot)
+        self._rebuild_functions()
+
+    def _rebuild_functions(self):
+        """(Re)create the step functions. In deterministic mode this happens at every checkpoint
+        with the TF global seed set from (seed, step): stateful random ops inside the networks or
+        the augment pipe (per-layer noise, augmentation draws) then restart their streams at each
+        checkpoint, so a run resumed from a checkpoint continues exactly as the uninterrupted one.
+        """
+        if self.deterministic:
+            tf.random.set_seed((self.seed * 1000003 + int(self.step_var.numpy())) % (2**31 - 1))
+        self._build_functions()
+
+    # -----------------------------------------------------------------------------------------
+    # Random inputs.
+
+    def _seed(self, step, phase, k):
+        """Stateless seed for (run seed, step, phase, stream k)."""
+        step = tf.cast(step, tf.int64)
+        return tf.stack([tf.constant(self.seed, tf.int64), step * 64 + _PHASE_ID[phase] * 8 + k])
+
+    def _gen_inputs(self, step, phase, n):
+        """Latents, labels, mixing latents and cutoff for ``n`` (global) samples."""
+        z = tf.random.stateless_normal([n, self.z_dim], self._seed(step, phase, 0), alg="philox")
+        mix_z = tf.random.stateless_normal([n, self.z_dim], self._seed(step, phase, 1),
+                                           alg="philox")
+        cutoff = self.loss.mixing_cutoff(self._seed(step, phase, 2))
+        if self.c_dim > 0:
+            probs = (self.class_probs if self.class_probs is not None
+                     else np.full([self.c_dim], 1.0 / self.c_dim))
+            logits = tf.math.log(tf.constant(probs[None], tf.float32) + 1e-30)
+            idx = tf.random.stateless_categorical(logits, n, self._seed(step, phase, 3),
+                                                  dtype=tf.int32)[0]
+            c = tf.one_hot(idx, self.c_dim, dtype=tf.float32)
+        else:
+            c = tf.zeros([n, 0], tf.float32)
+        if self.loss.style_mixing_prob <= 0:
+            mix_z = None
+        return z, c, mix_z, cutoff
+
+    def _local(self, x, per_replica):
+        rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return x[rid * per_replica:(rid + 1) * per_replica]
+
+    # -----------------------------------------------------------------------------------------
+    # Phases.
+
+    def _stats_out(self, stats):
+        out = {}
+        for name, v in stats.items():
+            v = tf.cast(v, tf.float32)
+            out[name] = tf.stack([tf.reduce_sum(v), tf.reduce_sum(tf.square(v)),
+                                  tf.cast(tf.size(v), tf.float32)])
+        return out
+
+    def _build_functions(self):
+        strategy = self.strategy
+        B, b = self.batch, self.replica_batch
+        multi = self.num_replicas > 1
+        jit = self.jit
+
+        def compile_(fn):
+            return tf.function(fn, jit_compile=True) if jit else fn
+
+        # --- Gmain --------------------------------------------------------------------------
+        def gmain_compute(z, c, mix_z, cutoff):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(self._G_tf)
+                loss, stats, w0 = self.loss.G_main(z, c, mix_z, cutoff)
+                total = tf.reduce_sum(loss) / B
+            grads = [_nan_to_num(g) for g in tape.gradient(total, self._G_tf)]
+            return grads, self._stats_out(stats), tf.reduce_sum(w0, axis=0)
+        gmain_compute = compile_(gmain_compute)
+
+        def gmain_replica(step):
+            z, c, mix_z, cutoff = self._gen_inputs(step, "Gmain", B)
+            z, c = self._local(z, b), self._local(c, b)
+            mix_z = None if mix_z is None else self._local(mix_z, b)
+            grads, stats, wsum = gmain_compute(z, c, mix_z, cutoff)
+            _apply(self.G_opt, grads, self.G_vars)
+            return stats, wsum
+
+        # --- Greg ---------------------------------------------------------------------------
+        Bpl = B // self.pl_batch_shrink
+        bpl = b // self.pl_batch_shrink
+        gain_G = float(self.G_reg_interval or 1)
+
+        def greg_compute(z, c, mix_z, cutoff, noise, pl_mean, use_allreduce):
+            ctx = tf.distribute.get_replica_context()
+            if use_allreduce:
+                mean_fn = lambda x: ctx.all_reduce("SUM", tf.reduce_sum(x)) / Bpl
+            else:
+                mean_fn = None
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(self._G_tf)
+                loss, new_mean, stats, w0 = self.loss.G_pl(z, c, noise, pl_mean, mix_z, cutoff,
+                                                           mean_fn=mean_fn)
+                total = tf.reduce_sum(loss) * (gain_G / Bpl)
+            grads = [_nan_to_num(g) for g in tape.gradient(total, self._G_tf)]
+            return grads, self._stats_out(stats), tf.reduce_sum(w0, axis=0), new_mean
+
+        greg_compute_jit = tf.function(
+            lambda *a: greg_compute(*a, use_allreduce=False), jit_compile=True) if jit else None
+        res = int(self.G.img_resolution)
+        ch = int(self.G.img_channels)
+
+        def greg_replica(step):
+            z, c, mix_z, cutoff = self._gen_inputs(step, "Greg", B)
+            z, c = z[:Bpl], c[:Bpl]
+            mix_z = None if mix_z is None else mix_z[:Bpl]
+            noise = tf.random.stateless_normal([Bpl, res, res, ch], self._seed(step, "Greg", 4),
+                                               alg="philox")
+            z, c, noise = self._local(z, bpl), self._local(c, bpl), self._local(noise, bpl)
+            mix_z = None if mix_z is None else self._local(mix_z, bpl)
+            pl_mean = self.pl_mean.read_value()
+            if jit:
+                grads, stats, wsum, new_mean = greg_compute_jit(z, c, mix_z, cutoff, noise,
+                                                                pl_mean)
+                if multi:
+                    # Per-replica pl_mean under XLA (reference: per-GPU pl_mean); keep replica 0's.
+                    new_mean = tf.distribute.get_replica_context().all_reduce(
+                        "MEAN", new_mean)
+            else:
+                grads, stats, wsum, new_mean = greg_compute(z, c, mix_z, cutoff, noise, pl_mean,
+                                                            use_allreduce=multi)
+            _apply(self.G_opt, grads, self.G_vars)
+            return stats, wsum, new_mean
+
+        # --- Dmain --------------------------------------------------------------------------
+        def dmain_compute(real, real_c, z, c, mix_z, cutoff):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(self._D_tf)
+                loss, stats, w0 = self.loss.D_main(real, real_c, z, c, mix_z, cutoff)
+                total = tf.reduce_sum(loss) / B
+            grads = [_nan_to_num(g) for g in tape.gradient(total, self._D_tf)]
+            return grads, self._stats_out(stats), tf.reduce_sum(w0, axis=0)
+        dmain_compute = compile_(dmain_compute)
+
+        def dmain_replica(real, real_c, step):
+            z, c, mix_z, cutoff = self._gen_inputs(step, "Dmain", B)
+            z, c = self._local(z, b), self._local(c, b)
+            mix_z = None if mix_z is None else self._local(mix_z, b)
+            grads, stats, wsum = dmain_compute(real, real_c, z, c, mix_z, cutoff)
+            _apply(self.D_opt, grads, self.D_vars)
+            return stats, wsum
+
+        # --- Dreg ---------------------------------------------------------------------------
+        gain_D = float(self.D_reg_interval or 1)
+
+        def dreg_compute(real, real_c):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(self._D_tf)
+                loss, stats = self.loss.D_r1(real, real_c)
+                total = tf.reduce_sum(loss) * (gain_D / B)
+            grads = [_nan_to_num(g) for g in tape.gradient(total, self._D_tf)]
+            return grads, self._stats_out(stats)
+        dreg_compute = compile_(dreg_compute)
+
+        def dreg_replica(real, real_c):
+            grads, stats = dreg_compute(real, real_c)
+            _apply(self.D_opt, grads, self.D_vars)
+            return stats
+
+        # --- cross-replica wrappers ---------------------------------------------------------
+        def reduce_sum(x):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
+
+        def accumulate(stats):
+            for name, v in stats.items():
+                v = tf.cast(reduce_sum(v), tf.float64)
+                if name in self.stat_acc:
+                    self.stat_acc[name].assign_add(v)
+                if name == "Loss/signs/real":
+                    self.ada_sum.assign_add(v[0])
+                    self.ada_num.assign_add(v[2])
+
+        def update_w_avg(wsum, n):
+            if self._w_avg is None:
+                return
+            mean = tf.cast(reduce_sum(wsum), tf.float32) / n
+            w = self._w_avg
+            w.assign(mean + (w.value - mean) * self._w_avg_beta if hasattr(w, "value")
+                     else mean + (w - mean) * self._w_avg_beta)
+
+        @tf.function
+        def gmain_step(step):
+            stats, wsum = strategy.run(gmain_replica, args=(step,))
+            accumulate(stats)
+            update_w_avg(wsum, B)
+
+        @tf.function
+        def greg_step(step):
+            stats, wsum, new_mean = strategy.run(greg_replica, args=(step,))
+            accumulate(stats)
+            update_w_avg(wsum, Bpl)
+            self.pl_mean.assign(strategy.experimental_local_results(new_mean)[0])
+
+        @tf.function
+        def dmain_step(real, real_c, step):
+            stats, wsum = strategy.run(dmain_replica, args=(real, real_c, step))
+            accumulate(stats)
+            update_w_avg(wsum, B)
+
+        @tf.function
+        def dreg_step(real, real_c):
+            stats = strategy.run(dreg_replica, args=(real, real_c))
+            accumulate(stats)
+
+        @tf.function
+        def ema_step(beta):
+            loss_lib.update_ema(self.G, self.G_ema, beta)
+
+        self._gmain_step, self._greg_step = gmain_step, greg_step
+        self._dmain_step, self._dreg_step = dmain_step, dreg_step
+        self._ema_step = ema_step
+
+    # -----------------------------------------------------------------------------------------
+    # Input.
+
+    def _make_iterator(self, seed_offset=0):
+        ds = self.input_fn(self.num_workers, self.worker_index, self.worker_batch,
+                           self.seed + seed_offset)
+        return iter(ds)
+
+    def _next_batch(self):
+        real, label = next(self.iterator)
+        real = tf.cast(real, tf.float32)
+        if self.c_dim > 0:
+            real_c = tf.one_hot(tf.cast(label, tf.int32), self.c_dim, dtype=tf.float32)
+        else:
+            real_c = tf.zeros([tf.shape(real)[0], 0], tf.float32)
+        if self.num_replicas == 1:
+            return real, real_c
+        b, wi, nl = self.replica_batch, self.worker_index, self.local_replicas
+
+        def part(x):
+            def value_fn(ctx):
+                i = ctx.replica_id_in_sync_group - wi * nl
+                return x[i * b:(i + 1) * b]
+            return self.strategy.experimental_distribute_values_from_function(value_fn)
+        return part(real), part(real_c)
+
+    # -----------------------------------------------------------------------------------------
+    # Checkpoints.
+
+    def _setup_checkpoint(self, resume_snapshot):
+        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
+        objs = dict(G=self.G, D=self.D, G_ema=self.G_ema, G_opt=self.G_opt, D_opt=self.D_opt,
+                    pl_mean=self.pl_mean, step=self.step_var, nimg=self.nimg_var,
+                    tick=self.tick_var, seed=self.seed_var, ada_sum=self.ada_sum,
+                    ada_num=self.ada_num)
+        if self.augment_pipe is not None:
+            objs["augment_p"] = self.augment_pipe.p
+            if isinstance(self.augment_pipe, tf.__internal__.tracking.Trackable):
+                objs["augment_pipe"] = self.augment_pipe  # e.g. its RNG state, if any
+        if self._w_avg is not None:
+            objs["w_avg"] = self._w_avg
+        self.ckpt = tf.train.Checkpoint(**objs)
+        if self.is_chief:
+            write_dir = self.ckpt_dir
+            self._tmp_ckpt_dir = None
+        else:
+            self._tmp_ckpt_dir = tempfile.mkdtemp(prefix=f"ckpt-worker{self.worker_index}-")
+            write_dir = self._tmp_ckpt_dir
+        self.ckpt_manager = tf.train.CheckpointManager(self.ckpt, write_dir, max_to_keep=self.max_checkpoints,
+                                                       step_counter=self.step_var)
+        self.input_ckpt_dir = os.path.join(self.ckpt_dir, f"input-worker{self.worker_index:03d}")
+        latest = tf.train.latest_checkpoint(self.ckpt_dir)
+        self.resumed_from = None
+        if latest:
+            self.ckpt.restore(latest).assert_existing_objects_matched()
+            self.resumed_from = latest
+            step = int(self.step_var.numpy())
+            it_path = os.path.join(self.input_ckpt_dir, f"ckpt-{step}")
+            self.iterator = self._make_iterator()
+            if glob.glob(it_path + ".index"):
+                tf.train.Checkpoint(iterator=self.iterator).read(it_path).assert_consumed()
+            else:
+                self.log(f"warning: no input iterator state for step {step}; "
+                         "restarting the input pipeline with a new shuffle seed")
+                self.iterator = self._make_iterator(seed_offset=step)
+            self.log(f"Resuming from {latest} (kimg {self.nimg_var.numpy() / 1000:.1f}, "
+                     f"step {step})")
+        else:
+            self.iterator = self._make_iterator()
+            if resume_snapshot:
+                self._load_from_snapshot(resume_snapshot)
+        self.input_ckpt = tf.train.Checkpoint(iterator=self.iterator)
+
+    def _load_from_snapshot(self, path):
+        if self.load_snapshot_fn is None:
+            raise UserError(f"{path}: no snapshot loader configured")
+        snap = self.load_snapshot_fn(path)
+        for name, dst in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+            src = snap.get(name)
+            if src is None:
+                if name == "G" and snap.get("G_ema") is not None:
+                    src = snap["G_ema"]
+                else:
+                    continue
+            copy_matching_variables(src, dst)
+        self.log(f"Initialised G, D, G_ema from snapshot {path}")
+
+    def save_checkpoint(self):
+        step = int(self.step_var.numpy())
+        self.ckpt_manager.save(checkpoint_number=step)
+        os.makedirs(self.input_ckpt_dir, exist_ok=True)
+        self.input_ckpt.write(os.path.join(self.input_ckpt_dir, f"ckpt-{step}"))
+        # Keep the iterator states of the kept model checkpoints only.
+        keep = {os.path.basename(p) for p in self.ckpt_manager.checkpoints}
+        for f in glob.glob(os.path.join(self.input_ckpt_dir, "ckpt-*")):
+            if os.path.basename(f).split(".")[0] not in keep:
+                try:
+                    os.remove(f)
+                except OSError:
+                    pass
+        if self._tmp_ckpt_dir is not None:
+            shutil.rmtree(self._tmp_ckpt_dir, ignore_errors=True)
+            os.makedirs(self._tmp_ckpt_dir, exist_ok=True)
+        if self.deterministic:
+            self._rebuild_functions()
+
+    # -----------------------------------------------------------------------------------------
+    # One step.
+
+    def train_step(self):
+        """One batch: the phases, G_ema, counters and the ADA adjustment."""
+        step = int(self.step_var.numpy())
+        nimg = int(self.nimg_var.numpy())
+        real, real_c = self._next_batch()
+        step_t = tf.constant(step, tf.int64)
+        self._gmain_step(step_t)
+        if self.G_reg_interval and self.pl_weight != 0 and step % self.G_reg_interval == 0:
+            self._greg_step(step_t)
+        self._dmain_step(real, real_c, step_t)
+        if self.D_reg_interval and self.r1_gamma != 0 and step % self.D_reg_interval == 0:
+            self._dreg_step(real, real_c)
+        beta = loss_lib.ema_beta(self.batch, nimg, self.ema_kimg, self.ema_rampup)
+        self._ema_step(tf.constant(beta, tf.float32))
+        self.nimg_var.assign(nimg + self.batch)
+        self.step_var.assign(step + 1)
+        if (self.augment_pipe is not None and self.ada_target is not None
+                and (step + 1) % self.ada_interval == 0):
+            self._ada_adjust()
+
+    def _ada_adjust(self):
+        num = float(self.ada_num.numpy())
+        if num <= 0:
+            return
+        rt = float(self.ada_sum.numpy()) / num
+        if self.ada_controller is not None:
+            self.ada_controller(self.augment_pipe.p, rt, self.batch * self.ada_interval)
+        else:
+            adjust = np.sign(rt - self.ada_target) * (self.batch * self.ada_interval) / (
+                self.ada_kimg * 1000)
+            self.augment_pipe.p.assign(max(float(self.augment_pipe.p.numpy()) + adjust, 0.0))
+        self.ada_sum.assign(0.0)
+        self.ada_num.assign(0.0)
+
+    # -----------------------------------------------------------------------------------------
+    # Snapshots, grids, logs.
+
+    def _grid_inputs(self):
+        gw, gh = self.grid_size
+        n = gw * gh
+        rnd = np.random.RandomState(123)
+        z = rnd.randn(n, self.z_dim).astype(np.float32)
+        if self.c_dim > 0:
+            idx = np.arange(n) // gw % self.c_dim  # one class per row, cycling
+            c = np.eye(self.c_dim, dtype=np.float32)[idx]
+        else:
+            c = np.zeros([n, 0], np.float32)
+        return z, c
+
+    def fakes_grid(self):
+        z, c = self._grid_inputs()
+        imgs = []
+        for i in range(0, len(z), 16):
+            imgs.append(np.asarray(self.G_ema(tf.constant(z[i:i + 16]), tf.constant(c[i:i + 16]),
+                                              noise_mode="const")))
+        return image_grid(np.concatenate(imgs), self.grid_size[0])
+
+    def _read_stats(self):
+        out = {}
+        for name, var in self.stat_acc.items():
+            s, s2, n = var.numpy()
+            if n > 0:
+                mean = s / n
+                out[name] = float(mean)
+                out[name + "/std"] = float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
+            var.assign(tf.zeros([3], tf.float64))
+        return out
+
+    def _truncate_stats(self, path, tick):
+        if not os.path.exists(path):
+            return
+        keep = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("tick", 0) < tick:
+                        keep.append(line)
+                except ValueError:
+                    pass
+        _atomic_write_text(path, "".join(keep))
+
+    # -----------------------------------------------------------------------------------------
+    # The loop.
+
+    def run(self):
+        os.makedirs(self.run_dir, exist_ok=True)
+        stats_path = os.path.join(self.run_dir, "stats.jsonl")
+        writer = None
+        cur_tick = int(self.tick_var.numpy())
+        if self.is_chief:
+            if self.options:
+                _atomic_write_text(os.path.join(self.run_dir, "training_options.json"),
+                                   json.dumps(self.options, indent=2, sort_keys=True,
+                                              default=str) + "\n")
+            if self.resumed_from:
+                self._truncate_stats(stats_path, cur_tick)
+            if self.tensorboard:
+                writer = tf.summary.create_file_writer(self.run_dir)
+            if not self.resumed_from:
+                save_png(os.path.join(self.run_dir, "fakes_init.png"), self.fakes_grid())
+        start_time = time.time()
+        tick_start_nimg = int(self.nimg_var.numpy())
+        tick_start_time = start_time
+        maintenance = 0.0
+        self.log(f"Training for {self.total_kimg:g} kimg "
+                 f"(batch {self.batch}, {self.num_replicas} replica(s))...")
+        while True:
+            if int(self.nimg_var.numpy()) >= self.total_kimg * 1000 and cur_tick > 0:
+                break  # already complete (rerun of a finished run)
+            self.train_step()
+            nimg = int(self.nimg_var.numpy())
+            done = nimg >= self.total_kimg * 1000
+            if not done and cur_tick != 0 and nimg < tick_start_nimg + self.kimg_per_tick * 1000:
+                continue
+            tick_end = time.time()
+            stats = self._read_stats()
+            bad = [k for k, v in stats.items() if not k.endswith("/std") and not np.isfinite(v)]
+            if bad:
+                last = self.ckpt_manager.latest_checkpoint or "none"
+                raise NonFiniteLossError(
+                    f"{self.run_dir}: non-finite loss ({', '.join(bad)}) at kimg {nimg / 1000:.1f}"
+                    f" (tick {cur_tick}); stopped; the last good checkpoint is {last}")
+            sec_tick = tick_end - tick_start_time
+            dn = max(nimg - tick_start_nimg, 1)
+            p = float(self.augment_pipe.p.numpy()) if self.augment_pipe is not None else 0.0
+            peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            peak_gpu = 0.0
+            try:
+                if tf.config.list_logical_devices("GPU"):
+                    peak_gpu = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**30
+            except (ValueError, RuntimeError):
+                pass
+            rec = {
+                "tick": cur_tick, "kimg": nimg / 1000.0, "nimg": nimg,
+                "step": int(self.step_var.numpy()),
+                "Timing/total_sec": tick_end - start_time,
+                "Timing/sec_per_tick": sec_tick,
+                "Timing/sec_per_kimg": sec_tick / dn * 1000.0,
+                "Timing/images_per_sec": dn / max(sec_tick, 1e-9),
+                "Timing/maintenance_sec": maintenance,
+                "Progress/augment": p,
+                "Progress/rt": stats.get("Loss/signs/real", float("nan")),
+                "Progress/pl_mean": float(self.pl_mean.numpy()),
+                "Resources/peak_rss_gb": peak_rss,
+                "Resources/peak_gpu_mem_gb": peak_gpu,
+                "timestamp": tick_end,
+            }
+            rec.update(stats)
+            self.log(f"tick {cur_tick:<5d} kimg {nimg / 1000:<8.1f} "
+                     f"time {format_time(tick_end - start_time):<12s} "
+                     f"sec/tick {sec_tick:<7.1f} sec/kimg {rec['Timing/sec_per_kimg']:<7.2f} "
+                     f"maintenance {maintenance:<6.1f} cpumem {peak_rss:<6.2f} "
+                     f"augment {p:.3f}")
+            snap_now = self.snapshot_ticks and (done or cur_tick % self.snapshot_ticks == 0)
+            img_now = self.image_snapshot_ticks and (done or cur_tick % self.image_snapshot_ticks
+                                                     == 0)
+            grid = None
+            kimg_i = nimg // 1000
+            if self.is_chief and img_now:
+                grid = self.fakes_grid()
+                save_png(os.path.join(self.run_dir, f"fakes{kimg_i:06d}.png"), grid)
+            snapshot_path = None
+            if snap_now and self.snapshot_fn is not None:
+                snapshot_path = os.path.join(self.run_dir, f"network-snapshot-{kimg_i:06d}.keras")
+                if self.is_chief:
+                    self.snapshot_fn(snapshot_path, self.G_ema, self.G, self.D,
+                                     self._snapshot_metadata(nimg))
+            if snap_now and self.metrics_fn is not None:
+                res = self.metrics_fn(self.G_ema, snapshot_path, nimg / 1000.0) or {}
+                rec.update({f"Metrics/{k}": float(v) for k, v in res.items()})
+            if self.is_chief:
+                with open(stats_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if writer is not None:
+                    with writer.as_default():
+                        for k, v in rec.items():
+                            if k in ("tick", "timestamp") or not isinstance(v, (int, float)):
+                                continue
+                            if np.isfinite(v):
+                                tf.summary.scalar(k, v, step=nimg)
+                        if grid is not None:
+                            tf.summary.image("fakes", grid[None], step=nimg)
+                    writer.flush()
+            cur_tick += 1
+            self.tick_var.assign(cur_tick)
+            if done or cur_tick % self.checkpoint_ticks == 0:
+                self.save_checkpoint()
+            tick_start_nimg = nimg
+            tick_start_time = time.time()
+            maintenance = tick_start_time - tick_end
+            if done:
+                break
+        if writer is not None:
+            writer.close()
+        self.log("Exiting...")
+        return self
+
+    def _snapshot_metadata(self, nimg):
+        md = {"kimg": nimg / 1000.0, "nimg": nimg, "step": int(self.step_var.numpy()),
+              "augment_p": float(self.augment_pipe.p.numpy()) if self.augment_pipe is not None
+              else 0.0}
+        md["training_options"] = self.options
+        return md
+
+
+def copy_matching_variables(src_model, dst_model):
+    """Copy variables from ``src_model`` to ``dst_model`` by variable path where the shapes match
+    (reference ``copy_params_and_buffers``); returns the number copied."""
+    src = {v.path: v for v in src_model.variables}
+    n = 0
+    for v in dst_model.variables:
+        s = src.get(v.path)
+        if s is not None and tuple(s.shape) == tuple(v.shape):
+            v.assign(s.value if hasattr(s, "value") else s)
+            n += 1
+    if n == 0:
+        # Fall back to positional matching (same architecture built in another scope).
+        sv, dv = list(src_model.variables), list(dst_model.variables)
+        if len(sv) == len(dv) and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(sv, dv)):
+            for a, b in zip(sv, dv):
+                b.assign(a.value if hasattr(a, "value") else a)
+            n = len(dv)
+    return n

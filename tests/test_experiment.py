@@ -1,0 +1,235 @@
+"""The study orchestration: resume after SIGKILL without redoing finished cells, an uncorrupted
+table regenerated from cell files, SLURM-array style single-cell runs + --aggregate_only, and the
+table's numbers against the cell files and an independent DeLong computation.
+
+The stages (subset, GAN, generate) and the classifiers are stubs here (the stubs write real dataset
+directories and real predictions/metrics files); the real stages have their own tests."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+STUBS = textwrap.dedent('''
+    import os, time, zlib
+    import numpy as np
+    from histaug_tf import study
+    from histaug_tf.classifier import evaluate as ev
+    from histaug_tf.classifier import train as ct
+    from histaug_tf.data.writer import DatasetWriter
+
+    LOG = os.environ.get("STUB_LOG")
+    DELAY = float(os.environ.get("STUB_DELAY", "0"))
+
+    def note(msg):
+        if LOG:
+            with open(LOG, "a") as f:
+                f.write(msg + "\\n")
+
+    def write_ds(out, name, n_per_class, splits=("train",), source="real", seed=0):
+        rng = np.random.default_rng(seed)
+        with DatasetWriter(out, name, (8, 8, 3), encoding="raw", overwrite=True) as w:
+            for split in splits:
+                for c in (0, 1):
+                    for i in range(n_per_class):
+                        img = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+                        w.add(split, img, c, f"{name}/{split}/{c}/{i}", split, source=source)
+
+    def arg(args, name):
+        return [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")][0]
+
+    def run_stage(module, args, log_path):
+        note(f"stage {module}")
+        time.sleep(DELAY)
+        if module == "subset":
+            f = float(arg(args, "fractions"))
+            from histaug_tf.data.subsets import frac_dirname
+            write_ds(os.path.join(arg(args, "out"), frac_dirname(f)), "sub", max(1, int(100 * f)))
+        elif module == "train_gan":
+            os.makedirs(arg(args, "outdir"), exist_ok=True)
+        elif module == "generate":
+            write_ds(arg(args, "outdir"), "syn", 10, source="synthetic")
+        else:
+            raise AssertionError(module)
+
+    def run_classifier(kind, run_dir, cfg, seed, **kw):
+        m = ct.read_metrics(run_dir)
+        if m is not None:
+            return m
+        note(f"clf {os.path.relpath(run_dir, cfg.outdir)}")
+        os.makedirs(run_dir, exist_ok=True)
+        time.sleep(DELAY)
+        rng = np.random.default_rng(zlib.crc32(run_dir.encode()))
+        y = np.arange(200) % 2                       # the same test set for every run
+        strength = {"baseline": 1.0, "augmented": 1.4, "tstr": 0.6}[kind]
+        p = 1 / (1 + np.exp(-(strength * (2 * y - 1) + rng.normal(size=200))))
+        keys = np.array([f"k{i:03d}".encode() for i in range(200)])
+        perm = rng.permutation(200)                  # runs may list the test set in any order
+        ct._save_npz_atomic(os.path.join(run_dir, "predictions.npz"), labels=y[perm],
+                            probs=p[perm], keys=keys[perm])
+        m = ev.evaluate_scores(y, p, n_boot=50)
+        ev.write_json_atomic(os.path.join(run_dir, "metrics.json"), m)
+        return m
+
+    study.run_stage = run_stage
+    study.run_classifier = run_classifier
+''')
+
+
+def _real_dataset(path):
+    from histaug_tf.data.writer import DatasetWriter
+    rng = np.random.default_rng(0)
+    with DatasetWriter(str(path), "toy", (8, 8, 3), encoding="raw") as w:
+        for split, n in (("train", 100), ("valid", 20), ("test", 100)):
+            for c in (0, 1):
+                for i in range(n):
+                    w.add(split, rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), c,
+                          f"toy/{split}/{c}/{i}", split)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    return _real_dataset(tmp_path_factory.mktemp("d") / "toy")
+
+
+def _stubbed(monkeypatch):
+    """Install the stubs into histaug_tf.study for this test only."""
+    from histaug_tf import study
+    saved = (study.run_stage, study.run_classifier)
+    ns = {}
+    exec(STUBS, ns)  # assigns study.run_stage / run_classifier
+    stubs = (study.run_stage, study.run_classifier)
+    study.run_stage, study.run_classifier = saved
+    monkeypatch.setattr(study, "run_stage", stubs[0])
+    monkeypatch.setattr(study, "run_classifier", stubs[1])
+
+
+def _cfg(outdir, real, **kw):
+    from histaug_tf.study import StudyConfig
+    base = dict(outdir=str(outdir), data=[real], fractions=[0.1, 0.5, 1.0], seeds=[0, 1],
+                n_boot=50)
+    base.update(kw)
+    return StudyConfig(**base)
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_table_from_cells_and_independent_delong(real, tmp_path, monkeypatch):
+    from histaug_tf import study
+    from histaug_tf.classifier import train as ct
+    monkeypatch.setenv("STUB_LOG", str(tmp_path / "log"))
+    _stubbed(monkeypatch)
+    md = study.run_study(_cfg(tmp_path / "out", real))
+    rows = _read_csv(tmp_path / "out" / "results.csv")
+    assert len(rows) == 6
+    assert {(r["fraction"], r["seed"]) for r in rows} == {
+        (f, s) for f in ("0.1", "0.5", "1.0") for s in ("0", "1")}
+    full = [r for r in rows if r["fraction"] == "1.0"]
+    assert all(r["auc_augmented"] == "" and r["auc_baseline"] != "" for r in full)
+    r = [r for r in rows if r["fraction"] == "0.1" and r["seed"] == "1"][0]
+    cdir = tmp_path / "out" / "cells" / "toy" / "f0.1" / "s1"
+    mb = json.load(open(cdir / "clf_baseline" / "metrics.json"))
+    ma = json.load(open(cdir / "clf_augmented" / "metrics.json"))
+    assert float(r["auc_baseline"]) == pytest.approx(mb["auc"])
+    assert float(r["delta_auc"]) == pytest.approx(ma["auc"] - mb["auc"])
+    assert float(r["delta_auc_rel_pct"]) == pytest.approx(100 * (ma["auc"] - mb["auc"]) / mb["auc"])
+    assert int(r["n_train"]) == 20  # the subset's train split (10 per class)
+    # DeLong p on the aligned predictions, recomputed here with explicit O(n^2) components
+    yb, pb, kb = ct.load_predictions(str(cdir / "clf_baseline"))
+    ya, pa, ka = ct.load_predictions(str(cdir / "clf_augmented"))
+    ia, ib = np.argsort(ka), np.argsort(kb)
+    y, pa, pb = ya[ia], pa[ia], pb[ib]
+    assert np.array_equal(y, yb[ib])
+    pos, neg = np.where(y == 1)[0], np.where(y == 0)[0]
+
+    def comps(s):
+        psi = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+        return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
+    a1, v10a, v01a = comps(pa)
+    a2, v10b, v01b = comps(pb)
+    s10 = np.cov(np.stack([v10a, v10b]))
+    s01 = np.cov(np.stack([v01a, v01b]))
+    c = s10 / len(pos) + s01 / len(neg)
+    z = (a1 - a2) / np.sqrt(c[0, 0] + c[1, 1] - 2 * c[0, 1])
+    from scipy import stats
+    assert float(r["delong_p"]) == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9)
+    assert "| toy | 10 % | 2 |" in md and "| toy | 100 % | 2 |" in md
+    assert (tmp_path / "out" / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    # a rerun does nothing new and gives the same table
+    n_lines = len(open(tmp_path / "log").readlines())
+    md2 = study.run_study(_cfg(tmp_path / "out", real))
+    assert md2 == md and len(open(tmp_path / "log").readlines()) == n_lines
+
+
+def test_slurm_array_cells_then_aggregate_only(real, tmp_path, monkeypatch):
+    from histaug_tf import study
+    _stubbed(monkeypatch)
+    out = tmp_path / "shared"
+    for f in (0.1, 1.0):
+        for s in (0, 1):  # one cell per "array task"
+            study.run_study(_cfg(out, real, fractions=[f], seeds=[s]))
+    os.remove(out / "results.csv")
+    md = study.run_study(_cfg(out, real, aggregate_only=True))
+    assert len(_read_csv(out / "results.csv")) == 4 and "| toy | 10 % | 2 |" in md
+    with pytest.raises(Exception, match="no finished cells"):
+        study.run_study(_cfg(tmp_path / "empty", real, aggregate_only=True))
+
+
+def test_resume_after_sigkill(real, tmp_path):
+    driver = tmp_path / "driver.py"
+    out = tmp_path / "out"
+    log = tmp_path / "stub.log"
+    driver.write_text(STUBS + textwrap.dedent(f'''
+        import sys
+        from absl import app
+        from histaug_tf import experiment
+        sys.argv = ["experiment", "--outdir={out}", "--data={real}", "--fractions=0.1,0.5,1",
+                    "--seeds=0,1", "--n_boot=50"]
+        app.run(experiment.main)
+    '''))
+    env = dict(os.environ, STUB_LOG=str(log), STUB_DELAY="0.3",
+               PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(driver)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    cells = lambda: sorted(str(p.relative_to(out)) for p in out.rglob("cell.json"))  # noqa: E731
+    t0 = time.time()
+    while len(cells()) < 2 and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.4)  # land inside the next cell
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = cells()
+    assert 2 <= len(done_before) < 6, done_before
+    mtimes = {c: os.path.getmtime(out / c) for c in done_before}
+    log_before = log.read_text().splitlines()
+    clf_before = [ln for ln in log_before if ln.startswith("clf ")]
+
+    proc = subprocess.run([sys.executable, str(driver)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(cells()) == 6
+    for c in done_before:  # finished cells untouched
+        assert os.path.getmtime(out / c) == mtimes[c]
+    clf_after = [ln for ln in log.read_text().splitlines()[len(log_before):]
+                 if ln.startswith("clf ")]
+    # no classifier of a finished cell ran again, and at most one run (the interrupted one) twice
+    finished_dirs = {os.path.dirname(c) for c in done_before}
+    assert not [ln for ln in clf_after if os.path.dirname(ln[4:].strip()) in finished_dirs]
+    redone = set(clf_before) & set(clf_after)
+    assert len(redone) <= 1, redone
+    # every classifier ran: 4 scarce cells × 3 + 2 full cells × 1
+    assert len(set(clf_before) | set(clf_after)) == 14
+    rows = _read_csv(out / "results.csv")
+    assert len(rows) == 6 and all(r["auc_baseline"] for r in rows)
+    assert "| toy | 50 % | 2 |" in proc.stdout  # the table is printed
+    assert not list(out.glob("*.tmp*"))

@@ -1,0 +1,264 @@
+"""The jobs/slurm scripts against a real single-node SLURM (jobs/local_slurm/up.sh), 2 tasks on CPU.
+
+The module fixture brings the cluster up in a fresh state dir on free ports and always takes it down
+(down.sh --purge), also when a test fails. It skips only when the machine cannot run SLURM at all
+(not root, or slurm-wlm/munge absent and not installable); CI runs as root, where it must run.
+
+Job state comes from `scontrol show job` and the jobcomp/filetxt log: sacct needs slurmdbd, which
+the local cluster does not run (AccountingStorageType=accounting_storage/none).
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from test_distribute_multiworker import free_port_pair, numpy_reference
+
+pytestmark = pytest.mark.integration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UP = os.path.join(ROOT, "jobs", "local_slurm", "up.sh")
+DOWN = os.path.join(ROOT, "jobs", "local_slurm", "down.sh")
+MULTINODE = os.path.join("jobs", "slurm", "train_gan_multinode.sbatch")
+CHECK = os.path.join("jobs", "slurm", "cluster_check.py")
+
+
+class Slurm:
+    def __init__(self, state, env):
+        self.state, self.env = state, env
+
+    def run(self, *cmd, check=True, timeout=60, **kw):
+        r = subprocess.run(cmd, env=kw.pop("env", self.env), capture_output=True, text=True,
+                           timeout=timeout, cwd=ROOT, **kw)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+                                 f"\n{self.logs()}")
+        return r
+
+    def job(self, jobid) -> dict:
+        out = self.run("scontrol", "show", "job", "-o", str(jobid)).stdout
+        return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+    def jobcomp(self, jobid) -> list[str]:
+        path = os.path.join(self.state, "jobcomp.txt")
+        if not os.path.exists(path):
+            return []
+        return [ln.strip() for ln in open(path) if ln.startswith(f"JobId={jobid} ")]
+
+    def wait_state(self, jobid, states, timeout=300):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            info = self.job(jobid)
+            if info.get("JobState") in states:
+                return info
+            time.sleep(1)
+        raise AssertionError(f"job {jobid} not in {states} after {timeout}s: {info}\n{self.logs()}")
+
+    def logs(self):
+        out = []
+        for name in ("log/slurmctld.log", "log/slurmd.log"):
+            p = os.path.join(self.state, name)
+            if os.path.exists(p):
+                out.append(f"--- {name} (tail)\n" + "".join(open(p).readlines()[-15:]))
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0:
+        pytest.skip("local SLURM needs root (it installs slurm-wlm/munge and slurmd runs jobs)")
+    state = tempfile.mkdtemp(prefix="histaug_slurm_", dir="/tmp")  # short: munge socket path
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SLURM") and k != "TF_CONFIG"}
+    env.update(HISTAUG_SLURM_STATE=state, HISTAUG_SLURM_PORT=str(free_port_pair()),
+               HISTAUG_SLURM_CPUS="2")
+    had_slurm = shutil.which("slurmctld") is not None
+    try:
+        r = subprocess.run([UP], env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            if not had_slurm and shutil.which("slurmctld") is None:
+                pytest.skip(f"slurm-wlm is not installed and cannot be installed: "
+                            f"{r.stderr.strip()[-500:]}")
+            raise AssertionError(f"up.sh failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        env["SLURM_CONF"] = os.path.join(state, "slurm.conf")
+        print(r.stderr.strip())
+        yield Slurm(state, env)
+    finally:
+        d = subprocess.run([DOWN, "--purge"], env=env, capture_output=True, text=True, timeout=120)
+        print(d.stderr.strip())
+
+
+def sbatch_wait(slurm, script, sbatch_args, prog_args, env_extra, timeout=600):
+    env = {**slurm.env, **env_extra}
+    r = slurm.run("sbatch", "--parsable", "--wait", *sbatch_args, script, *prog_args,
+                  check=False, timeout=timeout, env=env)
+    jobid = r.stdout.strip().split(";")[0].splitlines()[0] if r.stdout.strip() else None
+    assert jobid, f"sbatch printed no job id: {r.stdout}\n{r.stderr}\n{slurm.logs()}"
+    return jobid, r.returncode
+
+
+def load_workers(outdir):
+    return [json.load(open(os.path.join(outdir, "workers", f"worker-{i}.json"))) for i in range(2)]
+
+
+def check_env(tmp_path, outdir, flags):
+    flagfile = tmp_path / "check.flags"
+    flagfile.write_text("\n".join(flags) + "\n")
+    return {"HISTAUG_PROGRAM": CHECK, "HISTAUG_PYTHON": sys.executable,
+            "HISTAUG_FLAGFILE": str(flagfile), "HISTAUG_OUTDIR": outdir,
+            "HISTAUG_PORT_BASE": str(free_port_pair()), "CUDA_VISIBLE_DEVICES": "",
+            "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+TWO_TASKS = ["--nodes=1", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1"]
+
+
+def test_multinode_script_two_tasks_one_cluster_resume_and_requeue(slurm, tmp_path):
+    outdir = str(tmp_path / "run")
+    log = str(tmp_path / "job-%j.out")
+    env = check_env(tmp_path, outdir, ["--steps=3", "--batch=8", "--ckpt_every=1"])
+
+    # 1. two tasks of one step form one cluster of 2 workers
+    jobid, rc = sbatch_wait(slurm, MULTINODE, TWO_TASKS + [f"--output={log}"], [], env)
+    out1 = open(log.replace("%j", jobid)).read()
+    assert rc == 0, out1 + slurm.logs()
+    info = slurm.job(jobid)
+    assert info["JobState"] == "COMPLETED" and info["NumTasks"] == "2", info
+    comp = slurm.jobcomp(jobid)
+    assert len(comp) == 1 and "JobState=COMPLETED" in comp[0] and "ProcCnt=2" in comp[0], comp
+
+    w = load_workers(outdir)
+    assert [x["worker_index"] for x in w] == [0, 1]
+    assert {x["slurm"]["SLURM_PROCID"] for x in w} == {"0", "1"}
+    assert all(x["slurm"]["SLURM_JOB_ID"] == jobid and x["slurm"]["SLURM_STEP_NUM_TASKS"] == "2"
+               for x in w)
+    assert w[0]["pid"] != w[1]["pid"]
+    assert w[0]["tf_config"]["cluster"] == w[1]["tf_config"]["cluster"]
+    assert len(w[0]["tf_config"]["cluster"]["worker"]) == 2
+    assert all(x["num_workers"] == 2 and x["replicas"] == 2 and x["allreduce"] == 3.0 for x in w)
+    assert all(x["resumed_from"] == 0 and x["final_step"] == 3 for x in w)
+    assert w[0]["weights"] == w[1]["weights"]  # identical weights on both workers ...
+    W, b = numpy_reference(3, 8, 2)            # ... equal to SGD over the global batch
+    np.testing.assert_allclose(np.array(w[0]["weights"][0]), W, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(w[0]["weights"][1]), b, rtol=1e-5, atol=1e-6)
+    # one set of outputs: the chief's (no leftover temp dirs of the other worker)
+    assert sorted(os.listdir(outdir)) == ["checkpoints", "stats.jsonl", "workers"]
+    assert "no checkpoint, starting at step 0" in out1
+
+    # 2. the same script again (more steps via extra args) resumes at step 3; while it runs it is
+    #    requeued (as preemption does): SIGTERM -> both save the same step -> the rerun resumes
+    env2 = {**slurm.env, **env}
+    r = slurm.run("sbatch", "--parsable", *TWO_TASKS, f"--output={log}", MULTINODE,
+                  "--steps=8", "--step_sleep=2", env=env2)
+    jobid2 = r.stdout.strip().split(";")[0]
+    ckpt = os.path.join(outdir, "checkpoints", "ckpt-4.index")
+    t0 = time.time()
+    while not os.path.exists(ckpt):
+        assert time.time() - t0 < 300, f"no checkpoint 4 after 300 s\n{slurm.job(jobid2)}"
+        assert slurm.job(jobid2)["JobState"] in ("PENDING", "RUNNING", "CONFIGURING")
+        time.sleep(0.5)
+    slurm.run("scontrol", "requeue", jobid2)
+    # slurmctld makes a requeued batch job eligible only ~120 s later; move that to now
+    slurm.wait_state(jobid2, ("PENDING",), timeout=120)
+    slurm.run("scontrol", "update", f"jobid={jobid2}", "StartTime=now")
+    info = slurm.wait_state(jobid2, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=400)
+    out2 = open(log.replace("%j", jobid2)).read()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, out2)
+    assert out2.count("cluster_check: resumed from step 3 ") == 2, out2
+    saved = re.findall(r"cluster_check: signal 15: saved step (\d+), exiting", out2)
+    assert len(saved) == 2 and saved[0] == saved[1] and 4 <= int(saved[0]) < 8, out2
+    assert out2.count(f"cluster_check: resumed from step {saved[0]} ") == 2, out2
+    w = load_workers(outdir)
+    assert all(x["slurm"]["SLURM_RESTART_COUNT"] == "1" for x in w), out2
+    assert all(x["resumed_from"] == int(saved[0]) and x["final_step"] == 8 for x in w), out2
+    assert w[0]["weights"] == w[1]["weights"]
+    W, b = numpy_reference(8, 8, 2)  # 3 + (saved - 3) + (8 - saved) steps == 8 uninterrupted
+    np.testing.assert_allclose(np.array(w[1]["weights"][0]), W, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(w[1]["weights"][1]), b, rtol=1e-5, atol=1e-6)
+    steps = [json.loads(ln)["step"] for ln in open(os.path.join(outdir, "stats.jsonl"))]
+    assert steps == list(range(1, 9))
+    assert sorted(os.listdir(outdir)) == ["checkpoints", "stats.jsonl", "workers"]
+
+    print("\n".join(["", "== jobcomp.txt"] + slurm.jobcomp(jobid) + slurm.jobcomp(jobid2)))
+    print("== scontrol show job", jobid2, {k: info[k] for k in ("JobState", "Restarts",
+                                                                  "NumTasks")})
+    for o in (out1, out2):
+        print("== job log (excerpt)")
+        print("\n".join(ln for ln in o.splitlines() if "histaug job" in ln or "cluster_check:" in ln
+                        or "REQUEUE" in ln))
+
+
+STUB = """import json, os, sys
+out = os.environ["STUB_OUT"]
+os.makedirs(out, exist_ok=True)
+name = "args-" + os.environ.get("SLURM_ARRAY_TASK_ID", "x") + "-" + os.environ["SLURM_JOB_ID"]
+keys = ("SLURM_NTASKS", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_JOB_ID", "PYTHONPATH")
+json.dump({"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keys}},
+          open(os.path.join(out, name + ".json"), "w"))
+"""
+
+
+def stub_env(tmp_path, **extra):
+    stub = tmp_path / "stub.py"
+    stub.write_text(STUB)
+    flagfile = tmp_path / "x.flags"
+    flagfile.write_text("--foo=1\n")
+    return {"HISTAUG_PROGRAM": str(stub), "HISTAUG_PYTHON": sys.executable,
+            "HISTAUG_FLAGFILE": str(flagfile), "HISTAUG_OUTDIR": str(tmp_path / "study"),
+            "STUB_OUT": str(tmp_path / "calls"), **extra}
+
+
+def test_array_script_runs_each_fraction_seed_cell_once(slurm, tmp_path):
+    env = stub_env(tmp_path, HISTAUG_FRACTIONS="0.03,0.2", HISTAUG_SEEDS="0,1")
+    log = str(tmp_path / "arr-%A_%a.out")
+    # 4 cells; task 4 is one too many and must fail with a clear message
+    jobid, rc = sbatch_wait(slurm, os.path.join("jobs", "slurm", "experiment_array.sbatch"),
+                            ["--array=0-4", "--cpus-per-task=1", f"--output={log}"], ["--bar=2"],
+                            env, timeout=300)
+    calls = [json.load(open(os.path.join(env["STUB_OUT"], f)))
+             for f in sorted(os.listdir(env["STUB_OUT"]))]
+    cells = sorted((c["argv"][-2], c["argv"][-1]) for c in calls)
+    assert cells == [("--fractions=0.03", "--seeds=0"), ("--fractions=0.03", "--seeds=1"),
+                     ("--fractions=0.2", "--seeds=0"), ("--fractions=0.2", "--seeds=1")]
+    for c in calls:
+        assert c["argv"][:3] == [f"--flagfile={env['HISTAUG_FLAGFILE']}",
+                                 f"--outdir={env['HISTAUG_OUTDIR']}", "--bar=2"]
+        assert c["env"]["SLURM_ARRAY_JOB_ID"] == jobid
+    bad = open(log.replace("%A", jobid).replace("%a", "4")).read()
+    assert "error: array task 4 out of range: 2 fractions × 2 seeds = 4 cells (use --array=0-3)" \
+        in bad, bad
+    assert rc != 0  # sbatch --wait reports the failed array task
+
+    # the aggregation job (no array): --aggregate_only once
+    log2 = str(tmp_path / "agg-%j.out")
+    jobid2, rc = sbatch_wait(slurm, os.path.join("jobs", "slurm", "experiment_array.sbatch"),
+                             [f"--output={log2}", f"--dependency=afterany:{jobid}"], [],
+                             {**env, "HISTAUG_AGGREGATE": "1"}, timeout=300)
+    assert rc == 0, open(log2.replace("%j", jobid2)).read()
+    agg = json.load(open(os.path.join(env["STUB_OUT"], f"args-x-{jobid2}.json")))
+    assert agg["argv"] == [f"--flagfile={env['HISTAUG_FLAGFILE']}",
+                           f"--outdir={env['HISTAUG_OUTDIR']}", "--aggregate_only"]
+
+
+def test_one_node_script_runs_one_task_with_mirrored(slurm, tmp_path):
+    env = stub_env(tmp_path)
+    log = str(tmp_path / "one-%j.out")
+    jobid, rc = sbatch_wait(slurm, os.path.join("jobs", "slurm", "train_gan_1node.sbatch"),
+                            [f"--output={log}", "--cpus-per-task=2"], ["--kimg=1"], env,
+                            timeout=300)
+    out = open(log.replace("%j", jobid)).read()
+    assert rc == 0, out
+    (call,) = [json.load(open(os.path.join(env["STUB_OUT"], f)))
+               for f in os.listdir(env["STUB_OUT"])]
+    assert call["argv"] == ["--strategy=mirrored", f"--flagfile={env['HISTAUG_FLAGFILE']}",
+                            f"--outdir={env['HISTAUG_OUTDIR']}", "--kimg=1"]
+    assert call["env"]["SLURM_NTASKS"] == "1"
+    assert call["env"]["PYTHONPATH"].split(":")[0] == ROOT
+    assert "histaug job" in out and "finished with exit code 0" in out

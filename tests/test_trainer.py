@@ -1,0 +1,122 @@
+"""The training loop on tiny closed-form models: run directory contract, TensorBoard, ADA control,
+non-finite losses, and one optimisation step checked against a NumPy reimplementation."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from _training_tiny import make_tiny_trainer
+from histaug_tf.gan.trainer import NonFiniteLossError
+
+
+def test_run_dir_contract_and_tensorboard(tmp_path):
+    run = str(tmp_path / "run")
+    t = make_tiny_trainer(run, kimg=0.12, tick=0.04, pipe=True, ada_target=0.6,
+                          options={"cfg": "tiny-test"})
+    t.run()
+    files = set(os.listdir(run))
+    assert {"training_options.json", "stats.jsonl", "checkpoints", "fakes_init.png"} <= files
+    assert json.load(open(os.path.join(run, "training_options.json")))["cfg"] == "tiny-test"
+    # ticks: tick 0 after the first step, then every 0.04 kimg = 5 steps of 8, until 120 images
+    lines = [json.loads(x) for x in open(os.path.join(run, "stats.jsonl"))]
+    assert [r["tick"] for r in lines] == list(range(len(lines)))
+    assert [r["nimg"] for r in lines] == [8, 48, 88, 120]
+    for key in ("kimg", "Timing/sec_per_kimg", "Timing/images_per_sec", "Loss/G/loss",
+                "Loss/D/loss", "Loss/r1_penalty", "Loss/pl_penalty", "Progress/augment",
+                "Progress/rt", "Resources/peak_rss_gb"):
+        assert key in lines[-1], key
+        assert np.isfinite(lines[-1][key])
+    # fakes grids at snapshot ticks (every 2 ticks and at the end)
+    assert {"fakes000000.png"} <= files
+    # checkpoint holds the whole state
+    ckpt = tf.train.latest_checkpoint(os.path.join(run, "checkpoints"))
+    names = [n for n, _ in tf.train.list_variables(ckpt)]
+    for part in ("G/", "D/", "G_ema/", "G_opt/", "D_opt/", "augment_p/", "step/", "nimg/",
+                 "pl_mean/", "tick/", "w_avg/"):
+        assert any(n.startswith(part) for n in names), part
+    assert tf.train.load_variable(ckpt, "nimg/.ATTRIBUTES/VARIABLE_VALUE") == 120
+    # the G_ema weights stored are the trained ones
+    stored = tf.train.load_variable(ckpt, [n for n in names if n.startswith("G_ema/")
+                                           and "synthesis" in n and n.endswith("VARIABLE_VALUE")
+                                           ][0])
+    assert stored.shape == t.G_ema.synthesis.A.shape or stored.shape == ()
+    # TensorBoard: read the event files back
+    from tensorboard.backend.event_processing import event_accumulator
+    ea = event_accumulator.EventAccumulator(run, size_guidance={"images": 0, "tensors": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    scalar_tags = set(tags.get("scalars", [])) | set(tags.get("tensors", []))
+    assert "Loss/G/loss" in scalar_tags and "Progress/augment" in scalar_tags
+    ev = ea.Tensors("Loss/D/loss")
+    assert [e.step for e in ev] == [8, 48, 88, 120]
+    np.testing.assert_allclose(float(tf.make_ndarray(ev[-1].tensor_proto)),
+                               lines[-1]["Loss/D/loss"], rtol=1e-5)
+    img_tags = set(tags.get("images", [])) | set(tags.get("tensors", []))
+    assert "fakes" in img_tags
+    img_ev = ea.Tensors("fakes") if "fakes" in tags.get("tensors", []) else ea.Images("fakes")
+    assert len(img_ev) >= 1
+
+
+def test_ada_p_rises_when_overconfident_and_falls_otherwise(tmp_path):
+    B, ada_kimg = 8, 0.5
+    t = make_tiny_trainer(str(tmp_path / "run"), batch=B, pipe=True, ada_target=0.6,
+                          ada_kimg=ada_kimg, D_lr=0.0, r1_gamma=0.0, kimg=10)
+    step_adjust = B * 4 / (ada_kimg * 1000)  # reference: sign(r_t - target) * B * interval / (ada_kimg*1000)
+    t.D.b.assign(20.0)  # D(real) > 0 always: r_t = 1 > 0.6
+    for _ in range(12):
+        t.train_step()
+    np.testing.assert_allclose(float(t.augment_pipe.p.numpy()), 3 * step_adjust, rtol=1e-6)
+    t.D.b.assign(-20.0)  # r_t = -1 < 0.6: p falls at the same speed, clamped at 0
+    for _ in range(4):
+        t.train_step()
+    np.testing.assert_allclose(float(t.augment_pipe.p.numpy()), 2 * step_adjust, rtol=1e-6)
+    for _ in range(16):
+        t.train_step()
+    assert float(t.augment_pipe.p.numpy()) == 0.0
+
+
+def test_nonfinite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
+    run = str(tmp_path / "run")
+    make_tiny_trainer(run, kimg=0.048, tick=0.04).run()
+    ckdir = os.path.join(run, "checkpoints")
+    good = tf.train.latest_checkpoint(ckdir)
+    before = sorted(os.listdir(ckdir))
+    t = make_tiny_trainer(run, kimg=0.2, tick=0.04)
+    assert t.resumed_from == good
+    t.D.b.assign(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss.*last good checkpoint"):
+        t.run()
+    assert tf.train.latest_checkpoint(ckdir) == good
+    assert sorted(os.listdir(ckdir)) == before
+    reader = tf.train.load_checkpoint(good)
+    assert reader.get_tensor("nimg/.ATTRIBUTES/VARIABLE_VALUE") == 48
+
+
+def test_one_step_matches_numpy_adam(tmp_path):
+    """Step 0 (Gmain + Greg + Dmain + Dreg) on the tiny models vs. a NumPy reimplementation of the
+    G update for Gmain: Adam(beta1 0) with lazy-reg rescaled lr/betas, loss = mean softplus(-D(G(z)))."""
+    from histaug_tf.gan import loss as L
+    t = make_tiny_trainer(str(tmp_path / "run"), batch=4, G_reg_interval=None,
+                          D_reg_interval=None, G_lr=0.01)
+    G0 = [v.numpy().copy() for v in t.G.trainable_variables]
+    # reproduce the trainer's latents for step 0 (stateless, keyed by (seed, step, phase))
+    z, c, _, _ = t._gen_inputs(tf.constant(0, tf.int64), "Gmain", 4)
+    with tf.GradientTape() as tape:
+        loss, _, _ = t.loss.G_main(z, c)
+        total = tf.reduce_mean(loss)
+    grads = [np.zeros(v.shape, np.float32) if g is None else g.numpy()
+             for g, v in zip(tape.gradient(total, t.G.trainable_variables), t.G.trainable_variables)]
+    t.train_step()
+    lr, (b1, b2) = L.lazy_regularization(0.01, (0.0, 0.99), None)
+    for p0, g, v in zip(G0, grads, t.G.trainable_variables):
+        # Keras Adam, step 1: m = (1-b1) g, v = (1-b2) g^2, alpha = lr sqrt(1-b2) / (1-b1),
+        # p -= alpha m / (sqrt(v) + eps). (torch puts eps after the bias correction; the two
+        # differ only for |g| ~ eps.)
+        m = (1 - b1) * g
+        vv = (1 - b2) * g * g
+        alpha = lr * np.sqrt(1 - b2) / (1 - b1)
+        expect = p0 - alpha * m / (np.sqrt(vv) + 1e-8)
+        np.testing.assert_allclose(v.numpy(), expect, rtol=1e-5, atol=1e-7)
