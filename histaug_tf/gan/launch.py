@@ -110,15 +110,15 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
 
 
 def freeze_d_variables(D, freezed):
-    """Freeze-D: the variables of the first ``freezed`` D layers (reference numbering: per block
-    fromrgb, conv0, conv1 count as layers, the skip shares the next index)."""
+    """Freeze-D: the variables of the first ``freezed`` D layers, numbered as the reference does
+    (NVlabs ``DiscriminatorBlock.trainable_gen``): from the top-resolution block down, each
+    block's fromrgb, conv0, conv1 and skip (those that exist) take consecutive indices; the
+    epilogue is never frozen."""
     if not freezed:
         return []
     out = []
-    first = 0
+    idx = 0
     for block in getattr(D, "blocks", []):
-        idx = first
-        counted = 0
         for name in ("fromrgb", "conv0", "conv1", "skip"):
             layer = getattr(block, name, None)
             if layer is None:
@@ -126,9 +126,6 @@ def freeze_d_variables(D, freezed):
             if idx < freezed:
                 out.extend(layer.trainable_variables)
             idx += 1
-            if name != "skip":
-                counted += 1
-        first += counted
     return out
 
 
