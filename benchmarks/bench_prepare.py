@@ -47,6 +47,21 @@ def write_pcam(d, num, small=256, chunk=2048):
     return num + 2 * small
 
 
+def generator_speed():
+    """synthetic_tissue.render_patch patches per minute on one core (this process), per size."""
+    from histaug_tf.data.synthetic_tissue import render_patch
+
+    res = {}
+    for size, n in ((64, 200), (96, 100)):
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        for i in range(n):
+            render_patch(i, i % 2, size)
+        res[f"synthetic_tissue_{size}px_per_min_cpu"] = round(60 * n / (time.process_time() - c0))
+        res[f"synthetic_tissue_{size}px_per_min_wall"] = round(60 * n / (time.perf_counter() - t0))
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--num", type=int, default=20000, help="train patches")
@@ -100,6 +115,7 @@ def main():
             "output_mb": round(out_bytes / 2 ** 20, 1),
             "bytes_per_patch": round(out_bytes / n),
             "input_generation_s": round(gen_s, 1),
+            **generator_speed(),
             "machine_before": load_before,
             "machine_after": machine_note()["load_avg_1_5_15"],
         }))

@@ -167,7 +167,8 @@ def make_subset(cfg, data_dir, fraction, seed, out, logs) -> str:
 def train_gans(cfg, subset_dir, cdir, seed, logs, num_classes=2) -> dict:
     """Train the GAN(s); return {'network': dir} (conditional) or {'networks': {c: dir}}."""
     common = [f"--data={subset_dir}", f"--cfg={cfg.gan_cfg}", f"--kimg={cfg.gan_kimg}",
-              f"--seed={seed}", f"--resolution={cfg.resolution}", *shlex.split(cfg.gan_args)]
+              f"--seed={seed}", f"--resolution={cfg.resolution}", f"--resize={cfg.resize_mode}",
+              *shlex.split(cfg.gan_args)]
     runs = {}
     if cfg.gan_mode == "conditional":
         runs[None] = (os.path.join(cdir, "gan"), ["--cond"])

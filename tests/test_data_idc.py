@@ -130,7 +130,7 @@ def test_idc_corrupt_image(tmp_path):
     p = os.path.join(src, pid, "1", f)
     blob = open(p, "rb").read()
     open(p, "wb").write(blob[:60])  # truncated PNG
-    rc, err = run_cli("--dataset=idc", f"--src={src}", f"--out={out}", "--workers=2", "--split=0.5,0.25,0.25")
+    rc, err = run_cli("--dataset=idc", f"--src={src}", f"--out={out}", "--workers=0", "--split=0.5,0.25,0.25")
     lines = error_lines(err)
     assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"error: {p}: corrupt or unreadable image")
     assert not os.path.exists(os.path.join(out, "manifest.json"))

@@ -75,6 +75,7 @@ def test_readback_equals_source_by_key(tmp_path, gz, encoding, workers):
         assert seen == set(range(len(x)))
 
 
+@pytest.mark.slow
 def test_cli_converts_gz(tmp_path):
     src, out = str(tmp_path / "src"), str(tmp_path / "out")
     write_pcam(src, sizes={"train": 5, "valid": 3, "test": 2}, gz=True)
@@ -145,6 +146,7 @@ def test_bad_input_one_line_error_no_manifest(tmp_path, case):
         convert("pcam", str(tmp_path / "out2"), src=src, workers=0, quiet=True)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_conversion_leaves_no_manifest_and_rerun_completes(tmp_path):
     src, out = str(tmp_path / "src"), str(tmp_path / "out")
     write_pcam(src, sizes={"train": 1500, "valid": 10, "test": 10})

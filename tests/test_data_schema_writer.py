@@ -149,6 +149,11 @@ def test_manifest_checks_missing_and_truncated_shards(tmp_path, toy):
     assert manifest_lib.load_manifest(out, check="count")["splits"]["train"]["num_examples"] == 11
     shard = os.path.join(out, "train-00001-of-00004.tfrecord")
     data = open(shard, "rb").read()
+    manifest_lib.load_manifest(out, check="sha256")
+    open(shard, "wb").write(data[:-1] + bytes([data[-1] ^ 1]))  # same size, one bit differs
+    manifest_lib.load_manifest(out, check="size")
+    with pytest.raises(UserError, match="train-00001-of-00004.tfrecord: sha256 differs"):
+        manifest_lib.load_manifest(out, check="sha256")
     open(shard, "wb").write(data[:-10])
     with pytest.raises(UserError, match="train-00001-of-00004.tfrecord: has"):
         pipeline.make_dataset(out, "train")

@@ -28,6 +28,7 @@ class SyntheticSource:
     """
     name = "synthetic_tissue"
     label_names = ("normal", "tumour")
+    check_keys = False  # keys are unique by construction (split, index)
 
     def __init__(self, counts: dict, size=64, seed=0, positive_fraction=0.5, chunk=128):
         if int(size) < 8:
@@ -129,7 +130,8 @@ def convert(dataset, out, src=None, encoding="png", shard_size=None, overwrite=F
     with DatasetWriter(out, source.name, source.image_shape, encoding=encoding,
                        label_names=source.label_names,
                        shard_size=shard_size or DEFAULT_SHARD_SIZE,
-                       overwrite=overwrite, provenance=prov) as w:
+                       overwrite=overwrite, provenance=prov,
+                       check_keys=getattr(source, "check_keys", True)) as w:
 
         def handle(res):
             for path, problem in res["errors"]:

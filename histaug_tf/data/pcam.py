@@ -82,6 +82,7 @@ class PcamSource:
     name = "pcam"
     image_shape = IMAGE_SHAPE
     label_names = LABEL_NAMES
+    check_keys = False  # keys are unique by construction (split, row): no set of all keys
 
     def __init__(self, src: str, tmp_dir: str, splits=SPLITS, chunk: int = 256):
         if not os.path.isdir(src):

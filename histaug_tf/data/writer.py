@@ -91,11 +91,12 @@ class DatasetWriter:
     ``add(split, image, label, key, group, source)`` encodes and writes one example;
     ``add_encoded`` takes already-encoded image bytes, ``add_serialized`` a serialized example.
     ``input_report`` (a dict) and ``extra`` (a dict of top-level manifest keys) may be filled before
-    the context exits. Keys must be unique across the whole dataset.
+    the context exits. Keys must be unique across the whole dataset; ``check_keys=False`` skips the
+    check (and its set of all keys) when the caller guarantees uniqueness (PCAM rows, generator seeds).
     """
 
     def __init__(self, out_dir, name, image_shape, encoding="png", label_names=("normal", "tumour"),
-                 shard_size=DEFAULT_SHARD_SIZE, overwrite=False, provenance=None):
+                 shard_size=DEFAULT_SHARD_SIZE, overwrite=False, provenance=None, check_keys=True):
         if encoding not in schema.ENCODINGS:
             raise UserError(f"--encoding={encoding}: expected one of {schema.ENCODINGS}")
         if int(shard_size) < 1:
@@ -114,7 +115,7 @@ class DatasetWriter:
         self.extra = {}
         self.referenced_splits = {}
         self._splits: dict[str, _SplitState] = {}
-        self._keys = set()
+        self._keys = set() if check_keys else None
         self._created = False
         self._open = False
         self._tmp_files = []
@@ -152,7 +153,7 @@ class DatasetWriter:
         label = int(label)
         if not 0 <= label < len(self.label_names):
             raise ValueError(f"{key}: label {label} outside 0..{len(self.label_names) - 1}")
-        if key is not None:
+        if key is not None and self._keys is not None:
             if key in self._keys:
                 raise UserError(f"{key}: duplicate example key")
             self._keys.add(key)
