@@ -279,6 +279,9 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
     if int(num_per_class) <= 0:
         raise UserError(f"--num_per_class={num_per_class}: must be > 0")
     num_per_class = int(num_per_class)
+    if not overwrite and os.path.isdir(outdir) and os.listdir(outdir):  # fail before loading
+        raise UserError(f"{outdir}: output directory exists and is not empty; "
+                        "pass --overwrite to replace it")
     snapshots = {}
     if network is not None:
         G, meta, path = load_generator(network)

@@ -27,6 +27,7 @@ import keras
 from histaug_tf.ops import upfirdn2d as _fir
 from histaug_tf.gan.layers import (_Layer, _register, _dim, FullyConnectedLayer, Conv2dLayer,
                                    SynthesisLayer, ToRGBLayer, MinibatchStdLayer,
+                                   setup_resample_filter,
                                    normalize_2nd_moment)
 
 
@@ -93,8 +94,10 @@ class MappingNetwork(_Layer):
             self._build_child(fc)
         self.w_avg = None
         if self.num_ws is not None and self.w_avg_beta is not None:
+            # aggregation 'mean': under tf.distribute, an update made in replica context
+            # averages the replicas' batch means.
             self.w_avg = self.add_weight(name="w_avg", shape=(self.w_dim,), initializer="zeros",
-                                         trainable=False)
+                                         trainable=False, aggregation="mean")
 
     def call(self, z, c=None, truncation_psi=1, truncation_cutoff=None, update_emas=False):
         x = None
@@ -161,7 +164,7 @@ class SynthesisBlock(_Layer):
         self.use_fp16 = bool(use_fp16)
         self.use_noise = bool(use_noise)
         self.activation = activation
-        self.resample_filter = _fir.setup_filter(self.resample_filter_taps)
+        self.resample_filter = setup_resample_filter(self.resample_filter_taps)
         self.num_conv = 0
         self.num_torgb = 0
         layer_kwargs = dict(w_dim=self.w_dim, resolution=self.resolution,
