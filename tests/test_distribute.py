@@ -211,3 +211,16 @@ def test_worker_write_path(tmp_path):
     D.remove_worker_path(p, other)
     assert not os.path.exists(os.path.dirname(p))
     D.remove_worker_path(target, chief)  # no-op for the chief
+
+
+def test_stop_signal_records_sigterm():
+    import signal
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        stop = D.StopSignal()
+        assert not stop.received and not stop.should_stop(FakeStrategy(1))
+        signal.raise_signal(signal.SIGTERM)  # would kill the process without the handler
+        assert stop.received and stop.signum == signal.SIGTERM
+        assert stop.should_stop(FakeStrategy(1))
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -75,7 +75,7 @@ def test_modulated_conv2d_matches_numpy(up, k, demod, fused):
     x = RNG.standard_normal([n, h, h, cin]).astype(np.float32)
     w = RNG.standard_normal([k, k, cin, cout]).astype(np.float32)
     s = (RNG.standard_normal([n, cin]) + 1).astype(np.float32)
-    f = L._fir.setup_filter([1, 3, 3, 1])
+    f = L.setup_resample_filter([1, 3, 3, 1])  # separable, as the layers use it
     got = L.modulated_conv2d(tf.constant(x), tf.constant(w), tf.constant(s), up=up,
                              padding=k // 2, resample_filter=f, demodulate=demod,
                              flip_weight=(up == 1), fused_modconv=fused).numpy()

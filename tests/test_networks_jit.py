@@ -34,3 +34,56 @@ def test_jit_on_and_off_agree(res, c_dim):
     assert img.shape == (2, res, res, 3) and logits.shape == (2, 1)
     np.testing.assert_allclose(gj(z, c).numpy(), img.numpy(), atol=1e-4)
     np.testing.assert_allclose(dj(img, c).numpy(), logits.numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_second_order_gradients_r1_and_path_length():
+    """R1 (grad of |dD/dx|^2 w.r.t. D's weights) and path-length style (grad of |d(G.synthesis
+    . y)/dws|^2 w.r.t. G's weights) exist, are finite, and agree eagerly and under XLA."""
+    G = Generator(z_dim=8, c_dim=2, w_dim=8, img_resolution=16, img_channels=3,
+                  mapping_kwargs=dict(num_layers=1),
+                  synthesis_kwargs=dict(channel_base=64, channel_max=4))
+    D = Discriminator(c_dim=2, img_resolution=16, img_channels=3, channel_base=64,
+                      channel_max=4, mapping_kwargs=dict(num_layers=1),
+                      epilogue_kwargs=dict(mbstd_group_size=2))
+    for v in G.trainable_variables + D.trainable_variables:  # make every path non-trivial
+        v.assign(v + tf.random.normal(v.shape, stddev=0.1, seed=1))
+    z, c = inputs(2, 8, 2)
+    x = tf.constant(RNG.uniform(-1, 1, [2, 16, 16, 3]), tf.float32)
+    y = tf.constant(RNG.standard_normal([2, 16, 16, 3]), tf.float32)
+
+    def r1(x, c):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                out = tf.reduce_sum(D(x, c))
+            gx = inner.gradient(out, x)
+            pen = tf.reduce_sum(tf.square(gx))
+        return pen, outer.gradient(pen, D.trainable_variables)
+
+    def pl(z, c, y):
+        with tf.GradientTape() as outer:
+            ws = G.mapping(z, c)
+            with tf.GradientTape() as inner:
+                inner.watch(ws)
+                img = G.synthesis(ws, noise_mode="const")
+                out = tf.reduce_sum(img * y)
+            gw = inner.gradient(out, ws)
+            pen = tf.reduce_sum(tf.square(gw))
+        return pen, outer.gradient(pen, G.trainable_variables)
+
+    for fn, args, model in ((r1, (x, c), D), (pl, (z, c, y), G)):
+        pen, grads = fn(*args)
+        pen_j, grads_j = tf.function(fn, jit_compile=True)(*args)
+        # every weight reaches the penalty (some biases only shift the output: no gradient)
+        for v, g in zip(model.trainable_variables, grads):
+            assert g is not None or not v.path.endswith("weight"), v.path
+        assert np.isfinite(pen.numpy()) and pen.numpy() > 0
+        np.testing.assert_allclose(pen_j.numpy(), pen.numpy(), rtol=1e-4)
+        for g, gj in zip(grads, grads_j):
+            if g is None:
+                assert gj is None
+                continue
+            assert np.all(np.isfinite(g.numpy()))
+            np.testing.assert_allclose(gj.numpy(), g.numpy(), rtol=1e-3,
+                                       atol=1e-4 * max(1.0, np.abs(g.numpy()).max()))

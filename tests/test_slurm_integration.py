@@ -195,21 +195,6 @@ def test_multinode_script_two_tasks_one_cluster_resume_and_requeue(slurm, tmp_pa
                         or "REQUEUE" in ln))
 
 
-def test_batch_not_divisible_is_one_error_line_per_task(slurm, tmp_path):
-    outdir = str(tmp_path / "run")
-    log = str(tmp_path / "job-%j.out")
-    env = check_env(tmp_path, outdir, ["--steps=1", "--batch=7"])
-    jobid, rc = sbatch_wait(slurm, MULTINODE, TWO_TASKS + [f"--output={log}"], [], env)
-    out = open(log.replace("%j", jobid)).read()
-    assert rc != 0
-    assert slurm.job(jobid)["JobState"] == "FAILED"
-    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert errors and all(ln.startswith("error: --batch=7 is not divisible by 2 replicas")
-                          for ln in errors), out
-    assert not os.path.exists(os.path.join(outdir, "checkpoints"))
-    print("\n".join(errors))
-
-
 STUB = """import json, os, sys
 out = os.environ["STUB_OUT"]
 os.makedirs(out, exist_ok=True)

@@ -43,9 +43,11 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 def encode_png(image: np.ndarray, level: int = 1) -> bytes:
     """Lossless 8-bit PNG of a uint8 HWC array (C in 1, 3, 4), written with NumPy + zlib.
 
-    Uses the PNG "Up" filter on every row and zlib's run-length strategy: about 2-3x faster than
-    Pillow's adaptive encoder on histology patches for a few percent larger files. Any PNG decoder
-    reads it (the tests decode with TensorFlow's libpng and Pillow).
+    Uses the PNG "Sub" filter on every row (each byte minus the same channel of the pixel to its
+    left) and zlib run-length coding at level 1: on 96x96 tissue patches about 2x faster than
+    Pillow's adaptive encoder for the same size (general LZ77 matching finds little in noisy tissue
+    after the filter; runs still shrink flat background). Any PNG decoder reads it (the tests
+    decode with TensorFlow's libpng and Pillow).
     """
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in _PNG_COLOR_TYPE:
@@ -53,9 +55,9 @@ def encode_png(image: np.ndarray, level: int = 1) -> bytes:
     h, w, c = img.shape
     rows = img.reshape(h, w * c)
     filt = np.empty((h, w * c + 1), np.uint8)
-    filt[:, 0] = 2  # filter type Up
-    filt[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filt[1:, 1:])  # uint8 wrap-around == mod 256
+    filt[:, 0] = 1  # filter type Sub
+    filt[:, 1:1 + c] = rows[:, :c]
+    np.subtract(rows[:, c:], rows[:, :-c], out=filt[:, 1 + c:])  # uint8 wrap-around == mod 256
     comp = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     idat = comp.compress(filt.tobytes()) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", w, h, 8, _PNG_COLOR_TYPE[c], 0, 0, 0)

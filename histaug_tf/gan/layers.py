@@ -53,6 +53,14 @@ def _dim(x, i):
     return int(d) if d is not None else tf.shape(x)[i]
 
 
+def setup_resample_filter(taps):
+    """The FIR filter of the layers: NVlabs ``setup_filter`` (normalised to sum 1), kept separable
+    (1-D) when ``taps`` is 1-D: the same filter (outer product) applied as two 1-D passes, which
+    is cheaper to run and to compile under XLA."""
+    arr = np.asarray(taps, np.float32)
+    return _fir.setup_filter(arr, separable=(arr.ndim == 1))
+
+
 def _filter_size(f):
     if f is None:
         return 1, 1
@@ -299,7 +307,7 @@ class Conv2dLayer(_Layer):
         self.down = int(down)
         self.resample_filter_taps = [float(v) for v in resample_filter]
         self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
-        self.resample_filter = _fir.setup_filter(self.resample_filter_taps)
+        self.resample_filter = setup_resample_filter(self.resample_filter_taps)
         self.padding = self.kernel_size // 2
         self.weight_gain = 1.0 / np.sqrt(self.in_channels * self.kernel_size ** 2)
         self.act_gain = ACT_GAIN[activation]
@@ -353,7 +361,7 @@ class SynthesisLayer(_Layer):
         self.activation = activation
         self.resample_filter_taps = [float(v) for v in resample_filter]
         self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
-        self.resample_filter = _fir.setup_filter(self.resample_filter_taps)
+        self.resample_filter = setup_resample_filter(self.resample_filter_taps)
         self.padding = self.kernel_size // 2
         self.act_gain = ACT_GAIN[activation]
         self.affine = FullyConnectedLayer(self.w_dim, self.in_channels, bias_init=1, name="affine")

@@ -27,6 +27,7 @@ import keras
 from histaug_tf.ops import upfirdn2d as _fir
 from histaug_tf.gan.layers import (_Layer, _register, _dim, FullyConnectedLayer, Conv2dLayer,
                                    SynthesisLayer, ToRGBLayer, MinibatchStdLayer,
+                                   setup_resample_filter,
                                    normalize_2nd_moment)
 
 
@@ -161,7 +162,7 @@ class SynthesisBlock(_Layer):
         self.use_fp16 = bool(use_fp16)
         self.use_noise = bool(use_noise)
         self.activation = activation
-        self.resample_filter = _fir.setup_filter(self.resample_filter_taps)
+        self.resample_filter = setup_resample_filter(self.resample_filter_taps)
         self.num_conv = 0
         self.num_torgb = 0
         layer_kwargs = dict(w_dim=self.w_dim, resolution=self.resolution,

@@ -1,0 +1,67 @@
+"""FID / KID / precision-recall of a generator (or a generated dataset) against a real dataset.
+
+    python -m histaug_tf.calc_metrics --network=runs/00001-demo --data=tfrecords/demo \
+        --metrics=fid,kid,pr --inception_weights=imagenet
+
+Prints one JSON object (metrics, counts, extractor, timings); ``--out=FILE`` also appends it to
+FILE as a JSON line. Real-data statistics are cached (``--cache_dir``).
+"""
+import json
+import os
+
+from absl import app, flags
+
+from histaug_tf.common import UserError, run_main
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("network", None, "A .keras snapshot or a run directory (latest snapshot).")
+flags.DEFINE_string("networks", None, "One generator per class: CLASS:PATH[,CLASS:PATH...].")
+flags.DEFINE_string("gen_data", None, "Instead of a network: a generated dataset directory.")
+flags.DEFINE_string("data", None, "The real dataset directory.")
+flags.DEFINE_string("split", "train", "Split of --data.")
+flags.DEFINE_string("gen_split", "train", "Split of --gen_data.")
+flags.DEFINE_list("metrics", ["fid"], "Any of fid, kid, pr.")
+flags.DEFINE_integer("num_gen", None, "Generated images (with --network); default: from the metric name (fid10k) or 50000.")
+flags.DEFINE_float("trunc", 1.0, "Truncation psi.")
+flags.DEFINE_integer("trunc_cutoff", None, "Truncation cutoff.")
+flags.DEFINE_enum("noise_mode", "random", ["const", "random", "none"], "Per-layer noise.")
+flags.DEFINE_integer("resolution", None, "Map real images to this size (default: the network's).")
+flags.DEFINE_enum("resize_mode", "crop", ["crop", "resize", "pad"], "How real images are mapped.")
+flags.DEFINE_string("inception_weights", None, "imagenet (Keras download), a weights file PATH, or "
+                    "'random' (seeded random weights: smoke tests and timing only).")
+flags.DEFINE_integer("inception_seed", 0, "Seed of the random Inception weights.")
+flags.DEFINE_integer("inception_resolution", 299, "Inception input size (299; >= 75).")
+flags.DEFINE_integer("batch", 64, "Images per batch.")
+flags.DEFINE_integer("seed", 0, "Seed of latents, labels and subsets.")
+flags.DEFINE_string("cache_dir", None, "Real-statistics cache (default ~/.cache/histaug_tf/stats).")
+flags.DEFINE_boolean("cache", True, "Use the real-statistics cache.")
+flags.DEFINE_boolean("per_class", True, "Also per-class FID when both sides are labelled.")
+flags.DEFINE_integer("max_real_features", 50000, "Real images kept for KID and precision/recall.")
+flags.DEFINE_boolean("jit", False, "XLA-compile the generator and the extractor.")
+flags.DEFINE_string("out", None, "Append the result as a JSON line to this file.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from histaug_tf.metrics.calc import calc_metrics
+
+    result = calc_metrics(
+        metrics=FLAGS.metrics, data_dir=FLAGS.data, network=FLAGS.network, networks=FLAGS.networks,
+        gen_data_dir=FLAGS.gen_data, split=FLAGS.split, gen_split=FLAGS.gen_split,
+        num_gen=FLAGS.num_gen, truncation_psi=FLAGS.trunc, truncation_cutoff=FLAGS.trunc_cutoff,
+        noise_mode=FLAGS.noise_mode, resolution=FLAGS.resolution, resize_mode=FLAGS.resize_mode,
+        inception_weights=FLAGS.inception_weights, inception_seed=FLAGS.inception_seed,
+        inception_resolution=FLAGS.inception_resolution, batch_size=FLAGS.batch, seed=FLAGS.seed,
+        cache_dir=FLAGS.cache_dir, use_cache=FLAGS.cache, per_class=FLAGS.per_class,
+        max_real_features=FLAGS.max_real_features, jit_compile=FLAGS.jit)
+    line = json.dumps(result, sort_keys=True)
+    print(line)
+    if FLAGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+        with open(FLAGS.out, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    app.run(run_main(main))

@@ -1,0 +1,392 @@
+"""Images from generators by seed: the library behind ``python -m histaug_tf.generate`` and the
+generator side of the metrics.
+
+Conventions (as NVlabs ``generate.py``):
+  * the latent of seed ``s`` is ``np.random.RandomState(s).randn(z_dim)``, so an image depends
+    on its seed (and class), never on the batch it was generated in (with ``noise_mode`` 'const'
+    or 'none'; 'random' noise is drawn by TensorFlow and is not reproducible);
+  * pixels are converted to uint8 as ``clip(floor(x * 127.5 + 128), 0, 255)``.
+
+A ``Synthesizer`` wraps either one conditional (or unconditional) generator or one generator per
+class (``{class_index: G}``, each unconditional or conditional).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from histaug_tf.common import UserError
+
+NOISE_MODES = ("const", "random", "none")
+
+
+def z_from_seeds(seeds, z_dim: int) -> np.ndarray:
+    """[N, z_dim] float32 latents, one ``RandomState(seed).randn`` draw per seed."""
+    if len(seeds) == 0:
+        return np.zeros([0, z_dim], np.float32)
+    return np.stack([np.random.RandomState(int(s) % (1 << 32)).randn(z_dim) for s in seeds]
+                    ).astype(np.float32)
+
+
+def to_uint8(images) -> np.ndarray:
+    """[-1, 1] float images to uint8 (NVlabs: ``(x * 127.5 + 128).clamp(0, 255)`` then truncation)."""
+    x = np.asarray(images, np.float32)
+    return np.clip(np.floor(x * 127.5 + 128.0), 0, 255).astype(np.uint8)
+
+
+def uint8_to_float(images) -> np.ndarray:
+    """uint8 to [-1, 1] float32 (``x / 127.5 - 1``), the pipeline's ``pixel_range=(-1, 1)``."""
+    return np.asarray(images, np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+class Synthesizer:
+    """``synth(seeds, labels) -> uint8 [N, H, W, C]``.
+
+    Args:
+      G: one generator (``c_dim`` > 0: conditional; labels select the class).
+      per_class: alternatively ``{class_index: G}``; class ``k`` images come from ``per_class[k]``
+        (with ``c = one_hot(k)`` when that network is itself conditional).
+      truncation_psi, truncation_cutoff, noise_mode: passed to ``G(z, c, ...)``.
+      batch_size: images per call; the last batch is padded so the function is traced once.
+      jit_compile: compile the generator call with XLA.
+    """
+
+    def __init__(self, G=None, per_class=None, truncation_psi: float = 1.0,
+                 truncation_cutoff=None, noise_mode: str = "const", batch_size: int = 32,
+                 jit_compile: bool = False):
+        import tensorflow as tf
+
+        if (G is None) == (per_class is None):
+            raise ValueError("give exactly one of G and per_class")
+        if noise_mode not in NOISE_MODES:
+            raise UserError(f"--noise_mode={noise_mode}: expected one of {NOISE_MODES}")
+        if int(batch_size) < 1:
+            raise UserError(f"--batch={batch_size}: must be >= 1")
+        self.batch_size = int(batch_size)
+        self.per_class = dict(per_class) if per_class is not None else None
+        nets = list(self.per_class.values()) if self.per_class is not None else [G]
+        self.G = G
+        res = {(int(n.img_resolution), int(n.img_channels)) for n in nets}
+        if len(res) != 1:
+            raise UserError("the per-class networks differ in resolution/channels: "
+                            f"{sorted(res)}")
+        (self.resolution, self.channels), = res
+        self.conditional = G is not None and int(G.c_dim) > 0
+        kwargs = dict(truncation_psi=float(truncation_psi), truncation_cutoff=truncation_cutoff,
+                      noise_mode=noise_mode)
+
+        def make_fn(net):
+            def run(z, c):
+                img = net(z, c, **kwargs)
+                return tf.cast(img, tf.float32)
+            return tf.function(run, jit_compile=jit_compile, reduce_retracing=True)
+
+        self._fns = {id(n): make_fn(n) for n in nets}
+
+    @property
+    def classes(self):
+        """The class indices this synthesizer can make (None: unlabelled)."""
+        if self.per_class is not None:
+            return sorted(self.per_class)
+        if self.conditional:
+            return list(range(int(self.G.c_dim)))
+        return None
+
+    def _run(self, net, seeds, label):
+        b = self.batch_size
+        out = []
+        for i in range(0, len(seeds), b):
+            s = seeds[i:i + b]
+            k = len(s)
+            z = z_from_seeds(s, int(net.z_dim))
+            if k < b:
+                z = np.concatenate([z, np.zeros([b - k, z.shape[1]], np.float32)], 0)
+            c = np.zeros([b, int(net.c_dim)], np.float32)
+            if int(net.c_dim) > 0:
+                if label is None or not 0 <= label < int(net.c_dim):
+                    raise UserError(f"class {label} out of range for a conditional network "
+                                    f"with c_dim={int(net.c_dim)}")
+                c[:, label] = 1
+            img = np.asarray(self._fns[id(net)](z, c))[:k]
+            out.append(to_uint8(img))
+        if not out:
+            return np.zeros([0, self.resolution, self.resolution, self.channels], np.uint8)
+        return np.concatenate(out, 0)
+
+    def __call__(self, seeds, labels=None) -> np.ndarray:
+        seeds = np.asarray(seeds, np.int64).reshape(-1)
+        if labels is None:
+            if self.per_class is not None or self.conditional:
+                raise ValueError("labels are needed for a labelled synthesizer")
+            return self._run(self.G, seeds, None)
+        labels = np.asarray(labels, np.int64).reshape(-1)
+        if labels.shape != seeds.shape:
+            raise ValueError("seeds and labels differ in length")
+        out = np.zeros([len(seeds), self.resolution, self.resolution, self.channels], np.uint8)
+        for c in np.unique(labels):
+            c = int(c)
+            idx = np.nonzero(labels == c)[0]
+            if self.per_class is not None:
+                if c not in self.per_class:
+                    raise UserError(f"no network for class {c} (have {sorted(self.per_class)})")
+                net = self.per_class[c]
+            else:
+                net = self.G
+            out[idx] = self._run(net, seeds[idx], c)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading networks.
+# ------------------------------------------------------------------------------------------------
+
+def resolve_snapshot(path: str) -> str:
+    """A ``.keras`` snapshot path, or a run directory meaning its latest snapshot."""
+    if not path:
+        raise UserError("--network: empty path")
+    if os.path.isdir(path):
+        from histaug_tf.gan import snapshot
+
+        try:
+            p = snapshot.latest_snapshot(path)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"{path}: no network snapshot in run directory ({e})") from None
+        if not p:
+            raise UserError(f"{path}: no network-snapshot-*.keras in run directory")
+        return p
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: network snapshot not found")
+    return path
+
+
+def load_generator(path: str):
+    """(G_ema, metadata, snapshot_path) of a snapshot file or run directory."""
+    p = resolve_snapshot(path)
+    from histaug_tf.gan import snapshot
+
+    try:
+        snap = snapshot.load_snapshot(p)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 — a file that does not load is the user's input problem
+        raise UserError(f"{p}: cannot load network snapshot ({type(e).__name__}: {e})") from None
+    G = snap.get("G_ema") or snap.get("G")
+    if G is None:
+        raise UserError(f"{p}: snapshot holds no generator")
+    return G, dict(snap.get("metadata") or {}), p
+
+
+def parse_networks_map(spec: str) -> dict[int, str]:
+    """``'0:PATH,1:PATH'`` → {0: PATH, 1: PATH}."""
+    out = {}
+    for item in [s for s in spec.split(",") if s.strip()]:
+        m = re.fullmatch(r"\s*(\d+)\s*:(.+)", item)
+        if not m:
+            raise UserError(f"--networks={spec}: expected CLASS:PATH[,CLASS:PATH...], got {item!r}")
+        c = int(m.group(1))
+        if c in out:
+            raise UserError(f"--networks={spec}: class {c} given twice")
+        out[c] = m.group(2).strip()
+    if not out:
+        raise UserError("--networks: empty")
+    return out
+
+
+def label_names_from_metadata(meta: dict):
+    """Label names recorded in a snapshot's metadata, if any."""
+    for key in ("label_names",):
+        if isinstance(meta.get(key), (list, tuple)):
+            return [str(x) for x in meta[key]]
+    for sub in ("training_options", "dataset", "data"):
+        v = meta.get(sub)
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                v = None
+        if isinstance(v, dict) and isinstance(v.get("label_names"), (list, tuple)):
+            return [str(x) for x in v["label_names"]]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing a synthetic dataset.
+# ------------------------------------------------------------------------------------------------
+
+def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
+    """uint8 [N, H, W, C] → one uint8 [rows*H, cols*W, C] image (row-major, black padding)."""
+    n, h, w, c = images.shape
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.zeros([rows * h, cols * w, c], np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
+    return grid
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    from PIL import Image
+
+    img = image[..., 0] if image.shape[-1] == 1 else image
+    tmp = f"{path}.tmp"
+    Image.fromarray(img).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run_name(snapshot_path: str) -> str:
+    return os.path.basename(os.path.dirname(os.path.abspath(snapshot_path))) or "run"
+
+
+def generate_dataset(outdir: str, *, network: str | None = None, networks: str | dict | None = None,
+                     num_per_class: int = 1000, classes=None, truncation_psi: float = 1.0,
+                     truncation_cutoff=None, noise_mode: str = "const", seed: int = 0,
+                     batch_size: int = 32, grid: bool = False, grid_size: int = 64,
+                     label_names=None, name: str | None = None, run_name: str | None = None,
+                     encoding: str = "png", shard_size: int = 4096, overwrite: bool = False,
+                     jit_compile: bool = False, flags: dict | None = None,
+                     progress: bool = True) -> dict:
+    """Generate ``num_per_class`` images for each class and write them as a dataset (train split).
+
+    Class k uses seeds ``seed .. seed + num_per_class - 1``; each example has ``label`` k,
+    ``source`` 'synthetic', ``group`` the run name and ``key`` ``synthetic/<run>/<label name>/<seed>``.
+    Every input is checked before anything is written. Returns ``{'manifest', 'images_per_second',
+    'grids'}``; with ``grid``, ``grid-<label name>.png`` (the first ``grid_size`` images of each
+    class) are written into ``outdir`` after the manifest.
+    """
+    from histaug_tf.common import Progress
+    from histaug_tf.data.writer import DatasetWriter
+
+    # ---- check everything first (no output on bad input) ----
+    if (network is None) == (networks is None):
+        raise UserError("give exactly one of --network (a conditional network) and "
+                        "--networks=0:PATH,1:PATH (one network per class)")
+    if int(num_per_class) <= 0:
+        raise UserError(f"--num_per_class={num_per_class}: must be > 0")
+    num_per_class = int(num_per_class)
+    if not overwrite and os.path.isdir(outdir) and os.listdir(outdir):  # fail before loading
+        raise UserError(f"{outdir}: output directory exists and is not empty; "
+                        "pass --overwrite to replace it")
+    snapshots = {}
+    if network is not None:
+        G, meta, path = load_generator(network)
+        if int(G.c_dim) == 0:
+            raise UserError(f"{path}: the network is unconditional (c_dim=0); give one network "
+                            "per class with --networks=0:PATH,1:PATH")
+        num_classes = int(G.c_dim)
+        label_names = list(label_names) if label_names else label_names_from_metadata(meta)
+        if label_names is None:
+            label_names = ["normal", "tumour"] if num_classes == 2 else \
+                [f"class{i}" for i in range(num_classes)]
+        if len(label_names) != num_classes:
+            raise UserError(f"{path}: the network has c_dim={num_classes} classes but "
+                            f"{len(label_names)} label names {label_names} were given")
+        snapshots["all"] = path
+        synth_kwargs = dict(G=G)
+        default_run = _run_name(path)
+    else:
+        spec = parse_networks_map(networks) if isinstance(networks, str) else dict(networks)
+        loaded, metas = {}, {}
+        for c, p in sorted(spec.items()):
+            loaded[c], metas[c], snapshots[str(c)] = load_generator(p)
+        if not label_names:
+            label_names = next((label_names_from_metadata(m) for m in metas.values()
+                                if label_names_from_metadata(m)), None) or ["normal", "tumour"]
+        label_names = list(label_names)
+        num_classes = len(label_names)
+        bad = [c for c in spec if not 0 <= c < num_classes]
+        if bad:
+            raise UserError(f"--networks: class {bad[0]} out of range 0..{num_classes - 1} "
+                            f"(label names {label_names})")
+        for c, net in loaded.items():
+            if int(net.c_dim) > 0 and c >= int(net.c_dim):
+                raise UserError(f"{snapshots[str(c)]}: class {c} out of range for a conditional "
+                                f"network with c_dim={int(net.c_dim)}")
+        synth_kwargs = dict(per_class=loaded)
+        default_run = "+".join(dict.fromkeys(_run_name(p) for p in snapshots.values()))
+    if classes is None or len(classes) == 0:
+        classes = list(range(num_classes))
+    classes = [int(c) for c in classes]
+    for c in classes:
+        if not 0 <= c < num_classes:
+            raise UserError(f"--classes: class {c} out of range 0..{num_classes - 1} for "
+                            f"{'the conditional network' if network else 'label names'} "
+                            f"{label_names}")
+    if len(set(classes)) != len(classes):
+        raise UserError(f"--classes: repeated class in {classes}")
+    if networks is not None:
+        missing = [c for c in classes if c not in synth_kwargs["per_class"]]
+        if missing:
+            raise UserError(f"--networks: no network for class {missing[0]} "
+                            f"({label_names[missing[0]]}); map covers {sorted(synth_kwargs['per_class'])}")
+    synth = Synthesizer(truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                        noise_mode=noise_mode, batch_size=batch_size, jit_compile=jit_compile,
+                        **synth_kwargs)
+    run = run_name or default_run
+    name = name or os.path.basename(os.path.normpath(outdir))
+    provenance = {
+        "source": "synthetic",
+        "generator": "histaug_tf.generate",
+        "run": run,
+        "snapshots": {k: {"path": os.path.abspath(p), "sha256": _sha256(p)}
+                      for k, p in snapshots.items()},
+        "classes": classes,
+        "num_per_class": num_per_class,
+        "seeds": [int(seed), int(seed) + num_per_class - 1],
+        "truncation_psi": float(truncation_psi),
+        "truncation_cutoff": truncation_cutoff,
+        "noise_mode": noise_mode,
+        "flags": dict(flags or {}),
+    }
+    if overwrite and os.path.isdir(outdir):  # our own grids, else the writer refuses to overwrite
+        for f in os.listdir(outdir):
+            if re.fullmatch(r"grid-.*\.png", f):
+                os.remove(os.path.join(outdir, f))
+    if noise_mode == "random":
+        import tensorflow as tf
+
+        tf.random.set_seed(int(seed))
+
+    # ---- generate ----
+    shape = (synth.resolution, synth.resolution, synth.channels)
+    grids = {}
+    bar = Progress(num_per_class * len(classes), label="generate", unit="img",
+                   quiet=None if progress else True)
+    with DatasetWriter(outdir, name, shape, encoding=encoding, label_names=label_names,
+                       shard_size=shard_size, overwrite=overwrite, provenance=provenance) as w:
+        for c in classes:
+            lname = label_names[c]
+            for i in range(0, num_per_class, synth.batch_size):
+                seeds = np.arange(seed + i, seed + min(i + synth.batch_size, num_per_class),
+                                  dtype=np.int64)
+                images = synth(seeds, np.full(seeds.shape, c))
+                for s, img in zip(seeds, images):
+                    w.add("train", img, c, key=f"synthetic/{run}/{lname}/{int(s)}", group=run,
+                          source="synthetic")
+                if grid and len(grids.get(c, ())) < grid_size:
+                    grids.setdefault(c, []).extend(images[:grid_size - len(grids.get(c, ()))])
+                bar.update(len(seeds))
+    bar.close()
+    rate = bar.rate()
+    grid_files = []
+    if grid:
+        for c, imgs in grids.items():
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", label_names[c])
+            grid_files.append(os.path.join(outdir, f"grid-{safe}.png"))
+            save_png(grid_files[-1], image_grid(np.stack(imgs)))
+    return {"manifest": w.manifest, "images_per_second": rate, "grids": grid_files}
