@@ -447,8 +447,22 @@ def plot_study_roc(outdir: str, recs: list, path: str) -> bool:
     return True
 
 
+def _remove_stale_temps(outdir: str, min_age_s: float = 600.0) -> None:
+    """Delete temporary files a killed run left in ``outdir`` (old enough not to be another
+    array task's write in flight)."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(outdir):
+            if name.startswith(".tmp-") or ".tmp-" in name:
+                p = os.path.join(outdir, name)
+                with contextlib.suppress(OSError):
+                    if os.path.isfile(p) and now - os.path.getmtime(p) > min_age_s:
+                        os.unlink(p)
+
+
 def aggregate(outdir: str) -> str:
     """Regenerate results.csv, results.md and roc.png from every cell.json; return the markdown."""
+    _remove_stale_temps(outdir)
     recs = load_cells(outdir)
     rows = [cell_row(r) for r in recs]
     buf = io.StringIO()
