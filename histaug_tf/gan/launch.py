@@ -110,15 +110,15 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
 
 
 def freeze_d_variables(D, freezed):
-    """Freeze-D: the variables of the first ``freezed`` D layers (reference numbering: per block
-    fromrgb, conv0, conv1 count as layers, the skip shares the next index)."""
+    """Freeze-D: the variables of the first ``freezed`` D layers, numbered as the reference does
+    (NVlabs ``DiscriminatorBlock.trainable_gen``): from the top-resolution block down, each
+    block's fromrgb, conv0, conv1 and skip (those that exist) take consecutive indices; the
+    epilogue is never frozen."""
     if not freezed:
         return []
     out = []
-    first = 0
+    idx = 0
     for block in getattr(D, "blocks", []):
-        idx = first
-        counted = 0
         for name in ("fromrgb", "conv0", "conv1", "skip"):
             layer = getattr(block, name, None)
             if layer is None:
@@ -126,9 +126,6 @@ def freeze_d_variables(D, freezed):
             if idx < freezed:
                 out.extend(layer.trainable_variables)
             idx += 1
-            if name != "skip":
-                counted += 1
-        first += counted
     return out
 
 
@@ -168,7 +165,8 @@ def launch(**flags):
         except ImportError as e:
             raise UserError(f"--aug={opts['aug']}: the augment pipe is not available ({e}); "
                             "use --aug=noaug") from None
-        make_pipe = lambda: augment.make_augment_pipe(opts["augpipe"])  # noqa: E731
+        make_pipe = lambda: augment.make_augment_pipe(  # noqa: E731
+            opts["augpipe"], seed=opts["seed"] + 1000 * worker_index)
 
     def input_fn(nw, wi, worker_batch, seed):
         common = dict(resolution=opts["resolution"], resize_mode=opts["resize"],
@@ -211,7 +209,6 @@ def launch(**flags):
         pl_decay=lk["pl_decay"], style_mixing_prob=lk["style_mixing_prob"],
         ema_kimg=preset["ema_kimg"], ema_rampup=opts["ema_rampup"], augment_p=opts["p"],
         ada_target=opts["target"], ada_kimg=opts["ada_kimg"],
-        ada_controller=_ada_controller(opts),
         total_kimg=opts["kimg"], kimg_per_tick=opts["tick"], snapshot_ticks=ticks_per_snap,
         image_snapshot_ticks=ticks_per_snap, checkpoint_ticks=opts["checkpoint_ticks"],
         seed=opts["seed"], jit=opts["jit"], noise_mode=opts["noise_mode"],
@@ -225,23 +222,6 @@ def launch(**flags):
         print(f"{distribute.describe(strategy)}; {opts['cfg']} at {opts['resolution']}px, "
               f"batch {opts['batch']}, augment {opts['aug']}", flush=True)
     return trainer.run()
-
-
-def _ada_controller(opts):
-    """The ops developer's ADA update when available (``augment.ada_update``), else None
-    (the trainer's built-in reference formula)."""
-    if opts["aug"] != "ada":
-        return None
-    try:
-        from histaug_tf.gan import augment
-    except ImportError:
-        return None
-    fn = getattr(augment, "ada_update", None)
-    if fn is None:
-        return None
-    target, ada_kimg = opts["target"], opts["ada_kimg"]
-    return lambda p_var, rt, nimg_delta: fn(p_var, rt, target=target, nimg_delta=nimg_delta,
-                                            ada_kimg=ada_kimg)
 
 
 def _metrics_hook(opts):

@@ -142,7 +142,7 @@ class Trainer:
                  G_reg_interval=4, D_reg_interval=16, r1_gamma=10.0, pl_weight=2.0,
                  pl_batch_shrink=2, pl_decay=0.01, style_mixing_prob=0.9,
                  ema_kimg=10.0, ema_rampup=0.05, augment_p=0.0, ada_target=None, ada_interval=4,
-                 ada_kimg=500.0, ada_controller=None, total_kimg=25000.0, kimg_per_tick=4.0,
+                 ada_kimg=500.0, total_kimg=25000.0, kimg_per_tick=4.0,
                  snapshot_ticks=50, image_snapshot_ticks=None, checkpoint_ticks=1, seed=0,
                  jit=False, noise_mode="random", freeze_d_vars=None, options=None,
                  resume_snapshot=None, snapshot_fn=None, load_snapshot_fn=None, metrics_fn=None,
@@ -175,7 +175,6 @@ class Trainer:
         self.ada_target = ada_target
         self.ada_interval = int(ada_interval)
         self.ada_kimg = float(ada_kimg)
-        self.ada_controller = ada_controller
         self.total_kimg = float(total_kimg)
         self.kimg_per_tick = float(kimg_per_tick)
         self.snapshot_ticks = snapshot_ticks
@@ -238,6 +237,7 @@ class Trainer:
         self._w_avg = getattr(getattr(self.G, "mapping", None), "w_avg", None)
         self._w_avg_beta = float(getattr(self.G.mapping, "w_avg_beta", 0.995))
 
+        self.ada_controller = self._make_ada_controller()
         self._setup_checkpoint(resume_snapshot)
         self._rebuild_functions()
 
@@ -583,15 +583,31 @@ class Trainer:
                 and (step + 1) % self.ada_interval == 0):
             self._ada_adjust()
 
+    def _make_ada_controller(self):
+        """The ops developer's ``augment.AdaController`` (created outside the strategy scope, so its
+        sums are plain variables fed with the globally reduced signs), or None."""
+        if self.augment_pipe is None or self.ada_target is None:
+            return None
+        try:
+            from histaug_tf.gan.augment import AdaController
+        except ImportError:
+            return None
+        return AdaController(self.augment_pipe.p, batch_size=self.batch, target=self.ada_target,
+                             interval=self.ada_interval, kimg=self.ada_kimg)
+
     def _ada_adjust(self):
+        """Every ``ada_interval`` steps: ``p += sign(r_t - target) * B * interval / (ada_kimg*1000)``,
+        clamped at 0, with r_t the mean sign of D(real) since the last adjustment (all replicas)."""
         num = float(self.ada_num.numpy())
         if num <= 0:
             return
-        rt = float(self.ada_sum.numpy()) / num
+        total = float(self.ada_sum.numpy())
         if self.ada_controller is not None:
-            self.ada_controller(self.augment_pipe.p, rt, self.batch * self.ada_interval)
+            self.ada_controller.sign_sum.assign(total)
+            self.ada_controller.sign_count.assign(num)
+            self.ada_controller.update()
         else:
-            adjust = np.sign(rt - self.ada_target) * (self.batch * self.ada_interval) / (
+            adjust = np.sign(total / num - self.ada_target) * (self.batch * self.ada_interval) / (
                 self.ada_kimg * 1000)
             self.augment_pipe.p.assign(max(float(self.augment_pipe.p.numpy()) + adjust, 0.0))
         self.ada_sum.assign(0.0)
