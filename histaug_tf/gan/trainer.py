@@ -491,8 +491,9 @@ class Trainer:
                     ada_num=self.ada_num)
         if self.augment_pipe is not None:
             objs["augment_p"] = self.augment_pipe.p
-            if isinstance(self.augment_pipe, tf.__internal__.tracking.Trackable):
-                objs["augment_pipe"] = self.augment_pipe  # e.g. its RNG state, if any
+            gen = getattr(self.augment_pipe, "_gen", None)  # AugmentPipe(seed=...)'s Generator
+            if isinstance(gen, tf.random.Generator):
+                objs["augment_rng"] = gen
         if self._w_avg is not None:
             objs["w_avg"] = self._w_avg
         self.ckpt = tf.train.Checkpoint(**objs)
