@@ -544,9 +544,10 @@ class Trainer:
 
     def save_checkpoint(self):
         step = int(self.step_var.numpy())
-        self.ckpt_manager.save(checkpoint_number=step)
+        # The iterator state first: a model checkpoint never exists without its input state.
         os.makedirs(self.input_ckpt_dir, exist_ok=True)
         self.input_ckpt.write(os.path.join(self.input_ckpt_dir, f"ckpt-{step}"))
+        self.ckpt_manager.save(checkpoint_number=step)
         # Keep the iterator states of the kept model checkpoints only.
         keep = {os.path.basename(p) for p in self.ckpt_manager.checkpoints}
         for f in glob.glob(os.path.join(self.input_ckpt_dir, "ckpt-*")):
