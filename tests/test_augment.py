@@ -123,6 +123,68 @@ def test_warp_matrices_equal_reflect_pad_plus_upfirdn2d():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _np_reference_warp(img, g_inv):
+    """The reference's geometric execution for ONE image [H, W, C], transcribed to NumPy: margin from
+    the transformed corners (+ filter room, clamped to size - 1), reflect pad, origin shift, 2x upsample
+    with sym6, grid_sample(bilinear, zeros, align_corners=False), 2x downsample with crop."""
+    h, w, _ = img.shape
+    f = np.asarray(A._SYM6, np.float64)
+    f = f / f.sum()
+    taps, hz_pad = f.size, f.size // 4
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    corners = g_inv @ np.array([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]], np.float64)
+    margin = np.concatenate([-corners[:2], corners[:2]]).max(axis=1)  # x0, y0, x1, y1
+    margin = margin + np.array([hz_pad * 2 - cx, hz_pad * 2 - cy] * 2)
+    margin = np.minimum(np.maximum(margin, 0), [w - 1, h - 1] * 2)
+    mx0, my0, mx1, my1 = np.ceil(margin).astype(int)
+    x = np.pad(img.astype(np.float64), ((my0, my1), (mx0, mx1), (0, 0)), mode="reflect")
+    tr = lambda tx, ty: np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]], np.float64)  # noqa: E731
+    sc = lambda sx, sy: np.diag([sx, sy, 1.0])  # noqa: E731
+    g = tr((mx0 - mx1) / 2, (my0 - my1) / 2) @ g_inv
+
+    def up_axis(a, axis):  # zero insertion, pad ((taps+1)//2, (taps-2)//2), convolution with 2 f, 'valid'
+        a = np.moveaxis(a, axis, 0)
+        z = np.zeros((2 * a.shape[0],) + a.shape[1:])
+        z[::2] = a
+        z = np.concatenate([np.zeros(((taps + 1) // 2,) + a.shape[1:]), z, np.zeros(((taps - 2) // 2,) + a.shape[1:])])
+        out = np.apply_along_axis(lambda v: np.convolve(v, 2 * f, mode="valid"), 0, z)
+        return np.moveaxis(out, 0, axis)
+
+    x = up_axis(up_axis(x, 0), 1)
+    g = sc(2, 2) @ g @ sc(0.5, 0.5)
+    g = tr(-0.5, -0.5) @ g @ tr(0.5, 0.5)
+    ho, wo = (h + hz_pad * 2) * 2, (w + hz_pad * 2) * 2
+    hi, wi = x.shape[:2]
+    qy, qx = np.meshgrid(np.arange(ho) - (ho - 1) / 2, np.arange(wo) - (wo - 1) / 2, indexing="ij")
+    src = np.einsum("ij,jhw->ihw", g, np.stack([qx, qy, np.ones_like(qx)]))
+    x = _np_bilinear(x[None], src[0][None] + (wi - 1) / 2, src[1][None] + (hi - 1) / 2)[0]
+
+    def down_axis(a, axis):  # crop 1 (= (taps-1)//2 - 2 hz_pad) each side, correlate with f, keep even
+        a = np.moveaxis(a, axis, 0)[1:-1]
+        out = np.apply_along_axis(lambda v: np.correlate(v, f, mode="valid"), 0, a)[::2]
+        return np.moveaxis(out, 0, axis)
+
+    return down_axis(down_axis(x, 0), 1)
+
+
+def test_warp_matches_numpy_transcription_of_reference():
+    rng = np.random.default_rng(21)
+    h, w = 12, 10
+    pipe = A.make_augment_pipe("bg")
+    img = rng.uniform(-1, 1, size=(h, w, 3)).astype(np.float32)
+    mats = []
+    for theta, s, ax, tx, ty, flip in [(0.3, 1.1, 1.0, 0.7, -1.2, 1), (2.0, 0.8, 1.2, -2.0, 0.5, -1),
+                                       (-0.2, 1.0, 0.9, 0.0, 3.0, 1), (np.pi / 2, 1.0, 1.0, 1.0, 0.0, 1)]:
+        rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+        mats.append(np.diag([flip / s / ax, 1 / s * ax, 1.0]) @ rot @ np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]]))
+    got = pipe._warp(tf.constant(np.stack([img] * len(mats))), tf.constant(np.stack(mats), tf.float32), h, w).numpy()
+    for k, m in enumerate(mats):
+        want = _np_reference_warp(img, m)
+        # The reference pads only by the margin this transform needs, we always by size - 1; that
+        # changes nothing here: the reference's margin already covers every sample and filter tap.
+        np.testing.assert_allclose(got[k], want, atol=2e-4)
+
+
 # ------------------------------------------------------------------ geometric ops, one at a time
 def test_xflip_rate_and_form():
     g = _geom(xflip=1)
@@ -267,6 +329,23 @@ def test_imgfilter_bank_and_dc_gain():
     per_image = y.reshape(N, -1)
     np.testing.assert_allclose(per_image, per_image[:, :1] * np.ones_like(per_image), rtol=1e-4)  # stays flat
     assert np.std(np.log2(per_image[:, 0] / 0.5)) > 0.1  # the DC band gain varies between images
+
+
+def test_imgfilter_band_gain_and_power_normalisation():
+    """Only the top band enabled: a Nyquist checkerboard is scaled by g3^2 and DC by g0^2 (the 1-D
+    filter runs along both axes), with g = (1, 1, 1, t) / sqrt((10 + 1 + 1 + t^2) / 13), log2 t ~ N(0, 1)."""
+    yy, xx = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    checker = (-1.0) ** (xx + yy)
+    x = np.broadcast_to((0.5 + 0.25 * checker)[None, :, :, None], (N, 16, 16, 3)).astype(np.float32)
+    y = A.AugmentPipe(imgfilter=1, imgfilter_bands=[0, 0, 0, 1], p=1.0, seed=14)(x).numpy()
+    a = y.mean(axis=(1, 2, 3)) / 0.5  # g0^2
+    b = (y * checker[None, :, :, None]).mean(axis=(1, 2, 3)) / 0.25  # g3^2
+    np.testing.assert_allclose(y, (0.5 * a[:, None, None, None] + 0.25 * b[:, None, None, None] * checker[None, :, :, None])
+                               * np.ones_like(y), atol=1e-4)
+    t2 = b / a  # t^2
+    np.testing.assert_allclose(a, 13 / (12 + t2), rtol=1e-4)
+    log_t = 0.5 * np.log2(t2)
+    assert 0.7 < log_t.std() < 1.3 and abs(log_t.mean()) < 0.4
 
 
 def test_noise_std():

@@ -94,8 +94,10 @@ class MappingNetwork(_Layer):
             self._build_child(fc)
         self.w_avg = None
         if self.num_ws is not None and self.w_avg_beta is not None:
+            # aggregation 'mean': under tf.distribute, an update made in replica context
+            # averages the replicas' batch means.
             self.w_avg = self.add_weight(name="w_avg", shape=(self.w_dim,), initializer="zeros",
-                                         trainable=False)
+                                         trainable=False, aggregation="mean")
 
     def call(self, z, c=None, truncation_psi=1, truncation_cutoff=None, update_emas=False):
         x = None

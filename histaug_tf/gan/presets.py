@@ -28,8 +28,9 @@ Small CPU presets (ours):
   batch 8, mbstd 4.
 * ``demo``: a run of minutes on 2 CPU cores at 32 px: z = w = 512, channel_base 4096,
   channel_max 128 (128 channels at every resolution 4-32), 8 mapping layers, batch 16, mbstd 4,
-  lr 0.0025, gamma from the auto formula, ema 10 kimg with ramp-up 0.05. The same configuration
-  is used for the speed comparison with NVlabs' PyTorch code.
+  lr 0.0025, gamma from the auto formula, ema 10 kimg with ramp-up 0.05, 2 kimg (a pipeline
+  demonstration, not a converged GAN). The same configuration is used for the speed comparison
+  with NVlabs' PyTorch code.
 
 Mixed precision (float16 on the top 4 resolutions) is on for the NVlabs presets only when
 ``mixed_precision=True`` (default: when a GPU is visible); on CPUs it is off, which changes no
@@ -60,7 +61,7 @@ CFG_SPECS = {
 CPU_SPECS = {
     "tiny": dict(ref_gpus=1, kimg=1, mb=8, mbstd=4, channel_base=512, channel_max=32,
                  lrate=0.0025, gamma=None, ema=1, ramp=0.05, map=2, z_dim=32, w_dim=32),
-    "demo": dict(ref_gpus=1, kimg=10, mb=16, mbstd=4, channel_base=4096, channel_max=128,
+    "demo": dict(ref_gpus=1, kimg=2, mb=16, mbstd=4, channel_base=4096, channel_max=128,
                  lrate=0.0025, gamma=None, ema=10, ramp=0.05, map=8, z_dim=512, w_dim=512),
 }
 
