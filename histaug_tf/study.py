@@ -353,15 +353,18 @@ def _fmt(v, nd=3):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
-def _mean_sd(vals, nd=3, pct=False):
+def _mean_sd(vals, nd=3, pct=False, signed=False):
+    """'mean ± sd' (sample sd over seeds), or the value alone for one seed."""
     vals = [v for v in vals if v is not None]
     if not vals:
         return "–"
     suf = " %" if pct else ""
+    sign = "+" if (pct or signed) else ""
+    m = float(np.mean(vals))
     if len(vals) == 1:
-        return f"{vals[0]:+.{nd}f}{suf}" if pct else f"{vals[0]:.{nd}f}"
-    m, s = float(np.mean(vals)), float(np.std(vals, ddof=1))
-    return (f"{m:+.{nd}f} ± {s:.{nd}f}{suf}" if pct else f"{m:.{nd}f} ± {s:.{nd}f}")
+        return f"{m:{sign}.{nd}f}{suf}"
+    s = float(np.std(vals, ddof=1))
+    return f"{m:{sign}.{nd}f} ± {s:.{nd}f}{suf}"
 
 
 def results_markdown(rows: list) -> str:
@@ -383,7 +386,7 @@ def results_markdown(rows: list) -> str:
         out.write(f"| {ds} | {fr * 100:g} % | {len(rs)} | {rs[0]['n_train']} "
                   f"| {_mean_sd([r['auc_baseline'] for r in rs])} "
                   f"| {_mean_sd([r['auc_augmented'] for r in rs])} "
-                  f"| {_mean_sd([r['delta_auc'] for r in rs], pct=False)} "
+                  f"| {_mean_sd([r['delta_auc'] for r in rs], signed=True)} "
                   f"| {_mean_sd([r['delta_auc_rel_pct'] for r in rs], nd=1, pct=True)} "
                   f"| {p} | {f1} | {_mean_sd([r['auc_tstr'] for r in rs])} |\n")
     out.write("\nPer cell (95 % stratified bootstrap intervals; DeLong test augmented vs baseline on "
@@ -444,8 +447,22 @@ def plot_study_roc(outdir: str, recs: list, path: str) -> bool:
     return True
 
 
+def _remove_stale_temps(outdir: str, min_age_s: float = 600.0) -> None:
+    """Delete temporary files a killed run left in ``outdir`` (old enough not to be another
+    array task's write in flight)."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(outdir):
+            if name.startswith(".tmp-") or ".tmp-" in name:
+                p = os.path.join(outdir, name)
+                with contextlib.suppress(OSError):
+                    if os.path.isfile(p) and now - os.path.getmtime(p) > min_age_s:
+                        os.unlink(p)
+
+
 def aggregate(outdir: str) -> str:
     """Regenerate results.csv, results.md and roc.png from every cell.json; return the markdown."""
+    _remove_stale_temps(outdir)
     recs = load_cells(outdir)
     rows = [cell_row(r) for r in recs]
     buf = io.StringIO()

@@ -331,6 +331,23 @@ def test_imgfilter_bank_and_dc_gain():
     assert np.std(np.log2(per_image[:, 0] / 0.5)) > 0.1  # the DC band gain varies between images
 
 
+def test_imgfilter_band_gain_and_power_normalisation():
+    """Only the top band enabled: a Nyquist checkerboard is scaled by g3^2 and DC by g0^2 (the 1-D
+    filter runs along both axes), with g = (1, 1, 1, t) / sqrt((10 + 1 + 1 + t^2) / 13), log2 t ~ N(0, 1)."""
+    yy, xx = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    checker = (-1.0) ** (xx + yy)
+    x = np.broadcast_to((0.5 + 0.25 * checker)[None, :, :, None], (N, 16, 16, 3)).astype(np.float32)
+    y = A.AugmentPipe(imgfilter=1, imgfilter_bands=[0, 0, 0, 1], p=1.0, seed=14)(x).numpy()
+    a = y.mean(axis=(1, 2, 3)) / 0.5  # g0^2
+    b = (y * checker[None, :, :, None]).mean(axis=(1, 2, 3)) / 0.25  # g3^2
+    np.testing.assert_allclose(y, (0.5 * a[:, None, None, None] + 0.25 * b[:, None, None, None] * checker[None, :, :, None])
+                               * np.ones_like(y), atol=1e-4)
+    t2 = b / a  # t^2
+    np.testing.assert_allclose(a, 13 / (12 + t2), rtol=1e-4)
+    log_t = 0.5 * np.log2(t2)
+    assert 0.7 < log_t.std() < 1.3 and abs(log_t.mean()) < 0.4
+
+
 def test_noise_std():
     x = np.zeros((N, 16, 16, 3), np.float32)
     pipe = A.AugmentPipe(noise=1, p=1.0, seed=9)

@@ -221,6 +221,13 @@ def test_flips_rot90_are_dihedral_and_seeded(tmp_path):
         assert match, i
         variants_seen.add(match[0])
     assert len(variants_seen) > 2
+    hor = _by_key(out, "train", flips="horizontal", pixel_range=None, seed=3)
+    kinds = set()
+    for i, im in hor.items():
+        same, mirrored = np.array_equal(im, imgs[i]), np.array_equal(im, imgs[i][:, ::-1])
+        assert same or mirrored
+        kinds.add(same)
+    assert kinds == {True, False}
 
 
 def test_shuffle_repeat_batch_and_class_filter(tmp_path, toy):

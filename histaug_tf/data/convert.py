@@ -8,8 +8,10 @@ most ``2 × workers + 2`` jobs are in flight, so memory stays bounded whatever t
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import os
+import sys
 
 import numpy as np
 
@@ -62,9 +64,25 @@ class SyntheticSource:
                 yield ("synthetic", encoding, self.size, items)
 
 
-def run_jobs(jobs, handle, workers: int, max_inflight=None):
+def _spawn_can_import_main() -> bool:
+    """Spawned workers re-import ``__main__`` (by module name, or by file path). That is impossible
+    for code read from stdin or ``-c``; then the conversion runs inline instead."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None):
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.isfile(path)  # no __file__ (interactive): nothing re-imported
+
+
+def run_jobs(jobs, handle, workers: int, max_inflight=None, start_timeout=300):
     """Run ``encode_worker.process`` over ``jobs`` (in ``workers`` processes; 0 = inline) and call
-    ``handle(result)`` in job order. Bounded: at most ``max_inflight`` jobs submitted ahead."""
+    ``handle(result)`` in job order. Bounded: at most ``max_inflight`` jobs submitted ahead.
+
+    Workers are spawned (not forked: the parent may hold TensorFlow threads), so like any
+    multiprocessing code a calling script needs an ``if __name__ == "__main__":`` guard."""
+    if workers > 0 and not _spawn_can_import_main():
+        logging.warning("encoder processes cannot re-import __main__ (stdin / -c); encoding inline")
+        workers = 0
     if workers <= 0:
         for job in jobs:
             handle(encode_worker.process(job))
@@ -72,6 +90,10 @@ def run_jobs(jobs, handle, workers: int, max_inflight=None):
     max_inflight = max_inflight or 2 * workers + 2
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold TF threads
     with ctx.Pool(workers) as pool:
+        try:  # a pool whose workers die at start-up would otherwise wait forever
+            pool.apply_async(encode_worker.ping).get(start_timeout)
+        except multiprocessing.TimeoutError:
+            raise RuntimeError(f"encoder processes did not start within {start_timeout}s") from None
         pending = collections.deque()
         for job in jobs:
             pending.append(pool.apply_async(encode_worker.process, (job,)))

@@ -88,7 +88,8 @@ def _scale(image, pixel_range):
 def _augment(image, seed_pair, flips, rot90):
     if flips:
         image = tf.image.stateless_random_flip_left_right(image, seed_pair)
-        image = tf.image.stateless_random_flip_up_down(image, seed_pair + 1)
+        if flips != "horizontal":
+            image = tf.image.stateless_random_flip_up_down(image, seed_pair + 1)
     if rot90:
         k = tf.random.stateless_uniform([], seed_pair + 2, 0, 4, dtype=tf.int32)
         image = tf.image.rot90(image, k)
@@ -109,7 +110,8 @@ def make_dataset(data_dir, split="train", *, resolution=None, resize_mode="crop"
       resize_mode: ``crop`` (centre crop — keeps PCAM's labelled centre), ``resize`` (bilinear,
         antialiased) or ``pad`` (centre, white).
       pixel_range: (lo, hi) float32 output range, e.g. (-1, 1) or (0, 1); None → uint8 unchanged.
-      flips: random horizontal and vertical flips. rot90: random multiples of 90° (square images).
+      flips: True (or "both"): random horizontal and vertical flips; "horizontal": x-flips only
+        (StyleGAN's --mirror). rot90: random multiples of 90° (square images).
       shuffle_buffer: records in the shuffle buffer (0 = no shuffling; file order is then fixed).
       repeat: repeat forever (a new file order and shuffle each epoch).
       batch_size: None → unbatched elements.
@@ -129,6 +131,8 @@ def make_dataset(data_dir, split="train", *, resolution=None, resize_mode="crop"
     encoding = m["encoding"]
     dst_hw = _target_shape((h, w), resolution)
     _check_resolution(resize_mode, (h, w), dst_hw, data_dir)
+    if flips not in (False, True, None, "both", "horizontal"):
+        raise ValueError(f"flips={flips!r}: expected True, False, 'both' or 'horizontal'")
     if rot90 and dst_hw[0] != dst_hw[1]:
         raise UserError(f"{data_dir}: rot90 needs square images, target is {dst_hw}")
     if num_workers < 1 or not 0 <= worker_index < num_workers:
