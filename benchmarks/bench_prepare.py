@@ -108,6 +108,8 @@ def main():
             "patches_per_s": round(n / wall, 1),
             "cpu_seconds_children": round((cpu1.children_user + cpu1.children_system)
                                           - (cpu0.children_user + cpu0.children_system), 2),
+            "cpu_ms_per_patch": round(1000 * ((cpu1.children_user + cpu1.children_system)
+                                              - (cpu0.children_user + cpu0.children_system)) / n, 3),
             "peak_rss_main_mb": round(sampler.peak_main / 2 ** 20, 1),
             "peak_rss_largest_process_mb": round(sampler.peak_single / 2 ** 20, 1),
             "peak_rss_tree_mb": round(sampler.peak_tree / 2 ** 20, 1),

@@ -20,7 +20,7 @@ def _img(rng, label, s=S):
     x = rng.normal(110, 25, (s, s, 3))
     if label:  # a bright square somewhere in the centre region: easy but not trivial
         i, j = rng.integers(2, s - 8, size=2)
-        x[i:i + 6, j:j + 6] += 70
+        x[i:i + 6, j:j + 6] += 25
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
@@ -73,10 +73,11 @@ def test_train_early_stops_keeps_best_checkpoint_and_metrics(real, tmp_path):
     y, p, keys = ct.load_predictions(out)
     assert len(y) == 120 and y.sum() == 40 and len(set(keys.tolist())) == 120
     assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
-    assert m["auc"] > 0.85, m["auc"]  # the task is easy
+    hist = json.load(open(os.path.join(out, "history.json")))
+    assert m["auc"] > 0.75, m["auc"]  # the task is learnable in a few epochs
+    assert len({h["val_auc"] for h in hist}) > 1  # ... and not trivial: val AUC changes
     assert json.load(open(os.path.join(out, "metrics.json")))["auc"] == m["auc"]
     # early stopping: stopped exactly `patience` epochs after the best validation AUC
-    hist = json.load(open(os.path.join(out, "history.json")))
     best = max(range(len(hist)), key=lambda i: hist[i]["val_auc"])  # first maximum
     assert m["best_epoch"] == best + 1 and m["best_val_auc"] == pytest.approx(hist[best]["val_auc"])
     assert m["epochs_run"] == len(hist) == best + 1 + 2 < 30
@@ -87,6 +88,16 @@ def test_train_early_stops_keeps_best_checkpoint_and_metrics(real, tmp_path):
     p2 = np.concatenate([1 / (1 + np.exp(-np.asarray(model(x, training=False))[:, 0]))
                          for x, _ in ds])
     np.testing.assert_allclose(p2, p, atol=1e-5)
+    # TensorBoard: per-epoch validation AUC and the test PR curve
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    acc = ea.EventAccumulator(os.path.join(out, "tb", "test"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "test_pr_curve/pr_curves" in acc.Tags()["tensors"]
+    acc = ea.EventAccumulator(os.path.join(out, "tb", "validation"), size_guidance={"tensors": 0})
+    acc.Reload()
+    import tensorflow as tf
+    vals = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("epoch_auc")]
+    np.testing.assert_allclose(vals, [h["val_auc"] for h in hist], rtol=1e-6)
     # a finished run is not silently redone
     with pytest.raises(UserError, match="already finished"):
         ct.train_classifier(out, real, epochs=1, verbose=False)

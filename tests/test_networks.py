@@ -73,6 +73,8 @@ def test_generator_structure_and_contract():
     ws = G.mapping(z, c)
     assert ws.shape == (4, G.num_ws, 8)
     img2 = G.synthesis(ws, noise_mode="const")
+    with pytest.raises(ValueError):
+        G.synthesis(ws[:, 1:])
     np.testing.assert_allclose(G(z, c, noise_mode="const").numpy(), img2.numpy(), atol=1e-6)
     # every ws row is the same w before truncation
     np.testing.assert_allclose(ws.numpy()[:, 0], ws.numpy()[:, -1])

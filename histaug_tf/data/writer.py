@@ -68,7 +68,7 @@ def prepare_output_dir(out_dir: str, overwrite: bool) -> bool:
 
 class _SplitState:
     def __init__(self):
-        self.done = []          # [(tmp_path, num_examples, class_counts)]
+        self.done = []          # [(tmp_path, num_examples, class_counts, sha256, num_bytes)]
         self.writer = None      # tf.io.TFRecordWriter of the open shard
         self.tmp_path = None
         self.count = 0
@@ -182,7 +182,7 @@ class DatasetWriter:
 
     def num_examples(self, split=None) -> int:
         sts = [self._splits[split]] if split is not None else self._splits.values()
-        return sum(n for st in sts for _, n, _ in st.done) + sum(st.count for st in sts)
+        return sum(d[1] for st in sts for d in st.done) + sum(st.count for st in sts)
 
     # -- shards ------------------------------------------------------------------------------
     def _open_shard(self, split, st):
@@ -199,7 +199,9 @@ class DatasetWriter:
         if st.writer is None:
             return
         st.writer.close()
-        st.done.append((st.tmp_path, st.count, st.class_counts))
+        # hash now, while the shard is in the page cache
+        st.done.append((st.tmp_path, st.count, st.class_counts, file_sha256(st.tmp_path),
+                        os.path.getsize(st.tmp_path)))
         st.writer, st.tmp_path, st.count = None, None, 0
 
     def close(self):
@@ -212,14 +214,14 @@ class DatasetWriter:
                 self._close_shard(st)
                 n = len(st.done)
                 shards, counts, total = [], [0] * len(self.label_names), 0
-                for i, (tmp, cnt, cc) in enumerate(st.done):
+                for i, (tmp, cnt, cc, sha, size) in enumerate(st.done):
                     final = f"{split}-{i:05d}-of-{n:05d}.tfrecord"
                     fp = os.path.join(self.out_dir, final)
                     os.replace(tmp, fp)
                     self._tmp_files.remove(tmp)
                     self._final_files.append(fp)
-                    shards.append({"file": final, "num_examples": cnt,
-                                   "num_bytes": os.path.getsize(fp), "sha256": file_sha256(fp)})
+                    shards.append({"file": final, "num_examples": cnt, "num_bytes": size,
+                                   "sha256": sha})
                     counts = [a + b for a, b in zip(counts, cc)]
                     total += cnt
                 splits[split] = {"num_examples": total, "class_counts": counts, "shards": shards}

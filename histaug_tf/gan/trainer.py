@@ -491,8 +491,9 @@ class Trainer:
                     ada_num=self.ada_num)
         if self.augment_pipe is not None:
             objs["augment_p"] = self.augment_pipe.p
-            if isinstance(self.augment_pipe, tf.__internal__.tracking.Trackable):
-                objs["augment_pipe"] = self.augment_pipe  # e.g. its RNG state, if any
+            gen = getattr(self.augment_pipe, "_gen", None)  # AugmentPipe(seed=...)'s Generator
+            if isinstance(gen, tf.random.Generator):
+                objs["augment_rng"] = gen
         if self._w_avg is not None:
             objs["w_avg"] = self._w_avg
         self.ckpt = tf.train.Checkpoint(**objs)
@@ -543,9 +544,10 @@ class Trainer:
 
     def save_checkpoint(self):
         step = int(self.step_var.numpy())
-        self.ckpt_manager.save(checkpoint_number=step)
+        # The iterator state first: a model checkpoint never exists without its input state.
         os.makedirs(self.input_ckpt_dir, exist_ok=True)
         self.input_ckpt.write(os.path.join(self.input_ckpt_dir, f"ckpt-{step}"))
+        self.ckpt_manager.save(checkpoint_number=step)
         # Keep the iterator states of the kept model checkpoints only.
         keep = {os.path.basename(p) for p in self.ckpt_manager.checkpoints}
         for f in glob.glob(os.path.join(self.input_ckpt_dir, "ckpt-*")):
