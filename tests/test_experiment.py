@@ -45,7 +45,7 @@ STUBS = textwrap.dedent('''
         return [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")][0]
 
     def run_stage(module, args, log_path):
-        note(f"stage {module}")
+        note(f"stage {module} " + " ".join(args))
         time.sleep(DELAY)
         if module == "subset":
             f = float(arg(args, "fractions"))
@@ -236,3 +236,25 @@ def test_resume_after_sigkill(real, tmp_path):
     # a write cut by the kill leaves at most a hidden temporary file, never a partial result file
     assert {p.name for p in out.iterdir() if not p.name.startswith(".tmp-")} == {
         "cells", "results.csv", "results.md", "roc.png"}
+
+
+def test_per_class_gans(real, tmp_path, monkeypatch):
+    """--gan_mode=per_class: one unconditional GAN per class on that class only, and generate
+    gets both networks."""
+    from histaug_tf import study
+    monkeypatch.setenv("STUB_LOG", str(tmp_path / "log"))
+    _stubbed(monkeypatch)
+    study.run_study(_cfg(tmp_path / "out", real, fractions=[0.5], seeds=[3], gan_mode="per_class",
+                         tstr=False))
+    lines = open(tmp_path / "log").read().splitlines()
+    gans = [ln for ln in lines if ln.startswith("stage train_gan")]
+    assert len(gans) == 2
+    for c in (0, 1):
+        g = [ln for ln in gans if f"--class_filter={c}" in ln]
+        assert len(g) == 1 and "--nocond" in g[0] and f"gan_c{c}" in g[0] and "--seed=3" in g[0]
+        assert "subsets/frac0.5" in g[0]  # trained on the cell's subset only
+    gen = [ln for ln in lines if ln.startswith("stage generate")][0]
+    cdir = str(tmp_path / "out" / "cells" / "toy" / "f0.5" / "s3")
+    assert f"--networks=0:{cdir}/gan_c0,1:{cdir}/gan_c1" in gen
+    rows = _read_csv(tmp_path / "out" / "results.csv")
+    assert len(rows) == 1 and rows[0]["auc_augmented"] and not rows[0]["auc_tstr"]

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,8 +20,6 @@ import time
 import numpy as np
 import pytest
 
-from test_distribute_multiworker import free_port_pair, numpy_reference
-
 pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +27,42 @@ UP = os.path.join(ROOT, "jobs", "local_slurm", "up.sh")
 DOWN = os.path.join(ROOT, "jobs", "local_slurm", "down.sh")
 MULTINODE = os.path.join("jobs", "slurm", "train_gan_multinode.sbatch")
 CHECK = os.path.join("jobs", "slurm", "cluster_check.py")
+
+
+def free_port_pair():
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base > 65000:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", base))
+                b.bind(("127.0.0.1", base + 1))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def numpy_reference(steps, batch, replicas, dim=3, seed=0, lr=0.1):
+    """SGD on mean squared error over the global batch, written from scratch."""
+    W, b = np.zeros((dim, 1)), np.zeros(1)
+    n = batch // replicas
+    for s in range(steps):
+        xs, ys = [], []
+        for r in range(replicas):
+            rng = np.random.default_rng([seed, s, r])
+            x = rng.standard_normal((n, dim)).astype(np.float32)
+            w_true = np.arange(1, dim + 1, dtype=np.float32)[:, None] / dim
+            xs.append(x)
+            ys.append((x @ w_true + 0.5 + 0.1 * rng.standard_normal((n, 1))).astype(np.float32))
+        X, Y = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
+        e = X @ W + b - Y
+        W = W - lr * 2 * X.T @ e / batch
+        b = b - lr * 2 * e.sum(0) / batch
+    return W, b
 
 
 class Slurm:

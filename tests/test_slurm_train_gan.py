@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from test_distribute_multiworker import free_port_pair
-from test_slurm_integration import MULTINODE, TWO_TASKS, sbatch_wait, slurm  # noqa: F401
+from test_slurm_integration import (MULTINODE, TWO_TASKS, free_port_pair, sbatch_wait,  # noqa: F401
+                                    slurm)
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ import shutil
 import zlib
 
 import numpy as np
+from absl import logging
 
 from histaug_tf.common import UserError
 
@@ -57,6 +58,7 @@ class _Opened:
             os.makedirs(self.tmp_dir, exist_ok=True)
             local = os.path.join(self.tmp_dir, os.path.basename(self.path)[:-3])
             self.local = local
+            logging.info("decompressing %s to %s", self.path, local)
             gunzip_to(self.path, local)
         try:
             self.f = h5py.File(local, "r")

@@ -110,7 +110,8 @@ def render_patch(seed: int, label: int, size: int = 64) -> np.ndarray:
     size = int(size)
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(seed) >> 32, int(label), size])
+    s = int(seed) % (1 << 64)  # any Python int (negative too) → a 64-bit seed
+    rng = np.random.default_rng([s & 0xFFFFFFFF, s >> 32, int(label), size])
     scale = size / 64.0
     area = (size / 64.0) ** 2
 

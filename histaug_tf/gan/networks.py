@@ -276,6 +276,9 @@ class SynthesisNetwork(_Layer):
 
     def call(self, ws, noise_mode="random", fused_modconv=False, force_fp32=False):
         ws = tf.cast(ws, tf.float32)
+        if ws.shape.rank != 3 or ws.shape[1] not in (None, self.num_ws) \
+                or ws.shape[2] not in (None, self.w_dim):
+            raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {ws.shape}")
         x = img = None
         w_idx = 0
         for block in self.blocks:
