@@ -251,6 +251,14 @@ def _build_filter_bank():
 
 
 # ------------------------------------------------------------------ the pipe
+class _MatrixCaches:
+    """Not a dict, so tf.Module attribute tracking leaves it alone."""
+
+    def __init__(self):
+        self.geom = {}
+        self.filter = {}
+
+
 class AugmentPipe(tf.Module):
     """Differentiable ADA augmentation of NHWC float images (any range; [-1, 1] in the GAN).
 
@@ -296,8 +304,9 @@ class AugmentPipe(tf.Module):
         self._hz_fbank = _build_filter_bank()
         assert len(self.imgfilter_bands) == self._hz_fbank.shape[0]
         self._gen = tf.random.Generator.from_seed(int(seed)) if seed is not None else None
-        self._geom_cache = {}
-        self._filter_cache = {}
+        # NumPy matrices per image size, in a plain (non-trackable) holder: a dict attribute of a
+        # tf.Module is wrapped for checkpointing, and its tuple keys make tf.train.Checkpoint fail.
+        self._caches = _MatrixCaches()
 
     # ---------------------------------------------------------------- random numbers
     def _uniform(self, shape):
@@ -406,7 +415,7 @@ class AugmentPipe(tf.Module):
     def _geom_matrices(self, h, w):
         """Constant matrices of the warp's linear stages, built once per image size (NumPy)."""
         key = (h, w)
-        if key not in self._geom_cache:
+        if key not in self._caches.geom:
             hz = self._hz_geom
             hz_pad = hz.size // 4
             # Reflect-pad by the reference's largest margin (size - 1), then 2x upsample: one matrix.
@@ -414,8 +423,8 @@ class AugmentPipe(tf.Module):
             up_x = _upsample_matrix(3 * w - 2, hz) @ _reflect_matrix(w, w - 1)
             down_y = _downsample_matrix(h, hz, 2 * hz_pad)
             down_x = _downsample_matrix(w, hz, 2 * hz_pad)
-            self._geom_cache[key] = [m.astype(np.float32) for m in (up_y, up_x, down_y, down_x)]
-        return [tf.constant(m) for m in self._geom_cache[key]]  # NumPy cache: no tensors leak across graphs
+            self._caches.geom[key] = [m.astype(np.float32) for m in (up_y, up_x, down_y, down_x)]
+        return [tf.constant(m) for m in self._caches.geom[key]]  # NumPy cache: no tensors leak across graphs
 
     def _warp(self, x, g_inv, h, w):
         """Resample ``x`` with the inverse transforms ``g_inv`` ([B, 3, 3], centred pixel coords).
@@ -521,7 +530,7 @@ class AugmentPipe(tf.Module):
     def _filter_shifts(self, h, w):
         """[taps, n, n] constants: tap k of the 'same' filter after reflection padding by taps // 2."""
         key = (h, w)
-        if key not in self._filter_cache:
+        if key not in self._caches.filter:
             taps = self._hz_fbank.shape[1]
             pad = taps // 2
             mats = []
@@ -530,8 +539,8 @@ class AugmentPipe(tf.Module):
                 for k in range(taps):
                     shifts[k, np.arange(n), np.arange(n) + k] = 1
                 mats.append((shifts @ _reflect_matrix(n, pad)).astype(np.float32))
-            self._filter_cache[key] = mats
-        return [tf.constant(m) for m in self._filter_cache[key]]
+            self._caches.filter[key] = mats
+        return [tf.constant(m) for m in self._caches.filter[key]]
 
 
 def make_augment_pipe(name="bgc", p=0.0, seed=None, **overrides):
