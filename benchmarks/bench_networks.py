@@ -4,7 +4,8 @@ Prints one JSON object: for each preset and jit mode (XLA on / plain tf.function
 ``g_forward_img_s`` (G(z) with random noise, inference) and ``gd_train_img_s`` (one G loss
 + one D loss forward and backward: D(G(z)) and D(x_real), gradients w.r.t. all weights; no
 regularisers, no optimizer update). Warm-up (tracing / compilation) is excluded and reported
-separately.
+separately. ``*_cpu_s_per_img`` is process CPU time per image (less sensitive to other load on
+the machine than the wall-clock images/s); ``load_avg_1min`` records that load.
 
     python benchmarks/bench_networks.py                      # tiny, demo, paper256 (batch 2)
     python benchmarks/bench_networks.py --presets demo --batch 16 --iters 5
@@ -28,15 +29,16 @@ DEFAULT_RES = {"tiny": 32, "demo": 32, "cifar": 32}
 
 
 def _time(fn, iters, *args):
+    """(warm-up wall s, wall s per call, process CPU s per call)."""
     t0 = time.perf_counter()
     out = fn(*args)
     tf.nest.map_structure(lambda t: t.numpy(), out)
     warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
         out = fn(*args)
     tf.nest.map_structure(lambda t: t.numpy(), out)
-    return warm, (time.perf_counter() - t0) / iters
+    return warm, (time.perf_counter() - t0) / iters, (time.process_time() - c0) / iters
 
 
 def bench(preset, res, batch, iters, jit, c_dim=0):
@@ -64,12 +66,15 @@ def bench(preset, res, batch, iters, jit, c_dim=0):
         # Reduce every gradient so that none of the backward pass is pruned from the graph.
         return g_loss, d_loss, tf.add_n([tf.reduce_sum(g) for g in gg + dg])
 
-    warm_g, t_g = _time(g_forward, iters, z, c)
-    warm_t, t_t = _time(gd_step, iters, z, c, real)
+    warm_g, t_g, cpu_g = _time(g_forward, iters, z, c)
+    warm_t, t_t, cpu_t = _time(gd_step, iters, z, c, real)
     return dict(preset=preset, resolution=res, batch=batch, jit=jit, iters=iters,
                 G_params=count_params(G), D_params=count_params(D),
                 g_forward_img_s=round(batch / t_g, 2), g_forward_warmup_s=round(warm_g, 2),
-                gd_train_img_s=round(batch / t_t, 2), gd_train_warmup_s=round(warm_t, 2))
+                g_forward_cpu_s_per_img=round(cpu_g / batch, 4),
+                gd_train_img_s=round(batch / t_t, 2), gd_train_warmup_s=round(warm_t, 2),
+                gd_train_cpu_s_per_img=round(cpu_t / batch, 4),
+                load_avg_1min=round(os.getloadavg()[0], 1))
 
 
 def main():

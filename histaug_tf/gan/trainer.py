@@ -750,7 +750,8 @@ class Trainer:
                                      self._snapshot_metadata(nimg))
             if snap_now and self.metrics_fn is not None:
                 res = self.metrics_fn(self.G_ema, snapshot_path, nimg / 1000.0) or {}
-                rec.update({f"Metrics/{k}": float(v) for k, v in res.items()})
+                rec.update({f"Metrics/{k}": float(v) for k, v in res.items()
+                            if isinstance(v, (int, float, np.floating, np.integer))})
             if self.is_chief:
                 with open(stats_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
