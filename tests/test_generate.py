@@ -204,6 +204,7 @@ def test_metrics_of_network_equal_metrics_of_its_generated_dataset(nets, tmp_pat
     assert from_net["fid"] > 0
 
 
+@pytest.mark.slow
 def test_calc_metrics_on_a_run_directory(nets, tmp_path):
     from histaug_tf.metrics.calc import calc_metrics
 
