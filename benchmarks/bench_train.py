@@ -72,17 +72,23 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
         t.train_step()  # step 0: all four phases (tracing / compilation)
         _ = t.G.trainable_variables[0].numpy()
         warm = time.perf_counter() - t0
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         for _ in range(steps):
             t.train_step()
         _ = t.G_ema.trainable_variables[0].numpy()
         dt = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     n = steps * batch
     return {
         "preset": preset_name, "resolution": resolution, "batch": batch, "jit": bool(jit),
         "augment": aug_name, "steps": steps, "images": n, "seconds": round(dt, 3),
         "images_per_sec": round(n / dt, 3), "sec_per_kimg": round(dt / n * 1000, 2),
         "warmup_s": round(warm, 2),
+        # process CPU time (user + sys): less sensitive than wall time to other load on the host
+        "cpu_sec_per_kimg": round(cpu / n * 1000, 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "params_G": int(sum(np.prod(v.shape) for v in t.G.trainable_variables)),
         "params_D": int(sum(np.prod(v.shape) for v in t.D.trainable_variables)),
     }

@@ -202,3 +202,20 @@ def test_metrics_of_network_equal_metrics_of_its_generated_dataset(nets, tmp_pat
     from_set = compute_metrics(["fid", "kid", "pr"], gen_data_dir=gen_dir, seed=0, **kw)
     assert from_net == pytest.approx(from_set, rel=1e-5, abs=1e-9)
     assert from_net["fid"] > 0
+
+
+@pytest.mark.slow
+def test_calc_metrics_on_a_run_directory(nets, tmp_path):
+    from histaug_tf.metrics.calc import calc_metrics
+
+    real_dir = str(tmp_path / "real")
+    generate_lib.generate_dataset(real_dir, network=nets["run"], num_per_class=6, seed=100,
+                                  progress=False)
+    # 'fid12': the count in the name is the number of generated images.
+    r = calc_metrics(["fid12", "kid"], real_dir, network=nets["run"], inception_weights="random",
+                     inception_resolution=75, batch_size=12, noise_mode="const",
+                     cache_dir=str(tmp_path / "cache"))
+    assert r["num_gen"] == 12 and r["num_real"] == 12
+    assert r["network"].endswith("network-snapshot-000004.keras")
+    assert set(r["metrics"]) == {"fid", "fid/normal", "fid/tumour", "kid"}
+    assert r["metrics"]["fid"] > 0

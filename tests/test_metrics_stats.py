@@ -79,6 +79,11 @@ def test_per_class_moments_match_numpy():
     st2 = stats.FeatureStats.from_arrays(st.to_arrays())
     np.testing.assert_array_equal(st2.mean_cov(1)[1], st.mean_cov(1)[1])
     np.testing.assert_array_equal(st2.features(), st.features())
+    np.testing.assert_allclose(st2.mean_cov()[1], np.cov(x, rowvar=False, bias=True), rtol=1e-5, atol=1e-6)
+    unlabelled = stats.FeatureStats()
+    unlabelled.append(x)
+    np.testing.assert_array_equal(stats.FeatureStats.from_arrays(unlabelled.to_arrays()).mean_cov()[1],
+                                  unlabelled.mean_cov()[1])
 
 
 def _mmd2_unbiased_loop(x, y):

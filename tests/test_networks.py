@@ -29,10 +29,10 @@ def inputs(n, z_dim, c_dim):
 
 # ------------------------------------------------------------------ parameter counts vs NVlabs
 # Counts of sum(p.numel() for p in G.parameters()) of NVlabs/stylegan2-ada-pytorch
-# training/networks.py (commit in the fetched snapshot, built on CPU with torch 2.13.0) with the
+# training/networks.py (github.com/NVlabs/stylegan2-ada-pytorch at commit d72cc7d041b4,
+# built on CPU with torch 2.13.0) with the
 # train.py cfg_specs of each preset (z_dim = w_dim = 512, channel_max 512, G mapping layers
-# = map, D defaults; cifar: architecture='orig'). The stylegan2 1024^2 numbers equal the
-# published config-F sizes (G 30.37M, D 29.01M).
+# = map, D defaults; cifar: architecture='orig').
 NVLABS_COUNTS = [
     # cfg, resolution, c_dim, G params, D params
     ("paper256", 256, 0, 24767458, 24001089),

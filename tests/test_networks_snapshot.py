@@ -94,3 +94,18 @@ def test_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(ValueError):
         S.save_snapshot(tmp_path / "x.h5", G_ema)
     assert os.listdir(tmp_path) == []
+
+
+def test_snapshot_file_mode_follows_umask(tmp_path):
+    import stat
+
+    from histaug_tf.gan import networks, snapshot
+    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3,
+                           mapping_kwargs=dict(num_layers=1),
+                           synthesis_kwargs=dict(channel_base=64, channel_max=8))
+    old = os.umask(0o022)
+    try:
+        path = snapshot.save_snapshot(str(tmp_path / "s.keras"), G)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

@@ -138,6 +138,11 @@ def launch(**flags):
     if flags.get("deterministic"):
         tf.config.experimental.enable_op_determinism()
     strategy = distribute.get_strategy(flags.get("strategy", "auto"))
+    # After get_strategy: multi-worker strategies install a SIGTERM handler of their own.
+    try:
+        stop_signal = distribute.StopSignal()
+    except ValueError:  # not the main thread (e.g. launched from a worker thread): no handler
+        stop_signal = None
     num_workers, worker_index = distribute.worker_info(strategy)
     chief = distribute.is_chief(strategy)
     opts = resolve_options(num_replicas=strategy.num_replicas_in_sync, **flags)
@@ -217,11 +222,16 @@ def launch(**flags):
         snapshot_fn=snapshot_fn, load_snapshot_fn=load_fn, metrics_fn=metrics_fn,
         num_workers=num_workers, worker_index=worker_index, is_chief=chief,
         input_sharding=opts["input_sharding"], grid_size=tuple(opts["grid"]),
-        tensorboard=opts["tensorboard"], deterministic=opts["deterministic"])
+        tensorboard=opts["tensorboard"], deterministic=opts["deterministic"],
+        stop_signal=stop_signal)
     if chief:
         print(f"{distribute.describe(strategy)}; {opts['cfg']} at {opts['resolution']}px, "
               f"batch {opts['batch']}, augment {opts['aug']}", flush=True)
-    return trainer.run()
+    trainer.run()
+    if trainer.stopped_by_signal is not None:
+        # Not finished: a non-zero status tells schedulers (and the study) to run it again.
+        raise SystemExit(128 + int(trainer.stopped_by_signal))
+    return trainer
 
 
 def _metrics_hook(opts):

@@ -87,6 +87,11 @@ def save_snapshot(path, G_ema, G=None, D=None, metadata=None):
     os.close(fd)
     try:
         snap.save(tmp, overwrite=True)
+        # mkstemp creates the file 0600; give the snapshot the usual umask-based permissions so
+        # colleagues (and other accounts on a cluster) can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -132,6 +132,8 @@ class Trainer:
       snapshot_fn: ``fn(path, G_ema, G, D, metadata)`` (snapshot.save_snapshot).
       load_snapshot_fn: ``fn(path) -> dict`` (snapshot.load_snapshot).
       metrics_fn: ``fn(G_ema, snapshot_path, kimg) -> dict`` or None; called at snapshots.
+      stop_signal: a ``distribute.StopSignal`` or None. When it fires (SIGTERM), all workers save
+        a checkpoint at the same step and ``run`` returns with ``stopped_by_signal`` set.
       num_workers, worker_index, is_chief: from distribute.worker_info / is_chief.
       log: print function for the progress lines (chief only).
     """
@@ -148,8 +150,10 @@ class Trainer:
                  resume_snapshot=None, snapshot_fn=None, load_snapshot_fn=None, metrics_fn=None,
                  num_workers=1, worker_index=0, is_chief=True, input_sharding="file",
                  grid_size=(8, 4), max_checkpoints=2, log=print, tensorboard=True,
-                 deterministic=False):
+                 deterministic=False, stop_signal=None, stop_check_steps=4):
         self.strategy = strategy
+        self.stop_signal = stop_signal
+        self.stop_check_steps = max(1, int(stop_check_steps))
         self.run_dir = run_dir
         self.batch = int(batch)
         self.num_replicas = int(strategy.num_replicas_in_sync)
@@ -687,12 +691,24 @@ class Trainer:
         maintenance = 0.0
         self.log(f"Training for {self.total_kimg:g} kimg "
                  f"(batch {self.batch}, {self.num_replicas} replica(s))...")
+        self.stopped_by_signal = None
         while True:
             if int(self.nimg_var.numpy()) >= self.total_kimg * 1000 and cur_tick > 0:
                 break  # already complete (rerun of a finished run)
             self.train_step()
             nimg = int(self.nimg_var.numpy())
             done = nimg >= self.total_kimg * 1000
+            # SIGTERM (preemption, scancel, SLURM requeue): every worker checks at the same steps,
+            # so all of them save the same checkpoint and leave together.
+            if (self.stop_signal is not None and not done
+                    and int(self.step_var.numpy()) % self.stop_check_steps == 0
+                    and self.stop_signal.should_stop(self.strategy)):
+                self.save_checkpoint()
+                self.stopped_by_signal = self.stop_signal.signum
+                self.log(f"signal {self.stop_signal.signum}: checkpoint saved at kimg "
+                         f"{nimg / 1000:.3f} (step {int(self.step_var.numpy())}); exiting — rerun "
+                         "the same command to resume")
+                break
             if not done and cur_tick != 0 and nimg < tick_start_nimg + self.kimg_per_tick * 1000:
                 continue
             tick_end = time.time()
@@ -734,9 +750,10 @@ class Trainer:
                      f"sec/tick {sec_tick:<7.1f} sec/kimg {rec['Timing/sec_per_kimg']:<7.2f} "
                      f"maintenance {maintenance:<6.1f} cpumem {peak_rss:<6.2f} "
                      f"augment {p:.3f}")
-            snap_now = self.snapshot_ticks and (done or cur_tick % self.snapshot_ticks == 0)
-            img_now = self.image_snapshot_ticks and (done or cur_tick % self.image_snapshot_ticks
-                                                     == 0)
+            # snapshot_ticks None/0 means "at the end only": the last tick always snapshots.
+            snap_now = done or bool(self.snapshot_ticks and cur_tick % self.snapshot_ticks == 0)
+            img_now = done or bool(self.image_snapshot_ticks
+                                   and cur_tick % self.image_snapshot_ticks == 0)
             grid = None
             kimg_i = nimg // 1000
             if self.is_chief and img_now:
@@ -750,7 +767,8 @@ class Trainer:
                                      self._snapshot_metadata(nimg))
             if snap_now and self.metrics_fn is not None:
                 res = self.metrics_fn(self.G_ema, snapshot_path, nimg / 1000.0) or {}
-                rec.update({f"Metrics/{k}": float(v) for k, v in res.items()})
+                rec.update({f"Metrics/{k}": float(v) for k, v in res.items()
+                            if isinstance(v, (int, float, np.floating, np.integer))})
             if self.is_chief:
                 with open(stats_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")

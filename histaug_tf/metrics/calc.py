@@ -46,7 +46,7 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
                               batch_size=batch_size, jit_compile=jit_compile)
     details = {}
     t0 = time.monotonic()
-    out["metrics"] = compute_metrics(wanted, data_dir=data_dir, G=G, gen_data_dir=gen_data_dir,
+    out["metrics"] = compute_metrics(metrics, data_dir=data_dir, G=G, gen_data_dir=gen_data_dir,
                                      extractor=extractor, batch_size=batch_size,
                                      jit_compile=jit_compile, details=details, **kwargs)
     out["seconds"] = time.monotonic() - t0

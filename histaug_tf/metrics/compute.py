@@ -27,7 +27,7 @@ from histaug_tf.common import Progress, UserError
 from histaug_tf.metrics import stats as stats_lib
 
 KNOWN_METRICS = ("fid", "kid", "pr")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def default_cache_dir() -> str:

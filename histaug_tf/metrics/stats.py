@@ -115,8 +115,10 @@ class FeatureStats:
 
     # -- (de)serialisation as a flat dict of arrays (np.savez) --
     def to_arrays(self) -> dict:
-        out = {"count": np.int64(self.count), "sum": self.sum, "sum_sq": self.sum_sq,
-               "capture_all": np.bool_(self.capture_all)}
+        out = {"count": np.int64(self.count), "capture_all": np.bool_(self.capture_all),
+               "dim": np.int64(self.dim or 0)}
+        if sum(self.class_count.values()) != self.count:  # else the sum over classes (saves 1/3)
+            out["sum"], out["sum_sq"] = self.sum, self.sum_sq
         for c in self.class_count:
             out[f"class{c}_count"] = np.int64(self.class_count[c])
             out[f"class{c}_sum"] = self.class_sum[c]
@@ -130,9 +132,7 @@ class FeatureStats:
     @classmethod
     def from_arrays(cls, arrays) -> "FeatureStats":
         st = cls(capture_all=bool(arrays["capture_all"]))
-        st.sum = np.asarray(arrays["sum"], np.float64)
-        st.sum_sq = np.asarray(arrays["sum_sq"], np.float64)
-        st.dim = st.sum.shape[0]
+        st.dim = int(arrays["dim"])
         st.count = int(arrays["count"])
         for k in arrays.keys():
             if k.startswith("class") and k.endswith("_count"):
@@ -140,6 +140,15 @@ class FeatureStats:
                 st.class_count[c] = int(arrays[k])
                 st.class_sum[c] = np.asarray(arrays[f"class{c}_sum"], np.float64)
                 st.class_sum_sq[c] = np.asarray(arrays[f"class{c}_sum_sq"], np.float64)
+        if "sum" in arrays:
+            st.sum = np.asarray(arrays["sum"], np.float64)
+            st.sum_sq = np.asarray(arrays["sum_sq"], np.float64)
+        else:
+            st.sum = np.zeros([st.dim], np.float64)
+            st.sum_sq = np.zeros([st.dim, st.dim], np.float64)
+            for c in sorted(st.class_count):
+                st.sum += st.class_sum[c]
+                st.sum_sq += st.class_sum_sq[c]
         if st.capture_all:
             st._rows = [np.asarray(arrays["rows"], np.float32)]
             st._row_labels = [np.asarray(arrays["row_labels"], np.int64)]
