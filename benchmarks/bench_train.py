@@ -30,28 +30,17 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
     import numpy as np
     import tensorflow as tf
 
-    from histaug_tf.gan import networks
+    from histaug_tf.gan import augment
+    from histaug_tf.gan.launch import networks_builder
     from histaug_tf.gan.presets import get_preset
-    from histaug_tf.gan.trainer import Trainer, copy_matching_variables
+    from histaug_tf.gan.trainer import Trainer
 
     preset = get_preset(preset_name, resolution, gpus=1, c_dim=0, img_channels=3,
                         mixed_precision=False)
 
-    def build():
-        G = networks.Generator(**preset["G_kwargs"])
-        D = networks.Discriminator(**preset["D_kwargs"])
-        G_ema = networks.Generator(**preset["G_kwargs"])
-        copy_matching_variables(G, G_ema)
-        return G, D, G_ema
-
-    make_pipe = None
-    aug_name = "none"
-    try:
-        from histaug_tf.gan import augment
-        make_pipe = lambda: augment.make_augment_pipe(augpipe, p=p, seed=seed)  # noqa: E731
-        aug_name = f"{augpipe}@p={p}"
-    except ImportError:
-        pass
+    build = networks_builder(preset)
+    make_pipe = lambda: augment.make_augment_pipe(augpipe, p=p, seed=seed)  # noqa: E731
+    aug_name = f"{augpipe}@p={p}"
     reals = np.random.RandomState(seed).uniform(-1, 1, (batch, resolution, resolution, 3))
     reals = reals.astype(np.float32)
 

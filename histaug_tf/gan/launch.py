@@ -129,6 +129,21 @@ def freeze_d_variables(D, freezed):
     return out
 
 
+def networks_builder(preset):
+    """``fn() -> (G, D, G_ema)``: the preset's networks, G_ema starting as a copy of G."""
+    from histaug_tf.gan import networks
+    from histaug_tf.gan.trainer import copy_matching_variables
+
+    def build():
+        G = networks.Generator(**preset["G_kwargs"])
+        D = networks.Discriminator(**preset["D_kwargs"])
+        G_ema = networks.Generator(**preset["G_kwargs"])
+        copy_matching_variables(G, G_ema)
+        return G, D, G_ema
+
+    return build
+
+
 def launch(**flags):
     """Run (or resume) one training run; returns the Trainer after it finishes."""
     import tensorflow as tf
@@ -153,23 +168,14 @@ def launch(**flags):
     preset = opts["preset"]
 
     from histaug_tf.data.pipeline import make_dataset
-    from histaug_tf.gan import networks
-    from histaug_tf.gan.trainer import Trainer, copy_matching_variables
+    from histaug_tf.gan import augment
+    from histaug_tf.gan import snapshot as snapshot_lib
+    from histaug_tf.gan.trainer import Trainer
 
-    def build_networks():
-        G = networks.Generator(**preset["G_kwargs"])
-        D = networks.Discriminator(**preset["D_kwargs"])
-        G_ema = networks.Generator(**preset["G_kwargs"])
-        copy_matching_variables(G, G_ema)
-        return G, D, G_ema
+    build_networks = networks_builder(preset)
 
     make_pipe = None
     if opts["aug"] != "noaug":
-        try:
-            from histaug_tf.gan import augment
-        except ImportError as e:
-            raise UserError(f"--aug={opts['aug']}: the augment pipe is not available ({e}); "
-                            "use --aug=noaug") from None
         make_pipe = lambda: augment.make_augment_pipe(  # noqa: E731
             opts["augpipe"], seed=opts["seed"] + 1000 * worker_index)
 
@@ -187,15 +193,9 @@ def launch(**flags):
         return make_dataset(opts["data"], "train", batch_size=worker_batch, num_workers=nw,
                             worker_index=wi, **common)
 
-    snapshot_fn = load_fn = None
-    try:
-        from histaug_tf.gan import snapshot as snapshot_lib
-        snapshot_fn = lambda path, G_ema, G, D, md: snapshot_lib.save_snapshot(  # noqa: E731
-            path, G_ema, G=G, D=D, metadata=md)
-        load_fn = snapshot_lib.load_snapshot
-    except ImportError:  # pragma: no cover - snapshot module not available
-        if opts["snap"]:
-            raise
+    snapshot_fn = lambda path, G_ema, G, D, md: snapshot_lib.save_snapshot(  # noqa: E731
+        path, G_ema, G=G, D=D, metadata=md)
+    load_fn = snapshot_lib.load_snapshot
 
     metrics_fn = _metrics_hook(opts) if opts["metrics"] else None
     counts = np.asarray(opts["class_counts"], np.float64)
@@ -237,15 +237,7 @@ def launch(**flags):
 def _metrics_hook(opts):
     """``fn(G_ema, snapshot_path, kimg) -> {name: value}`` calling
     ``histaug_tf.metrics.training_metrics(...)`` when the metrics package provides it."""
-    try:
-        import histaug_tf.metrics as metrics_pkg
-    except ImportError:
-        metrics_pkg = None
-    fn = getattr(metrics_pkg, "training_metrics", None) if metrics_pkg else None
-    if fn is None:
-        print("warning: --metrics given but histaug_tf.metrics.training_metrics is not "
-              "available; skipping metrics", flush=True)
-        return None
+    from histaug_tf.metrics import training_metrics as fn
 
     state = {"last": None}
 

@@ -590,14 +590,11 @@ class Trainer:
             self._ada_adjust()
 
     def _make_ada_controller(self):
-        """The ops developer's ``augment.AdaController`` (created outside the strategy scope, so its
+        """The ``augment.AdaController`` (created outside the strategy scope, so its
         sums are plain variables fed with the globally reduced signs), or None."""
         if self.augment_pipe is None or self.ada_target is None:
             return None
-        try:
-            from histaug_tf.gan.augment import AdaController
-        except ImportError:
-            return None
+        from histaug_tf.gan.augment import AdaController
         return AdaController(self.augment_pipe.p, batch_size=self.batch, target=self.ada_target,
                              interval=self.ada_interval, kimg=self.ada_kimg)
 
