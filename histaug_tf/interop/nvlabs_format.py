@@ -195,6 +195,30 @@ def _as_float32(value, name, path):
     return out
 
 
+
+class _TF1Renamer:
+    """Collects TF1 variables under their PyTorch names: ``put(pt_name, tf_name, fn)`` converts one
+    (``fn`` = layout change or None); ``finish(kind, kw)`` refuses leftovers and returns weights."""
+
+    def __init__(self, tf_vars, path, key):
+        self.tf, self.path, self.key = tf_vars, path, key
+        self.out, self.src, self.used = {}, {}, set()
+
+    def put(self, pt_name, tf_name, fn):
+        if tf_name not in self.tf:
+            raise UserError(f"{self.path}: {self.key}: TF1 variable {tf_name!r} is missing")
+        self.used.add(tf_name)
+        v = self.tf[tf_name]
+        self.out[pt_name] = _as_float32(np.array(fn(v) if fn else v, order="C"), tf_name,
+                                        self.path)
+        self.src[pt_name] = tf_name
+
+    def finish(self, kind, kw):
+        unused = sorted(set(self.tf) - self.used)
+        if unused:
+            raise UserError(f"{self.path}: {self.key}: unexpected TF1 variables {unused[:5]}")
+        return NetworkWeights(kind, kw, self.out, "tf1", self.src)
+
 def _read_pytorch(data, path):
     missing = [k for k in ("G", "D", "G_ema") if k not in data]
     if missing:
@@ -322,16 +346,8 @@ def _tf_generator(net, path, key):
                         "'skip' generators are supported")
     conv = lambda w: np.transpose(w, (3, 2, 0, 1))            # [kh,kw,in,out] -> [out,in,kh,kw]
     flip = lambda w: np.transpose(w[::-1, ::-1], (3, 2, 0, 1))  # transposed-conv kernels
-    out, src = {}, {}
-    used = set()
-
-    def put(pt_name, tf_name, fn):
-        if tf_name not in tf:
-            raise UserError(f"{path}: {key}: TF1 variable {tf_name!r} is missing")
-        used.add(tf_name)
-        v = tf[tf_name]
-        out[pt_name] = _as_float32(np.array(fn(v) if fn else v, order="C"), tf_name, path)
-        src[pt_name] = tf_name
+    renamer = _TF1Renamer(tf, path, key)
+    put = renamer.put
 
     dense = lambda p: (lambda w: w.T) if p == "weight" else None
     put("mapping.w_avg", "dlatent_avg", None)
@@ -367,10 +383,7 @@ def _tf_generator(net, path, key):
             layer(f"synthesis.b{r}.torgb", f"{base}/ToRGB", None, conv)
         if arch == "resnet":
             put(f"synthesis.b{r}.skip.weight", f"{base}/Skip/weight", flip)
-    unused = sorted(set(tf) - used)
-    if unused:
-        raise UserError(f"{path}: {key}: unexpected TF1 variables {unused[:5]}")
-    return NetworkWeights("generator", kw, out, "tf1", src)
+    return renamer.finish("generator", kw)
 
 
 def _tf_discriminator(net, path, key):
@@ -389,15 +402,8 @@ def _tf_discriminator(net, path, key):
     tf = _tf_params(net)
     if any(re.fullmatch(r"FromRGB_lod\d+/.*", n) for n in tf):
         raise UserError(f"{path}: {key} uses the 'orig' architecture (FromRGB_lod)")
-    out, src, used = {}, {}, set()
-
-    def put(pt_name, tf_name, fn):
-        if tf_name not in tf:
-            raise UserError(f"{path}: {key}: TF1 variable {tf_name!r} is missing")
-        used.add(tf_name)
-        v = tf[tf_name]
-        out[pt_name] = _as_float32(np.array(fn(v) if fn else v, order="C"), tf_name, path)
-        src[pt_name] = tf_name
+    renamer = _TF1Renamer(tf, path, key)
+    put = renamer.put
 
     conv = lambda w: np.transpose(w, (3, 2, 0, 1))
     dense_t = lambda w: w.T
@@ -432,10 +438,7 @@ def _tf_discriminator(net, path, key):
     put("b4.fc.bias", "4x4/Dense0/bias", None)
     put("b4.out.weight", "Output/weight", dense_t)
     put("b4.out.bias", "Output/bias", None)
-    unused = sorted(set(tf) - used)
-    if unused:
-        raise UserError(f"{path}: {key}: unexpected TF1 variables {unused[:5]}")
-    return NetworkWeights("discriminator", kw, out, "tf1", src)
+    return renamer.finish("discriminator", kw)
 
 
 def _read_tf1(data, path):
