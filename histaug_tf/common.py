@@ -4,8 +4,10 @@ This module imports nothing else from the package, so every layer may use it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 import time
 
 
@@ -29,6 +31,29 @@ def run_main(main_fn):
             sys.exit(1)
 
     return wrapped
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ""):
+    """Yield a temporary path next to ``path``; on success rename it over ``path``, on any error
+    remove it. So ``path`` is either complete or untouched, never half written. The file gets the
+    usual umask permissions (``mkstemp`` alone would leave it 0600).
+    """
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=d)
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        if os.path.exists(tmp):
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class Progress:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 from scipy import stats
+
+from histaug_tf.common import atomic_path
 
 
 def _check(y, s):
@@ -168,21 +169,12 @@ def evaluate_scores(y, prob, *, threshold: float = 0.5, n_boot: int = 1000, seed
 
 def write_json_atomic(path, obj) -> None:
     """Write JSON to a temporary file in the same directory, then rename it over ``path``."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
+    with atomic_path(path, ".json") as tmp:
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def plot_roc(path, curves, title: str = "ROC") -> None:
@@ -239,17 +231,8 @@ def plot_roc_panels(path, panels, ncols: int = 3) -> None:
 
 def _save_fig_atomic(fig, path) -> None:
     import matplotlib.pyplot as plt
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=d)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)

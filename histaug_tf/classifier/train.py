@@ -26,13 +26,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
 from absl import logging
 
 from histaug_tf.classifier import evaluate as ev
+from histaug_tf.common import atomic_path
 from histaug_tf.common import UserError
 
 BALANCE = ("class_weight", "sampling", "none")
@@ -166,16 +166,9 @@ def training_plan(real_counts, syn_counts, ratio: float, batch_size: int, balanc
 
 
 def _atomic_save_weights(model, path):
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".weights.h5", dir=d)
-    os.close(fd)
-    os.unlink(tmp)
-    try:
+    with atomic_path(path, ".weights.h5") as tmp:
+        os.unlink(tmp)  # Keras creates the file itself
         model.save_weights(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | None = None,
@@ -395,15 +388,9 @@ def _augment_fn(seed):
 
 
 def _save_npz_atomic(path, **arrays):
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path, ".npz") as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_predictions(run_dir: str):

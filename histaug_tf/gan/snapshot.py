@@ -16,12 +16,11 @@ import glob
 import json
 import os
 import re
-import tempfile
 import zipfile
 
 import keras
 
-from histaug_tf.common import UserError
+from histaug_tf.common import UserError, atomic_path
 from histaug_tf.gan import networks as _networks  # noqa: F401  (registers the classes)
 from histaug_tf.gan.layers import PACKAGE
 
@@ -80,22 +79,8 @@ def save_snapshot(path, G_ema, G=None, D=None, metadata=None):
     if not path.endswith(".keras"):
         raise ValueError(f"{path}: a snapshot file name must end in .keras")
     snap = NetworkSnapshot(G_ema, G=G, D=D, metadata=metadata)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path)[:-6] + "-",
-                               suffix=".keras", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".keras") as tmp:
         snap.save(tmp, overwrite=True)
-        # mkstemp creates the file 0600; give the snapshot the usual umask-based permissions so
-        # colleagues (and other accounts on a cluster) can read it.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

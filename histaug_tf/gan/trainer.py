@@ -31,7 +31,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from histaug_tf.common import UserError
+from histaug_tf.common import UserError, atomic_path
 from histaug_tf.gan import loss as loss_lib
 
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
@@ -61,10 +61,9 @@ def format_time(seconds: float) -> str:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
