@@ -3,8 +3,12 @@
 Writes a dataset of --num distinct realistic 96×96 patches (PNG, and raw for comparison) into a
 temporary directory (not timed), then iterates ``make_dataset(..., batch_size=256, repeat=True,
 pixel_range=(-1, 1))`` for --batches batches after --warmup batches and reports images/s (float32
-images in [-1, 1] delivered to Python, i.e. read + parse + decode + scale + batch). Prints one
-JSON object.
+images in [-1, 1] delivered to Python, i.e. read + parse + decode + scale + batch; ``png_uint8``:
+the decoded uint8 images, no scaling). Prints one JSON object.
+
+``png_per_element_baseline_*`` is the design the pipeline had before batched decoding (parse,
+``tf.io.decode_png`` and scale per element, then batch), rebuilt here so that both are timed in
+the same run on the same data.
 
     python benchmarks/bench_pipeline.py
 """
@@ -39,11 +43,36 @@ def build(d, num, encoding, shard_size=1024):
                 w.add("train", im, int(lab), f"bench/{s + j}", "train")
 
 
-def measure(d, batches, warmup, batch_size, **kw):
+def per_element_baseline(d, batch_size):
+    """The previous design: one map per element (parse → decode_png → scale), then batch."""
+    import tensorflow as tf
+
+    from histaug_tf.data import schema
+    from histaug_tf.data.manifest import load_manifest, split_shard_paths
+
+    m = load_manifest(d, check="exists")
+    files = split_shard_paths(m, "train")
+    h, w, c = m["image_shape"]
+
+    def one(rec):
+        ex = schema.parse_example(rec)
+        img = schema.decode_image(ex["image"], m["encoding"], (h, w, c))
+        return tf.cast(img, tf.float32) * (2 / 255.0) - 1.0, tf.cast(ex["label"], tf.int32)
+
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.repeat().map(one, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def measure(d, batches, warmup, batch_size, baseline=False, **kw):
     from histaug_tf.data.pipeline import make_dataset
 
-    ds = make_dataset(d, "train", batch_size=batch_size, repeat=True, drop_remainder=True,
-                      pixel_range=(-1, 1), **kw)
+    if baseline:
+        ds = per_element_baseline(d, batch_size)
+    else:
+        kw.setdefault("pixel_range", (-1, 1))
+        ds = make_dataset(d, "train", batch_size=batch_size, repeat=True, drop_remainder=True, **kw)
     it = iter(ds)
     for _ in range(warmup):
         next(it)
@@ -80,6 +109,8 @@ def main():
                 configs["png_shuffle10k_flips_rot90"] = dict(shuffle_buffer=10000, flips=True,
                                                              rot90=True, seed=0)
                 configs["png_crop64"] = dict(resolution=64, resize_mode="crop")
+                configs["png_uint8"] = dict(pixel_range=None)
+                configs["png_per_element_baseline"] = dict(baseline=True)
             for name, kw in configs.items():
                 rate, cpu_us = measure(d, args.batches, args.warmup, args.batch_size, **kw)
                 res[f"{name}_images_per_s"] = rate

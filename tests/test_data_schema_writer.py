@@ -58,6 +58,59 @@ def test_png_roundtrip_with_libpng_and_pillow(shape):
     np.testing.assert_array_equal(schema.decode_image(tf.constant(raw), "raw", shape).numpy(), img)
 
 
+def _png_chunk(tag, data):
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def _foreign_pngs(img):
+    """The same image as PNGs laid out differently from encode_png (each must take the libpng path)."""
+    import zlib
+    ours = schema.encode_png(img)
+    buf = io.BytesIO()
+    Image.fromarray(img.squeeze(-1) if img.shape[2] == 1 else img).save(buf, format="PNG", optimize=True)
+    pillow = buf.getvalue()                                   # adaptive per-row filters
+    ihdr_end = 33
+    text = ours[:ihdr_end] + _png_chunk(b"tEXt", b"Comment\x00x") + ours[ihdr_end:]  # extra chunk
+    h, w, c = img.shape
+    raw = b"".join(b"\x00" + img[y].tobytes() for y in range(h))   # filter None
+    none = ours[:ihdr_end] + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b"")
+    data = zlib.compress(raw)
+    split = ours[:ihdr_end] + _png_chunk(b"IDAT", data[:5]) + _png_chunk(b"IDAT", data[5:]) + \
+        _png_chunk(b"IEND", b"")                               # IDAT in two chunks
+    return {"pillow": pillow, "text": text, "none": none, "split": split}
+
+
+@pytest.mark.parametrize("shape", [(12, 10, 3), (5, 7, 1), (9, 9, 4), (96, 96, 3)])
+def test_decode_images_batch_equals_source(shape):
+    rng = np.random.default_rng(shape[0])
+    imgs = rng.integers(0, 256, (6,) + shape, dtype=np.uint8)
+    imgs[1] = 17  # a flat image: long zlib runs
+    dec = tf.function(lambda s: schema.decode_images(s, "png", shape))
+    ours = [schema.encode_png(im) for im in imgs]
+    np.testing.assert_array_equal(dec(tf.constant(ours)).numpy(), imgs)
+    for kind, pngs in zip(("pillow", "text", "none", "split"),
+                          zip(*[_foreign_pngs(im).values() for im in imgs])):
+        np.testing.assert_array_equal(dec(tf.constant(list(pngs))).numpy(), imgs, err_msg=kind)
+        mixed = ours[:3] + list(pngs[3:])                     # one batch, both layouts
+        np.testing.assert_array_equal(dec(tf.constant(mixed)).numpy(), imgs, err_msg=kind)
+    raws = [im.tobytes() for im in imgs]
+    np.testing.assert_array_equal(schema.decode_images(tf.constant(raws), "raw", shape).numpy(), imgs)
+
+
+def test_decode_images_corrupt_png_fails():
+    img = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    good = schema.encode_png(img)
+    # inside the deflate data, and the stream's Adler-32 (the 4 bytes before the IDAT CRC):
+    # inflate must fail, not return garbage
+    for pos in (45, len(good) - 16 - 2):
+        png = bytearray(good)
+        png[pos] ^= 0xFF
+        with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.DataLossError)):
+            schema.decode_images(tf.constant([good, bytes(png)]), "png", (8, 8, 3)).numpy()
+
+
 # ---------------------------------------------------------------- writer + manifest
 def _write(out, imgs, labels, splits, encoding="png", shard_size=3, **kw):
     with DatasetWriter(out, "toy", imgs.shape[1:], encoding=encoding, shard_size=shard_size, **kw) as w:
@@ -228,6 +281,31 @@ def test_flips_rot90_are_dihedral_and_seeded(tmp_path):
         assert same or mirrored
         kinds.add(same)
     assert kinds == {True, False}
+
+
+@pytest.mark.parametrize("flips,rot90", [(True, True), ("horizontal", False), (True, False),
+                                         (False, True), ("horizontal", True)])
+def test_batched_augment_equals_per_image_ops(flips, rot90):
+    """pipeline._augment (one partition/stitch per batch) against tf.image per image, same draws."""
+    base = np.random.default_rng(2).integers(0, 256, (1, 5, 5, 2), dtype=np.uint8)  # no symmetry
+    imgs = np.repeat(base, 64, axis=0)
+    seed = tf.constant([7, 11], tf.int32)
+    got = pipeline._augment(tf.constant(imgs), seed, flips, rot90).numpy()
+    draws = tf.random.stateless_uniform([3, 64], seed, 0, 4, dtype=tf.int32).numpy()
+    seen = set()
+    for i, im in enumerate(imgs):
+        ref = tf.constant(im)
+        if flips and draws[0, i] % 2:
+            ref = tf.image.flip_left_right(ref)
+        if flips and flips != "horizontal" and draws[1, i] % 2:
+            ref = tf.image.flip_up_down(ref)
+        if rot90:
+            ref = tf.image.rot90(ref, int(draws[2, i]))
+        np.testing.assert_array_equal(got[i], ref.numpy(), err_msg=str(i))
+        seen.add(got[i].tobytes())
+    # every reachable element of the dihedral group occurs in 64 draws
+    assert len(seen) == {(True, True): 8, ("horizontal", False): 2, (True, False): 4, (False, True): 4,
+                         ("horizontal", True): 8}[(flips, rot90)]
 
 
 def test_shuffle_repeat_batch_and_class_filter(tmp_path, toy):

@@ -5,8 +5,9 @@
     for images, labels in ds: ...        # float32 [B, 64, 64, 3] in [-1, 1], int32 [B]
 
 Order of operations: shard files (per worker) → shuffle file order (per epoch) → interleaved reads
-→ shuffle serialized records → repeat → parse → class filter → decode → map to the resolution
-(crop | resize | pad) → flips / 90° rotations → scale pixels → batch → prefetch.
+→ shuffle serialized records → repeat → [parse → class filter] → batch → parse → decode → map to
+the resolution (crop | resize | pad) → flips / 90° rotations → scale pixels → [unbatch] → prefetch.
+Everything after batching is a whole-batch operation (one decode call per batch).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from histaug_tf.data.manifest import load_manifest, split_info, split_shard_path
 
 RESIZE_MODES = ("crop", "resize", "pad")
 PAD_VALUE = 255  # padding is white, like the glass around tissue in H&E
+INTERNAL_BATCH = 128  # decode batch of a dataset that yields single examples (batch_size=None)
 
 
 def dataset_info(data_dir: str) -> dict:
@@ -85,15 +87,36 @@ def _scale(image, pixel_range):
     return tf.cast(image, tf.float32) * ((hi - lo) / 255.0) + lo
 
 
-def _augment(image, seed_pair, flips, rot90):
-    if flips:
-        image = tf.image.stateless_random_flip_left_right(image, seed_pair)
-        if flips != "horizontal":
-            image = tf.image.stateless_random_flip_up_down(image, seed_pair + 1)
-    if rot90:
-        k = tf.random.stateless_uniform([], seed_pair + 2, 0, 4, dtype=tf.int32)
-        image = tf.image.rot90(image, k)
-    return image
+def _augment(images, seed_pair, flips, rot90):
+    """Random flips and 90° rotations of a batch [B, H, W, C], drawn per image from ``seed_pair``.
+
+    Per image: a horizontal flip (p = 1/2), with ``flips`` not "horizontal" a vertical flip
+    (p = 1/2), then with ``rot90`` a rotation by k·90° counter-clockwise, k uniform in 0..3 (as
+    ``tf.image.rot90``). Every composition is an element of the dihedral group with the form
+    transpose^t, then flip_lr^p, then flip_ud^q; the batch is partitioned by (t, p, q), each part
+    transformed once, and stitched back in order (a broadcast select per step costs ~6x more).
+    """
+    n = tf.shape(images)[0]
+    draws = tf.random.stateless_uniform([3, n], seed_pair, 0, 4, dtype=tf.int32)
+    zero = tf.zeros([n], tf.bool)
+    a = tf.equal(draws[0] % 2, 1) if flips else zero                           # flip_lr first
+    b = tf.equal(draws[1] % 2, 1) if flips and flips != "horizontal" else zero  # then flip_ud
+    k = draws[2] if rot90 else tf.zeros([n], tf.int32)
+    # rot90 by k after flips (a, b), in the normal form (t, p, q):
+    # k=0: (0, a, b); k=1: (1, b, ¬a); k=2: (0, ¬a, ¬b); k=3: (1, ¬b, a).
+    t = tf.equal(k % 2, 1)
+    p = tf.not_equal(tf.where(t, b, a), tf.logical_or(tf.equal(k, 2), tf.equal(k, 3)))
+    q = tf.not_equal(tf.where(t, a, b), tf.logical_or(tf.equal(k, 1), tf.equal(k, 2)))
+    group = tf.cast(t, tf.int32) * 4 + tf.cast(p, tf.int32) * 2 + tf.cast(q, tf.int32)
+    parts = tf.dynamic_partition(images, group, 8)
+    index = tf.dynamic_partition(tf.range(n), group, 8)
+    out = []
+    for g, part in enumerate(parts):
+        if g & 4:
+            part = tf.transpose(part, [0, 2, 1, 3])
+        axes = ([2] if g & 2 else []) + ([1] if g & 1 else [])
+        out.append(tf.reverse(part, axes) if axes else part)
+    return tf.ensure_shape(tf.dynamic_stitch(index, out), images.shape)
 
 
 def make_dataset(data_dir, split="train", *, resolution=None, resize_mode="crop",
@@ -166,8 +189,11 @@ def make_dataset(data_dir, split="train", *, resolution=None, resize_mode="crop"
     if repeat:
         ds = ds.repeat()
 
-    # One fused map (parse → decode → resolution → augment → scale) keeps the per-element overhead
-    # low; a class filter needs the label first, so then parsing is a map of its own.
+    # Everything after the record shuffle works on batches: one batched parse, one decode call for
+    # the batch (schema.decode_images), resolution, augmentation and scaling as whole-batch ops.
+    # Per-element maps cost ~2x the CPU for 96x96 PNGs (benchmarks/bench_pipeline.py). Without
+    # batch_size the batches are internal and unbatched at the end. A class filter needs the label
+    # first, so then records are parsed one by one before batching.
     parsed = class_filter is not None
     if parsed:
         keep = tf.constant(sorted({int(class_filter)} if np.isscalar(class_filter)
@@ -175,6 +201,10 @@ def make_dataset(data_dir, split="train", *, resolution=None, resize_mode="crop"
         ds = ds.map(schema.parse_example, num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=deterministic)
         ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["label"], keep)))
+    if batch_size:
+        ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    else:
+        ds = ds.batch(INTERNAL_BATCH)
 
     augment = flips or rot90
     if augment:
@@ -182,7 +212,7 @@ def make_dataset(data_dir, split="train", *, resolution=None, resize_mode="crop"
 
     def _map(rec, rnd_pair=None):
         ex = rec if parsed else schema.parse_example(rec)
-        img = schema.decode_image(ex["image"], encoding, (h, w, c))
+        img = schema.decode_images(ex["image"], encoding, (h, w, c))
         if pixel_range is not None and resize_mode == "resize":
             img = tf.cast(img, tf.float32)  # resize in float; round only for uint8 output
         img = map_resolution(img, (h, w), dst_hw, resize_mode)
@@ -196,9 +226,8 @@ def make_dataset(data_dir, split="train", *, resolution=None, resize_mode="crop"
         return img, label
 
     ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if batch_size:
-        ds = ds.batch(int(batch_size), drop_remainder=drop_remainder,
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if not batch_size:
+        ds = ds.unbatch()
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(opts)
 
