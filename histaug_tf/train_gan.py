@@ -40,6 +40,10 @@ flags.DEFINE_bool("mixed_precision", None, "float16 on the top resolutions (defa
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_list("metrics", [], "Metrics to compute at snapshots (needs histaug_tf.metrics).")
 flags.DEFINE_float("metrics_kimg", None, "Compute metrics at most every this many kimg.")
+flags.DEFINE_string("inception_weights", None, "Inception-v3 weights for --metrics: a Keras "
+                    "InceptionV3 notop weights FILE, 'imagenet' (Keras downloads them) or 'random'. "
+                    "Default: $HISTAUG_INCEPTION_WEIGHTS, else Keras' cached ImageNet file, else "
+                    "random weights with a warning.")
 flags.DEFINE_string("resume", None, "Start from this network snapshot (.keras; transfer "
                     "learning). Ignored when --outdir already has a checkpoint.")
 flags.DEFINE_integer("freezed", 0, "Freeze-D: number of D layers (from the top) to freeze.")
@@ -75,7 +79,8 @@ def main(argv):
            shuffle_buffer=FLAGS.shuffle_buffer, checkpoint_ticks=FLAGS.checkpoint_ticks,
            noise_mode=FLAGS.noise_mode, input_sharding=FLAGS.input_sharding,
            style_mixing=FLAGS.style_mixing, pl_weight=FLAGS.pl_weight,
-           ema_kimg=FLAGS.ema_kimg, lr=FLAGS.lr, tensorboard=FLAGS.tensorboard)
+           ema_kimg=FLAGS.ema_kimg, lr=FLAGS.lr, tensorboard=FLAGS.tensorboard,
+           inception_weights=FLAGS.inception_weights)
 
 
 def run():

@@ -24,7 +24,8 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
                     metrics_kimg=None, resume=None, freezed=0, deterministic=False,
                     shuffle_buffer=10000, checkpoint_ticks=1, noise_mode="random",
                     input_sharding="file", num_replicas=1, ema_kimg=None, lr=None,
-                    style_mixing=None, pl_weight=None, grid=(8, 4), tensorboard=True):
+                    style_mixing=None, pl_weight=None, grid=(8, 4), tensorboard=True,
+                    inception_weights=None):
     """Validate the flags and resolve the preset. Returns the options dict
     (written to ``training_options.json``). ``num_replicas`` is the strategy's replica count."""
     from histaug_tf.data.pipeline import dataset_info
@@ -92,6 +93,11 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         ema_rampup = None  # reference: no EMA ramp-up when resuming from a snapshot
     if freezed and int(freezed) < 0:
         raise UserError(f"--freezed={freezed}: must be >= 0")
+    if inception_weights and inception_weights not in ("imagenet", "random"):
+        if not os.path.isfile(inception_weights):
+            raise UserError(f"--inception_weights={inception_weights}: no such file (expected a "
+                            "Keras InceptionV3 notop weights file, 'imagenet' or 'random')")
+        inception_weights = os.path.abspath(inception_weights)
     return dict(
         data=os.path.abspath(data), outdir=os.path.abspath(outdir), cfg=cfg,
         resolution=resolution, resize=resize, mirror=bool(mirror), cond=bool(cond),
@@ -106,7 +112,8 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         freezed=int(freezed or 0), deterministic=bool(deterministic),
         shuffle_buffer=int(shuffle_buffer), checkpoint_ticks=int(checkpoint_ticks),
         noise_mode=noise_mode, input_sharding=input_sharding, ema_rampup=ema_rampup,
-        grid=list(grid), tensorboard=bool(tensorboard), preset=preset)
+        grid=list(grid), tensorboard=bool(tensorboard), inception_weights=inception_weights or None,
+        preset=preset)
 
 
 def freeze_d_variables(D, freezed):
@@ -252,5 +259,5 @@ def _metrics_hook(opts):
         return fn(metrics=opts["metrics"], G=G_ema, snapshot_path=snapshot_path,
                   data_dir=opts["data"], resolution=opts["resolution"],
                   resize_mode=opts["resize"], class_filter=opts["class_filter"],
-                  run_dir=opts["outdir"])
+                  run_dir=opts["outdir"], inception_weights=opts.get("inception_weights"))
     return hook
