@@ -309,6 +309,12 @@ class AugmentPipe(tf.Module):
         self._caches = _MatrixCaches()
 
     # ---------------------------------------------------------------- random numbers
+    @property
+    def rng(self):
+        """The pipe's ``tf.random.Generator`` (``seed`` given), or None (global RNG). Checkpoint it
+        with the model to resume the same augmentation stream."""
+        return self._gen
+
     def _uniform(self, shape):
         if self._gen is not None:
             return self._gen.uniform(shape, dtype=tf.float32)

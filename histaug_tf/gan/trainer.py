@@ -494,9 +494,9 @@ class Trainer:
                     ada_num=self.ada_num)
         if self.augment_pipe is not None:
             objs["augment_p"] = self.augment_pipe.p
-            gen = getattr(self.augment_pipe, "_gen", None)  # AugmentPipe(seed=...)'s Generator
-            if isinstance(gen, tf.random.Generator):
-                objs["augment_rng"] = gen
+            rng = getattr(self.augment_pipe, "rng", None)  # optional: AugmentPipe(seed=...).rng
+            if rng is not None:
+                objs["augment_rng"] = rng
         if self._w_avg is not None:
             objs["w_avg"] = self._w_avg
         self.ckpt = tf.train.Checkpoint(**objs)
