@@ -296,10 +296,15 @@ def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, see
 
 def _summary(m: dict, label_names) -> dict:
     t = _tumour(m, label_names)
-    return {"auc": m["auc"], "auc_ci": m["auc_ci"], "accuracy": m["accuracy"],
-            "balanced_accuracy": m["balanced_accuracy"], "tumour_precision": t["precision"],
-            "tumour_recall": t["recall"], "tumour_f1": t["f1"], "best_epoch": m.get("best_epoch"),
-            "epochs_run": m.get("epochs_run"), "train_seconds": m.get("train_seconds")}
+    out = {"auc": m["auc"], "auc_ci": m["auc_ci"], "accuracy": m["accuracy"],
+           "balanced_accuracy": m["balanced_accuracy"], "tumour_precision": t["precision"],
+           "tumour_recall": t["recall"], "tumour_f1": t["f1"], "best_epoch": m.get("best_epoch"),
+           "epochs_run": m.get("epochs_run"), "train_seconds": m.get("train_seconds")}
+    v = m.get("at_val_threshold")
+    if v:  # hard decisions at the threshold chosen on validation data (max tumour F1)
+        out.update(val_threshold=v["threshold"], tumour_f1_valthr=_tumour(v, label_names)["f1"],
+                   balanced_accuracy_valthr=v["balanced_accuracy"])
+    return out
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -309,7 +314,9 @@ CSV_COLUMNS = ["dataset", "fraction", "seed", "n_train", "auc_baseline", "auc_ba
                "delta_auc", "delta_auc_rel_pct", "delong_z", "delong_p", "auc_tstr",
                "tumour_precision_baseline", "tumour_recall_baseline", "tumour_f1_baseline",
                "tumour_precision_augmented", "tumour_recall_augmented", "tumour_f1_augmented",
-               "balanced_accuracy_baseline", "balanced_accuracy_augmented", "seconds"]
+               "balanced_accuracy_baseline", "balanced_accuracy_augmented",
+               "val_threshold_baseline", "tumour_f1_valthr_baseline",
+               "val_threshold_augmented", "tumour_f1_valthr_augmented", "seconds"]
 
 
 def load_cells(outdir: str) -> list:
@@ -335,7 +342,9 @@ def cell_row(r: dict) -> dict:
            "tumour_precision_baseline": b.get("tumour_precision"),
            "tumour_recall_baseline": b.get("tumour_recall"),
            "tumour_f1_baseline": b.get("tumour_f1"),
-           "balanced_accuracy_baseline": b.get("balanced_accuracy"), "seconds": r.get("seconds")}
+           "balanced_accuracy_baseline": b.get("balanced_accuracy"),
+           "val_threshold_baseline": b.get("val_threshold"),
+           "tumour_f1_valthr_baseline": b.get("tumour_f1_valthr"), "seconds": r.get("seconds")}
     if a:
         row.update(auc_augmented=a["auc"], auc_augmented_lo=a["auc_ci"][0],
                    auc_augmented_hi=a["auc_ci"][1], delta_auc=a["auc"] - b["auc"],
@@ -343,7 +352,9 @@ def cell_row(r: dict) -> dict:
                    delong_z=r["delong"]["z"], delong_p=r["delong"]["p_value"],
                    tumour_precision_augmented=a["tumour_precision"],
                    tumour_recall_augmented=a["tumour_recall"], tumour_f1_augmented=a["tumour_f1"],
-                   balanced_accuracy_augmented=a["balanced_accuracy"])
+                   balanced_accuracy_augmented=a["balanced_accuracy"],
+                   val_threshold_augmented=a.get("val_threshold"),
+                   tumour_f1_valthr_augmented=a.get("tumour_f1_valthr"))
     if t:
         row["auc_tstr"] = t["auc"]
     return {c: row.get(c) for c in CSV_COLUMNS}
@@ -374,21 +385,24 @@ def results_markdown(rows: list) -> str:
     for r in rows:
         groups.setdefault((r["dataset"], r["fraction"]), []).append(r)
     out.write("| dataset | data | seeds | n train | AUC baseline | AUC augmented | Δ AUC | Δ AUC rel. "
-              "| DeLong p | tumour F1 base → aug | TSTR AUC |\n")
-    out.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
+              "| DeLong p | tumour F1 base → aug | F1 at val. threshold | TSTR AUC |\n")
+    out.write("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for (ds, fr), rs in groups.items():
         pvals = [r["delong_p"] for r in rs if r["delong_p"] is not None]
         p = ("–" if not pvals else f"{pvals[0]:.3g}" if len(pvals) == 1
              else f"{sum(v < 0.05 for v in pvals)}/{len(pvals)} < 0.05")
-        f1 = f"{_mean_sd([r['tumour_f1_baseline'] for r in rs])}"
+        f1, f1v = (f"{_mean_sd([r[f'tumour_{k}_baseline'] for r in rs])}" for k in ("f1", "f1_valthr"))
         if any(r["tumour_f1_augmented"] is not None for r in rs):
             f1 += f" → {_mean_sd([r['tumour_f1_augmented'] for r in rs])}"
+            f1v += f" → {_mean_sd([r['tumour_f1_valthr_augmented'] for r in rs])}"
         out.write(f"| {ds} | {fr * 100:g} % | {len(rs)} | {rs[0]['n_train']} "
                   f"| {_mean_sd([r['auc_baseline'] for r in rs])} "
                   f"| {_mean_sd([r['auc_augmented'] for r in rs])} "
                   f"| {_mean_sd([r['delta_auc'] for r in rs], signed=True)} "
                   f"| {_mean_sd([r['delta_auc_rel_pct'] for r in rs], nd=1, pct=True)} "
-                  f"| {p} | {f1} | {_mean_sd([r['auc_tstr'] for r in rs])} |\n")
+                  f"| {p} | {f1} | {f1v} | {_mean_sd([r['auc_tstr'] for r in rs])} |\n")
+    out.write("\nTumour F1 on the test set at threshold 0.5, and at the threshold that maximises it "
+              "on the validation split (chosen per classifier).\n")
     out.write("\nPer cell (95 % stratified bootstrap intervals; DeLong test augmented vs baseline on "
               "the same test set; tumour-class precision / recall / F1 at threshold 0.5):\n\n")
     out.write("| dataset | data | seed | AUC baseline [95 % CI] | AUC augmented [95 % CI] | Δ | Δ rel. "

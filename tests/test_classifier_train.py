@@ -88,6 +88,17 @@ def test_train_early_stops_keeps_best_checkpoint_and_metrics(real, tmp_path):
     p2 = np.concatenate([1 / (1 + np.exp(-np.asarray(model(x, training=False))[:, 0]))
                          for x, _ in ds])
     np.testing.assert_allclose(p2, p, atol=1e-5)
+    # the second threshold is the validation split's max-F1 one, applied to the test predictions
+    vds = make_dataset(real, "valid", pixel_range=(-1, 1), batch_size=64)
+    yv = np.concatenate([np.asarray(yb) for _, yb in vds])
+    pv = np.concatenate([1 / (1 + np.exp(-np.asarray(model(x, training=False))[:, 0])) for x, _ in vds])
+    f1v = [2 * ((pv >= t) & (yv == 1)).sum() / ((pv >= t).sum() + (yv == 1).sum()) for t in pv]
+    at = m["at_val_threshold"]
+    t_ref = max(t for t, f in zip(pv, f1v) if f >= max(f1v) - 1e-12)  # largest among ties
+    assert at["threshold"] == pytest.approx(t_ref, abs=1e-5)
+    pred = p >= at["threshold"]
+    tp = (pred & (y == 1)).sum()
+    assert at["per_class"]["tumour"]["f1"] == pytest.approx(2 * tp / (pred.sum() + y.sum()))
     # TensorBoard: per-epoch validation AUC and the test PR curve
     from tensorboard.backend.event_processing import event_accumulator as ea
     acc = ea.EventAccumulator(os.path.join(out, "tb", "test"), size_guidance={"tensors": 0})

@@ -153,6 +153,24 @@ def test_classification_metrics_against_loop():
     assert m["per_class"]["normal"]["recall"] == pytest.approx(tn / (tn + fp))
 
 
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
+def test_f1_threshold_against_brute_force(seed, ties):
+    """The chosen threshold gives the largest F1 over every possible decision, via sklearn."""
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(seed)
+    y = (rng.random(120) < 0.3).astype(int)
+    s = rng.normal(size=120) + 1.2 * y
+    if ties:
+        s = np.round(s, 1)
+    t = ev.f1_threshold(y, s)
+    cands = np.unique(np.r_[s, np.inf])
+    f1s = {c: f1_score(y, (s >= c).astype(int), zero_division=0) for c in cands}
+    best = max(f1s.values())
+    assert f1s[t] == pytest.approx(best, abs=1e-12)
+    assert t == max(c for c, v in f1s.items() if v >= best - 1e-12)  # largest among ties
+    assert ev.f1_threshold(np.zeros(5, int), np.linspace(0, 1, 5)) == 0.5  # no positives
+
+
 def test_evaluate_scores_json_and_roc_png(tmp_path):
     y, s1, s2 = _data(9, n=80)
     prob = 1 / (1 + np.exp(-s1))

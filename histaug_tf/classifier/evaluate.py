@@ -153,6 +153,31 @@ def classification_metrics(y, prob, threshold: float = 0.5, label_names=("normal
     }
 
 
+def f1_threshold(y, prob) -> float:
+    """The threshold t maximising the class-1 F1 of ``prob >= t`` on (y, prob).
+
+    Candidates are the distinct scores (every distinct decision). Among equal F1 the largest t is
+    taken. Meant for validation data: the study applies it to the test set, so a classifier whose
+    scores are calibrated differently (e.g. trained on a different class mix) is not judged by an
+    arbitrary 0.5 alone. With no positive example the F1 is 0 everywhere and 0.5 is returned.
+    """
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    s = np.asarray(prob, dtype=np.float64).reshape(-1)
+    n_pos = int(y.sum())
+    if n_pos == 0 or y.size == 0:
+        return 0.5
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)                       # predicting the first i+1 as positive
+    k = np.arange(1, y.size + 1)
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # a threshold is a block of equal scores
+    f1 = 2.0 * tp / (k + n_pos)
+    f1 = np.where(last, f1, -1.0)
+    best = f1.max()
+    i = int(np.flatnonzero(f1 >= best - 1e-12)[0])  # first = largest threshold
+    return float(s_sorted[i])
+
+
 def evaluate_scores(y, prob, *, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
                     alpha: float = 0.05, label_names=("normal", "tumour")) -> dict:
     """Everything ``metrics.json`` reports for one classifier on one test set."""

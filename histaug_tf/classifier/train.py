@@ -325,7 +325,8 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
             logs["val_auc"] = auc
             improved = auc > state["best"] + 1e-6
             if improved:
-                state.update(best=auc, best_epoch=epoch, weights=self.model.get_weights())
+                state.update(best=auc, best_epoch=epoch, weights=self.model.get_weights(),
+                             val_predictions=(yv, pv))
                 if chief:
                     _atomic_save_weights(self.model, best_path)
             now = time.time()
@@ -356,6 +357,14 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
     yt, pt, kt = predict_probs(model, test_ds)
     metrics = ev.evaluate_scores(yt, pt, threshold=threshold, n_boot=n_boot, seed=seed,
                                  label_names=label_names)
+    if state.get("val_predictions") is not None:
+        # The same hard-decision metrics at the threshold that maximises the tumour F1 on the
+        # validation data (predictions of the kept epoch): 0.5 is arbitrary for a classifier
+        # trained on another class mix (e.g. with synthetic data).
+        val_thr = ev.f1_threshold(*state["val_predictions"])
+        metrics["at_val_threshold"] = dict(
+            ev.classification_metrics(yt, pt, threshold=val_thr, label_names=label_names),
+            criterion="max tumour F1 on the validation split")
     metrics.update(best_val_auc=state["best"], best_epoch=state["best_epoch"] + 1,
                    epochs_run=len(history), steps_per_epoch=steps_per_epoch,
                    train_seconds=round(train_seconds, 1), effective_synthetic_ratio=ratio,
