@@ -48,8 +48,10 @@ def atomic_path(path, suffix: str = ""):
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
-        if os.path.exists(tmp):
+        if os.path.isfile(tmp):
             os.chmod(tmp, 0o666 & ~umask)
+            with open(tmp, "rb") as f:  # on disk before the rename makes it visible
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

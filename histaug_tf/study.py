@@ -46,7 +46,7 @@ import numpy as np
 from absl import logging
 
 from histaug_tf.classifier import evaluate as ev
-from histaug_tf.common import UserError
+from histaug_tf.common import UserError, atomic_path
 
 
 @dataclasses.dataclass
@@ -428,12 +428,9 @@ def results_markdown(rows: list) -> str:
 
 
 def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, os.path.splitext(path)[1]) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
 
 
 def plot_study_roc(outdir: str, recs: list, path: str) -> bool:

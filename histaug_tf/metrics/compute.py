@@ -19,11 +19,10 @@ import json
 import logging
 import os
 import time
-import uuid
 
 import numpy as np
 
-from histaug_tf.common import Progress, UserError
+from histaug_tf.common import Progress, UserError, atomic_path
 from histaug_tf.metrics import stats as stats_lib
 
 KNOWN_METRICS = ("fid", "kid", "pr")
@@ -102,17 +101,9 @@ def _stats_cache_key(manifest, split, extractor_id, resolution, resize_mode, max
 
 
 def _save_npz_atomic(path: str, arrays: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
+    with atomic_path(path, ".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def dataset_feature_stats(data_dir: str, extractor, split: str = "train", *, resolution=None,
