@@ -121,6 +121,17 @@ def tiny_input_fn(n=64, res=4, ch=3, c_dim=0):
     return input_fn
 
 
+def _pipe_factory(pipe, seed, worker_index):
+    """pipe: False (none), True (StubPipe), or an augment preset name such as "bgc" (the real
+    AugmentPipe, seeded per worker as launch.py does)."""
+    if not pipe:
+        return None
+    if pipe is True:
+        return StubPipe
+    from histaug_tf.gan import augment
+    return lambda: augment.make_augment_pipe(pipe, seed=seed + 1 + 1000 * worker_index)
+
+
 def make_tiny_trainer(run_dir, strategy=None, batch=8, kimg=0.2, tick=0.04, pipe=False,
                       noise_mode="const", style_mixing_prob=0.0, deterministic=False,
                       num_workers=1, worker_index=0, is_chief=True, seed=0, **kw):
@@ -134,7 +145,7 @@ def make_tiny_trainer(run_dir, strategy=None, batch=8, kimg=0.2, tick=0.04, pipe
     kw.setdefault("ema_kimg", 0.05)
     return Trainer(strategy=strategy, build_networks=lambda: build_tiny(seed=0),
                    input_fn=tiny_input_fn(), run_dir=run_dir, batch=batch,
-                   make_augment_pipe=StubPipe if pipe else None, total_kimg=kimg,
+                   make_augment_pipe=_pipe_factory(pipe, seed, worker_index), total_kimg=kimg,
                    kimg_per_tick=tick, snapshot_ticks=2, noise_mode=noise_mode,
                    style_mixing_prob=style_mixing_prob, deterministic=deterministic,
                    num_workers=num_workers, worker_index=worker_index, is_chief=is_chief,

@@ -90,6 +90,26 @@ def test_mirrored_and_multiworker_equal_single_replica(tmp_path):
 
 
 @pytest.mark.slow
+def test_multiworker_with_ada_augmentation_keeps_workers_identical(tmp_path):
+    """Two workers, the real bgc pipe (seeded differently per worker) and ADA: gradients and the
+    ADA statistic are all-reduced, so both workers end with identical weights and the same p,
+    and p has moved (the target 0.01 is below r_t almost at once)."""
+    opts = dict(OPTS, pipe="bgc", ada_target=0.01, ada_interval=1, ada_kimg=0.5, kimg=0.064)
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = _env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        procs.append(_run("multiworker", str(tmp_path / "mw"), str(tmp_path / f"mw{i}.npz"), opts,
+                          env=env))
+    for proc in procs:
+        _wait(proc)
+    mw0, mw1 = _load(tmp_path / "mw0.npz"), _load(tmp_path / "mw1.npz")
+    _compare(mw0, mw1, atol=0)
+    assert float(mw0["p"]) > 0.0 and int(mw0["nimg"]) == 64
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     """Deterministic mode with random noise, an augment pipe using stateful random ops, style
     mixing and ADA: kill at a random moment, rerun the same command, compare final weights."""
