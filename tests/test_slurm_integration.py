@@ -297,3 +297,61 @@ def test_one_node_script_runs_one_task_with_mirrored(slurm, tmp_path):
     assert call["env"]["SLURM_NTASKS"] == "1"
     assert call["env"]["PYTHONPATH"].split(":")[0] == ROOT
     assert "histaug job" in out and "finished with exit code 0" in out
+
+
+STUDY_FLAGS = """\
+--data={data}
+--prepare=synthetic_tissue
+--prepare_args=--size=16 --num_train=200 --num_valid=60 --num_test=100 --seed=0
+--resolution=16
+--gan_mode=conditional
+--gan_cfg=tiny
+--gan_kimg=0.1
+--gan_args=--tick=0.05 --snap=1
+--num_synthetic_per_class=40
+--arch=small_cnn
+--weights=none
+--clf_batch=32
+--clf_epochs=3
+--clf_patience=2
+--clf_min_steps_per_epoch=2
+--tstr
+--n_boot=50
+--strategy=default
+"""
+
+
+def test_array_script_runs_the_real_study(slurm, tmp_path):
+    """No stub: two array tasks run real cells of `python -m histaug_tf.experiment` at once
+    (prepare under the shared lock → subset → GAN → generate → classifiers) into one study dir,
+    then the aggregation job writes the table of both."""
+    import csv
+    flagfile = tmp_path / "study.flags"
+    flagfile.write_text(STUDY_FLAGS.format(data=tmp_path / "data" / "synth16"))
+    study = tmp_path / "study"
+    env = {"HISTAUG_PYTHON": sys.executable, "HISTAUG_FLAGFILE": str(flagfile),
+           "HISTAUG_OUTDIR": str(study), "HISTAUG_FRACTIONS": "0.25,1", "HISTAUG_SEEDS": "0",
+           "CUDA_VISIBLE_DEVICES": "", "HISTAUG_QUIET": "1"}
+    log = str(tmp_path / "arr-%A_%a.out")
+    jobid, rc = sbatch_wait(slurm, os.path.join("jobs", "slurm", "experiment_array.sbatch"),
+                            ["--array=0-1", "--cpus-per-task=1", f"--output={log}"], [], env,
+                            timeout=900)
+    logs = "\n".join(open(log.replace("%A", jobid).replace("%a", str(i))).read()[-3000:]
+                     for i in range(2))
+    assert rc == 0, logs
+    # both tasks needed the dataset; it was prepared once, under the lock
+    assert open(study / "logs" / "prepare_data.log").read().count("\n$ ") == 1
+    for tag in ("f0.25", "f1"):
+        assert (study / "cells" / "synthetic_tissue" / tag / "s0" / "cell.json").exists(), logs
+    log2 = str(tmp_path / "agg-%j.out")
+    jobid2, rc = sbatch_wait(slurm, os.path.join("jobs", "slurm", "experiment_array.sbatch"),
+                             [f"--output={log2}"], [], {**env, "HISTAUG_AGGREGATE": "1"},
+                             timeout=300)
+    assert rc == 0, open(log2.replace("%j", jobid2)).read()
+    rows = {float(r["fraction"]): r for r in csv.DictReader(open(study / "results.csv"))}
+    assert set(rows) == {0.25, 1.0}
+    assert int(rows[0.25]["n_train"]) == 50 and int(rows[1.0]["n_train"]) == 200
+    for k in ("auc_baseline", "auc_augmented", "auc_tstr", "delong_p"):
+        assert 0.0 <= float(rows[0.25][k]) <= 1.0, (k, rows[0.25])
+    assert rows[1.0]["auc_augmented"] == ""  # all the data: baseline only
+    assert "| synthetic_tissue | 25 % |" in open(study / "results.md").read()
