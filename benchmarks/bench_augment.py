@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
     result = {"pipe": args.pipe, "batch": args.batch, "p": args.p, "unit": "images/s",
-              "device": "cpu", "cpu_count": os.cpu_count()}
+              "device": "gpu" if tf.config.list_logical_devices("GPU") else "cpu", "cpu_count": os.cpu_count()}
     for res in [int(r) for r in args.res.split(",")]:
         pipe = make_augment_pipe(args.pipe, p=args.p, seed=0)
         x = tf.random.uniform([args.batch, res, res, 3], -1, 1)

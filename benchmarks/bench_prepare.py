@@ -99,6 +99,8 @@ def main():
         n = sum(v["num_examples"] for v in m["splits"].values())
         assert n == total, (n, total)
         out_bytes = sum(s["num_bytes"] for v in m["splits"].values() for s in v["shards"])
+        cpu_children = ((cpu1.children_user + cpu1.children_system)
+                        - (cpu0.children_user + cpu0.children_system))
         print(json.dumps({
             "benchmark": "prepare_data pcam 96x96",
             "num_patches": n,
@@ -106,10 +108,8 @@ def main():
             "workers": args.workers,
             "seconds": round(wall, 2),
             "patches_per_s": round(n / wall, 1),
-            "cpu_seconds_children": round((cpu1.children_user + cpu1.children_system)
-                                          - (cpu0.children_user + cpu0.children_system), 2),
-            "cpu_ms_per_patch": round(1000 * ((cpu1.children_user + cpu1.children_system)
-                                              - (cpu0.children_user + cpu0.children_system)) / n, 3),
+            "cpu_seconds_children": round(cpu_children, 2),
+            "cpu_ms_per_patch": round(1000 * cpu_children / n, 3),
             "peak_rss_main_mb": round(sampler.peak_main / 2 ** 20, 1),
             "peak_rss_largest_process_mb": round(sampler.peak_single / 2 ** 20, 1),
             "peak_rss_tree_mb": round(sampler.peak_tree / 2 ** 20, 1),

@@ -58,6 +58,49 @@ def atomic_path(path, suffix: str = ""):
             os.unlink(tmp)
 
 
+def write_text_atomic(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through ``atomic_path``."""
+    with atomic_path(path, os.path.splitext(os.fspath(path))[1]) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def write_json_atomic(path, obj) -> None:
+    """``obj`` as indented, key-sorted JSON (newline-terminated), written atomically."""
+    import json
+
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_npz_atomic(path, **arrays) -> None:
+    """``np.savez`` of ``arrays`` to ``path``, written atomically."""
+    import numpy as np
+
+    with atomic_path(path, ".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def file_sha256(path, bufsize: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in ``bufsize`` chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(bufsize), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_png(path, image) -> None:
+    """Write a uint8 HWC image (C = 1, 3 or 4) as PNG, atomically (Pillow)."""
+    from PIL import Image
+
+    img = image[..., 0] if image.shape[-1] == 1 else image
+    with atomic_path(path, ".png") as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
+
+
 class Progress:
     """A minimal progress line on stderr: ``label  done/total  items/s  eta``.
 

@@ -46,7 +46,7 @@ import numpy as np
 from absl import logging
 
 from histaug_tf.classifier import evaluate as ev
-from histaug_tf.common import UserError, atomic_path
+from histaug_tf.common import UserError, write_json_atomic, write_text_atomic
 
 
 @dataclasses.dataclass
@@ -183,7 +183,7 @@ def train_gans(cfg, subset_dir, cdir, seed, logs, num_classes=2) -> dict:
             name = "train_gan" if c is None else f"train_gan_c{c}"
             run_stage("train_gan", [f"--outdir={rd}", *common, *extra],
                       os.path.join(logs, f"{name}.log"))
-            ev.write_json_atomic(done, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            write_json_atomic(done, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if cfg.gan_mode == "conditional":
         return {"network": runs[None][0]}
     return {"networks": {c: rd for c, (rd, _) in runs.items()}}
@@ -290,7 +290,7 @@ def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, see
                                 **real)
             rec["tstr"] = _summary(mt, label_names)
     rec["seconds"] = round(time.time() - t0, 1)
-    ev.write_json_atomic(cell_json, rec)
+    write_json_atomic(cell_json, rec)
     return rec
 
 
@@ -427,12 +427,6 @@ def results_markdown(rows: list) -> str:
     return out.getvalue()
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    with atomic_path(path, os.path.splitext(path)[1]) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
-
-
 def plot_study_roc(outdir: str, recs: list, path: str) -> bool:
     """One panel per dataset × fraction (first seed): baseline, augmented and TSTR ROC curves."""
     from histaug_tf.classifier.train import load_predictions
@@ -464,7 +458,7 @@ def _remove_stale_temps(outdir: str, min_age_s: float = 600.0) -> None:
     now = time.time()
     with contextlib.suppress(OSError):
         for name in os.listdir(outdir):
-            if name.startswith(".tmp-") or ".tmp-" in name:
+            if ".tmp-" in name:
                 p = os.path.join(outdir, name)
                 with contextlib.suppress(OSError):
                     if os.path.isfile(p) and now - os.path.getmtime(p) > min_age_s:
@@ -482,9 +476,9 @@ def aggregate(outdir: str) -> str:
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in r.items()})
     os.makedirs(outdir, exist_ok=True)
-    _write_text_atomic(os.path.join(outdir, "results.csv"), buf.getvalue())
+    write_text_atomic(os.path.join(outdir, "results.csv"), buf.getvalue())
     md = results_markdown(rows)
-    _write_text_atomic(os.path.join(outdir, "results.md"), md)
+    write_text_atomic(os.path.join(outdir, "results.md"), md)
     if rows:
         plot_study_roc(outdir, recs, os.path.join(outdir, "roc.png"))
     return md

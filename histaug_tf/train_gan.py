@@ -68,19 +68,8 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's INFO chatter (checkpoint sharding, ...)
     from histaug_tf.gan.launch import launch
-    launch(data=FLAGS.data, outdir=FLAGS.outdir, cfg=FLAGS.cfg, resolution=FLAGS.resolution,
-           resize=FLAGS.resize, mirror=FLAGS.mirror, cond=FLAGS.cond,
-           class_filter=FLAGS.class_filter, batch=FLAGS.batch, kimg=FLAGS.kimg, tick=FLAGS.tick,
-           snap=FLAGS.snap, gamma=FLAGS.gamma, aug=FLAGS.aug, p=FLAGS.p, target=FLAGS.target,
-           augpipe=FLAGS.augpipe, ada_kimg=FLAGS.ada_kimg, strategy=FLAGS.strategy,
-           jit=FLAGS.jit, mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed,
-           metrics=FLAGS.metrics, metrics_kimg=FLAGS.metrics_kimg, resume=FLAGS.resume,
-           freezed=FLAGS.freezed, deterministic=FLAGS.deterministic,
-           shuffle_buffer=FLAGS.shuffle_buffer, checkpoint_ticks=FLAGS.checkpoint_ticks,
-           noise_mode=FLAGS.noise_mode, input_sharding=FLAGS.input_sharding,
-           style_mixing=FLAGS.style_mixing, pl_weight=FLAGS.pl_weight,
-           ema_kimg=FLAGS.ema_kimg, lr=FLAGS.lr, tensorboard=FLAGS.tensorboard,
-           inception_weights=FLAGS.inception_weights)
+    # every flag of this module is a launch() keyword of the same name
+    launch(**{f.name: f.value for f in FLAGS.get_flags_for_module(__name__)})
 
 
 def run():

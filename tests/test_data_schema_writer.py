@@ -58,12 +58,6 @@ def test_png_roundtrip_with_libpng_and_pillow(shape):
     np.testing.assert_array_equal(schema.decode_image(tf.constant(raw), "raw", shape).numpy(), img)
 
 
-def _png_chunk(tag, data):
-    import struct
-    import zlib
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
 def _foreign_pngs(img):
     """The same image as PNGs laid out differently from encode_png (each must take the libpng path)."""
     import zlib
@@ -72,13 +66,13 @@ def _foreign_pngs(img):
     Image.fromarray(img.squeeze(-1) if img.shape[2] == 1 else img).save(buf, format="PNG", optimize=True)
     pillow = buf.getvalue()                                   # adaptive per-row filters
     ihdr_end = 33
-    text = ours[:ihdr_end] + _png_chunk(b"tEXt", b"Comment\x00x") + ours[ihdr_end:]  # extra chunk
+    text = ours[:ihdr_end] + schema._png_chunk(b"tEXt", b"Comment\x00x") + ours[ihdr_end:]  # extra chunk
     h, w, c = img.shape
     raw = b"".join(b"\x00" + img[y].tobytes() for y in range(h))   # filter None
-    none = ours[:ihdr_end] + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b"")
+    none = ours[:ihdr_end] + schema._png_chunk(b"IDAT", zlib.compress(raw)) + schema._png_chunk(b"IEND", b"")
     data = zlib.compress(raw)
-    split = ours[:ihdr_end] + _png_chunk(b"IDAT", data[:5]) + _png_chunk(b"IDAT", data[5:]) + \
-        _png_chunk(b"IEND", b"")                               # IDAT in two chunks
+    split = ours[:ihdr_end] + schema._png_chunk(b"IDAT", data[:5]) + schema._png_chunk(b"IDAT", data[5:]) + \
+        schema._png_chunk(b"IEND", b"")                               # IDAT in two chunks
     return {"pillow": pillow, "text": text, "none": none, "split": split}
 
 

@@ -8,6 +8,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from histaug_tf.classifier import evaluate as ev
+from histaug_tf.common import write_json_atomic
 
 
 def _psi(x, y):
@@ -177,7 +178,7 @@ def test_evaluate_scores_json_and_roc_png(tmp_path):
     out = ev.evaluate_scores(y, prob, n_boot=100)
     assert out["auc"] == pytest.approx(roc_auc_score(y, prob))
     assert out["auc_ci"][0] <= out["auc"] <= out["auc_ci"][1]
-    ev.write_json_atomic(tmp_path / "m" / "metrics.json", out)
+    write_json_atomic(tmp_path / "m" / "metrics.json", out)
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["auc"] == out["auc"]
     ev.plot_roc(tmp_path / "roc.png", [("a", y, s1), ("b", y, s2)])
     data = (tmp_path / "roc.png").read_bytes()

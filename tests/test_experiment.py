@@ -21,6 +21,7 @@ STUBS = textwrap.dedent('''
     import numpy as np
     from histaug_tf import study
     from histaug_tf.classifier import evaluate as ev
+    from histaug_tf.common import save_npz_atomic, write_json_atomic
     from histaug_tf.classifier import train as ct
     from histaug_tf.data.writer import DatasetWriter
 
@@ -71,10 +72,10 @@ STUBS = textwrap.dedent('''
         p = 1 / (1 + np.exp(-(strength * (2 * y - 1) + rng.normal(size=200))))
         keys = np.array([f"k{i:03d}".encode() for i in range(200)])
         perm = rng.permutation(200)                  # runs may list the test set in any order
-        ct._save_npz_atomic(os.path.join(run_dir, "predictions.npz"), labels=y[perm],
+        save_npz_atomic(os.path.join(run_dir, "predictions.npz"), labels=y[perm],
                             probs=p[perm], keys=keys[perm])
         m = ev.evaluate_scores(y, p, n_boot=50)
-        ev.write_json_atomic(os.path.join(run_dir, "metrics.json"), m)
+        write_json_atomic(os.path.join(run_dir, "metrics.json"), m)
         return m
 
     study.run_stage = run_stage

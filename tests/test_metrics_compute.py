@@ -256,7 +256,7 @@ def test_training_metrics_class_filter_and_count_in_name(two_sets, tmp_path):
     G = FakeG(c_dim=0)
     details = {}
     # The trainer's call: a GAN of class 1 only; 'fid30' = 30 generated images, seeds 0..29.
-    res = training_metrics(["fid30"], G=G, data_dir=real_dir, snapshot_path="x", run_dir="y",
+    res = training_metrics(["fid30"], G=G, data_dir=real_dir,
                            resolution=8, resize_mode="crop", class_filter=[1],
                            extractor=QuadrantMeans(), cache_dir=str(tmp_path), details=details)
     fr = quadrant_features(to_float(real[rl == 1]))

@@ -14,14 +14,12 @@ Pure NumPy / SciPy / scikit-learn (no TensorFlow), so it can be imported and tes
 * ``classification_metrics(y, prob, threshold)`` — accuracy, balanced accuracy, confusion matrix and
   per-class precision/recall/F1/support at a threshold on the positive-class probability.
 * ``evaluate_scores(...)`` — all of the above as one JSON-serialisable dict (what ``metrics.json``
-  holds); ``plot_roc(path, curves)`` — ROC curves as a PNG; ``write_json_atomic(path, obj)``.
+  holds); ``plot_roc(path, curves)`` — ROC curves as a PNG (JSON files are written with ``common.write_json_atomic``).
 
 Convention: label 1 is the positive (tumour) class; higher scores mean "more likely 1".
 """
 from __future__ import annotations
 
-import json
-import os
 
 import numpy as np
 from scipy import stats
@@ -190,16 +188,6 @@ def evaluate_scores(y, prob, *, threshold: float = 0.5, n_boot: int = 1000, seed
            "auc_ci_delong": [dlo, dhi], "auc_se_delong": float(np.sqrt(delong_variance(y, s)))}
     out.update(classification_metrics(y, s, threshold=threshold, label_names=label_names))
     return out
-
-
-def write_json_atomic(path, obj) -> None:
-    """Write JSON to a temporary file in the same directory, then rename it over ``path``."""
-    with atomic_path(path, ".json") as tmp:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def plot_roc(path, curves, title: str = "ROC") -> None:

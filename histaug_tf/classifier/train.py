@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 
 from histaug_tf.classifier import evaluate as ev
-from histaug_tf.common import atomic_path
+from histaug_tf.common import atomic_path, save_npz_atomic, write_json_atomic
 from histaug_tf.common import UserError
 
 BALANCE = ("class_weight", "sampling", "none")
@@ -266,7 +266,7 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
         if os.path.isdir(out_dir) and overwrite:
             shutil.rmtree(out_dir)
         os.makedirs(out_dir, exist_ok=True)
-        ev.write_json_atomic(os.path.join(out_dir, "options.json"), opts)
+        write_json_atomic(os.path.join(out_dir, "options.json"), opts)
     keras.utils.set_random_seed(seed)
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -370,13 +370,13 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
                    train_seconds=round(train_seconds, 1), effective_synthetic_ratio=ratio,
                    num_real_train=n_real, arch=arch, seed=seed)
     if chief:
-        ev.write_json_atomic(os.path.join(out_dir, "history.json"), history)
-        _save_npz_atomic(os.path.join(out_dir, "predictions.npz"), labels=yt, probs=pt, keys=kt)
+        write_json_atomic(os.path.join(out_dir, "history.json"), history)
+        save_npz_atomic(os.path.join(out_dir, "predictions.npz"), labels=yt, probs=pt, keys=kt)
         ev.plot_roc(os.path.join(out_dir, "roc.png"), [(arch, yt, pt)], title=os.path.basename(
             os.path.normpath(out_dir)))
         _write_test_summaries(os.path.join(out_dir, "tb", "test"), yt, pt, metrics,
                               step=len(history))
-        ev.write_json_atomic(metrics_path, metrics)
+        write_json_atomic(metrics_path, metrics)
     if verbose:
         logging.info("test AUC %.4f [%.4f, %.4f]  acc %.4f  bal_acc %.4f  (%s)", metrics["auc"],
                      *metrics["auc_ci"], metrics["accuracy"], metrics["balanced_accuracy"], out_dir)
@@ -394,12 +394,6 @@ def _augment_fn(seed):
         k = tf.random.uniform([], 0, 4, dtype=tf.int32, seed=seed + 2)
         return tf.image.rot90(x, k), y
     return f
-
-
-def _save_npz_atomic(path, **arrays):
-    with atomic_path(path, ".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
 
 
 def load_predictions(run_dir: str):

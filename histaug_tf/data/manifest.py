@@ -28,11 +28,10 @@ and say so with ``"referenced": true``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
-from histaug_tf.common import UserError
+from histaug_tf.common import UserError, file_sha256
 
 MANIFEST_NAME = "manifest.json"
 SUPPORTED_VERSIONS = (1,)
@@ -41,16 +40,6 @@ _REQUIRED = ("format_version", "name", "image_shape", "encoding", "label_names",
 
 def manifest_path(data_dir: str) -> str:
     return os.path.join(data_dir, MANIFEST_NAME)
-
-
-def file_sha256(path: str, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(bufsize)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
 
 
 def shard_path(data_dir: str, shard: dict) -> str:

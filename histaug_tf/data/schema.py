@@ -60,8 +60,8 @@ def encode_png(image: np.ndarray, level: int = 1) -> bytes:
     np.subtract(rows[:, c:], rows[:, :-c], out=filt[:, 1 + c:])  # uint8 wrap-around == mod 256
     comp = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     idat = comp.compress(filt.tobytes()) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, _PNG_COLOR_TYPE[c], 0, 0, 0)
-    return _PNG_SIG + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    # the layout decode_images' fast path recognises: signature + IHDR, one IDAT, IEND
+    return _png_prefix((h, w, c)) + _png_chunk(b"IDAT", idat) + _IEND_CHUNK
 
 
 def encode_image(image: np.ndarray, encoding: str = "png") -> bytes:
@@ -228,8 +228,8 @@ def decode_images(image_bytes, encoding: str, shape):
         raise ValueError(f"unknown encoding {encoding!r} (expected one of {ENCODINGS})")
 
     def with_libpng():
-        return tf.map_fn(lambda b: tf.reshape(tf.io.decode_png(b, channels=c, dtype=tf.uint8), [h, w, c]),
-                         image_bytes, fn_output_signature=tf.TensorSpec([h, w, c], tf.uint8))
+        return tf.map_fn(lambda b: decode_image(b, "png", (h, w, c)), image_bytes,
+                         fn_output_signature=tf.TensorSpec([h, w, c], tf.uint8))
 
     if c not in _PNG_COLOR_TYPE:
         return tf.ensure_shape(with_libpng(), [None, h, w, c])

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from histaug_tf.common import Progress, UserError
-from histaug_tf.data.manifest import file_sha256, load_manifest, manifest_path, split_shard_paths
+from histaug_tf.common import Progress, UserError, file_sha256
+from histaug_tf.data.manifest import load_manifest, manifest_path, split_shard_paths
 from histaug_tf.data.writer import DEFAULT_SHARD_SIZE, DatasetWriter
 
 

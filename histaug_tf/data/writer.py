@@ -18,9 +18,9 @@ import shutil
 import numpy as np
 
 from histaug_tf import __version__
-from histaug_tf.common import UserError
+from histaug_tf.common import UserError, file_sha256
 from histaug_tf.data import schema
-from histaug_tf.data.manifest import MANIFEST_NAME, file_sha256
+from histaug_tf.data.manifest import MANIFEST_NAME
 
 DEFAULT_SHARD_SIZE = 4096
 TMP_PREFIX = ".tmp-"

@@ -12,13 +12,12 @@ class (``{class_index: G}``, each unconditional or conditional).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import numpy as np
 
-from histaug_tf.common import UserError
+from histaug_tf.common import UserError, file_sha256, save_png
 
 NOISE_MODES = ("const", "random", "none")
 
@@ -150,12 +149,7 @@ def resolve_snapshot(path: str) -> str:
     if os.path.isdir(path):
         from histaug_tf.gan import snapshot
 
-        try:
-            p = snapshot.latest_snapshot(path)
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"{path}: no network snapshot in run directory ({e})") from None
+        p = snapshot.latest_snapshot(path)  # a glob: None when there is none
         if not p:
             raise UserError(f"{path}: no network-snapshot-*.keras in run directory")
         return p
@@ -169,16 +163,8 @@ def load_generator(path: str):
     p = resolve_snapshot(path)
     from histaug_tf.gan import snapshot
 
-    try:
-        snap = snapshot.load_snapshot(p)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 — a file that does not load is the user's input problem
-        raise UserError(f"{p}: cannot load network snapshot ({type(e).__name__}: {e})") from None
-    G = snap.get("G_ema") or snap.get("G")
-    if G is None:
-        raise UserError(f"{p}: snapshot holds no generator")
-    return G, dict(snap.get("metadata") or {}), p
+    snap = snapshot.load_snapshot(p)  # UserError for a file that is not a loadable snapshot
+    return snap["G_ema"], snap["metadata"], p
 
 
 def parse_networks_map(spec: str) -> dict[int, str]:
@@ -199,18 +185,10 @@ def parse_networks_map(spec: str) -> dict[int, str]:
 
 def label_names_from_metadata(meta: dict):
     """Label names recorded in a snapshot's metadata, if any."""
-    for key in ("label_names",):
-        if isinstance(meta.get(key), (list, tuple)):
-            return [str(x) for x in meta[key]]
-    for sub in ("training_options", "dataset", "data"):
-        v = meta.get(sub)
-        if isinstance(v, str):
-            try:
-                v = json.loads(v)
-            except ValueError:
-                v = None
-        if isinstance(v, dict) and isinstance(v.get("label_names"), (list, tuple)):
-            return [str(x) for x in v["label_names"]]
+    # top level (tests, hand-written metadata) or the trainer's training_options
+    for names in (meta.get("label_names"), (meta.get("training_options") or {}).get("label_names")):
+        if isinstance(names, (list, tuple)):
+            return [str(x) for x in names]
     return None
 
 
@@ -228,25 +206,6 @@ def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
         r, q = divmod(i, cols)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
     return grid
-
-
-def save_png(path: str, image: np.ndarray) -> None:
-    from PIL import Image
-
-    img = image[..., 0] if image.shape[-1] == 1 else image
-    tmp = f"{path}.tmp"
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _run_name(snapshot_path: str) -> str:
@@ -343,7 +302,7 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
         "source": "synthetic",
         "generator": "histaug_tf.generate",
         "run": run,
-        "snapshots": {k: {"path": os.path.abspath(p), "sha256": _sha256(p)}
+        "snapshots": {k: {"path": os.path.abspath(p), "sha256": file_sha256(p)}
                       for k, p in snapshots.items()},
         "classes": classes,
         "num_per_class": num_per_class,

@@ -256,8 +256,8 @@ def _metrics_hook(opts):
             if state["last"] is not None and bucket == state["last"] and kimg < opts["kimg"]:
                 return {}
             state["last"] = bucket
-        return fn(metrics=opts["metrics"], G=G_ema, snapshot_path=snapshot_path,
-                  data_dir=opts["data"], resolution=opts["resolution"],
-                  resize_mode=opts["resize"], class_filter=opts["class_filter"],
-                  run_dir=opts["outdir"], inception_weights=opts.get("inception_weights"))
+        del snapshot_path  # the hook's signature is the trainer's; the metrics need G only
+        return fn(metrics=opts["metrics"], G=G_ema, data_dir=opts["data"],
+                  resolution=opts["resolution"], resize_mode=opts["resize"],
+                  class_filter=opts["class_filter"], inception_weights=opts.get("inception_weights"))
     return hook

@@ -98,7 +98,7 @@ def read_metadata(path):
     try:
         with zipfile.ZipFile(path) as zf:
             cfg = json.loads(zf.read("config.json"))
-    except (KeyError, ValueError, zipfile.BadZipFile) as e:
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError) as e:
         raise UserError(f"{path}: not a .keras snapshot ({e})") from None
     if cfg.get("class_name") != "NetworkSnapshot":
         raise UserError(f"{path}: a .keras file but not a network snapshot "

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from histaug_tf.common import UserError, atomic_path
+from histaug_tf.common import UserError, save_png, write_text_atomic
 from histaug_tf.gan import loss as loss_lib
 
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
@@ -60,12 +60,6 @@ def format_time(seconds: float) -> str:
     return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-
 def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
     """NHWC float images in [-1, 1] -> one uint8 HWC grid with ``cols`` columns."""
     n, h, w, c = images.shape
@@ -76,14 +70,6 @@ def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
         img = np.concatenate([img, np.zeros((pad, h, w, c), np.uint8)])
     img = img.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
     return img
-
-
-def save_png(path: str, grid_uint8: np.ndarray) -> None:
-    from PIL import Image
-    arr = grid_uint8[:, :, 0] if grid_uint8.shape[2] == 1 else grid_uint8
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
 
 
 def _tf_var(v):
@@ -603,15 +589,10 @@ class Trainer:
         num = float(self.ada_num.numpy())
         if num <= 0:
             return
-        total = float(self.ada_sum.numpy())
-        if self.ada_controller is not None:
-            self.ada_controller.sign_sum.assign(total)
-            self.ada_controller.sign_count.assign(num)
-            self.ada_controller.update()
-        else:
-            adjust = np.sign(total / num - self.ada_target) * (self.batch * self.ada_interval) / (
-                self.ada_kimg * 1000)
-            self.augment_pipe.p.assign(max(float(self.augment_pipe.p.numpy()) + adjust, 0.0))
+        # called only with a pipe and an ADA target, i.e. with a controller (_make_ada_controller)
+        self.ada_controller.sign_sum.assign(float(self.ada_sum.numpy()))
+        self.ada_controller.sign_count.assign(num)
+        self.ada_controller.update()
         self.ada_sum.assign(0.0)
         self.ada_num.assign(0.0)
 
@@ -660,7 +641,7 @@ class Trainer:
                         keep.append(line)
                 except ValueError:
                     pass
-        _atomic_write_text(path, "".join(keep))
+        write_text_atomic(path, "".join(keep))
 
     # -----------------------------------------------------------------------------------------
     # The loop.
@@ -672,7 +653,7 @@ class Trainer:
         cur_tick = int(self.tick_var.numpy())
         if self.is_chief:
             if self.options:
-                _atomic_write_text(os.path.join(self.run_dir, "training_options.json"),
+                write_text_atomic(os.path.join(self.run_dir, "training_options.json"),
                                    json.dumps(self.options, indent=2, sort_keys=True,
                                               default=str) + "\n")
             if self.resumed_from:

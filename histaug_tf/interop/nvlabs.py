@@ -18,12 +18,11 @@ networks must receive a value and every array of the pickle must land in a varia
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import re
 
-from histaug_tf.common import UserError
+from histaug_tf.common import UserError, file_sha256
 from histaug_tf.interop.nvlabs_format import NetworkWeights, read_network_pkl
 
 __all__ = ["load_network_pkl", "import_network_pkl", "build_network", "keras_kwargs"]
@@ -127,14 +126,6 @@ def build_network(weights: NetworkWeights, path="<pickle>", force_fp32=False, na
     return net
 
 
-def _file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_network_pkl(path, force_fp32=False):
     """Read a NVlabs network pickle (TF1 or PyTorch) safely and build our networks.
 
@@ -160,7 +151,7 @@ def load_network_pkl(path, force_fp32=False):
     g = data["G_ema"].kwargs
     nets["metadata"] = {
         "imported_from": os.path.abspath(path),
-        "source_sha256": _file_sha256(path),
+        "source_sha256": file_sha256(path),
         "source_format": "nvlabs-" + data["format"],
         "kimg": int(m.group(1)) if m else None,
         "resolution": int(g["img_resolution"]),

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from histaug_tf.common import Progress, UserError, atomic_path
+from histaug_tf.common import Progress, UserError, save_npz_atomic
 from histaug_tf.metrics import stats as stats_lib
 
 KNOWN_METRICS = ("fid", "kid", "pr")
@@ -100,12 +100,6 @@ def _stats_cache_key(manifest, split, extractor_id, resolution, resize_mode, max
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _save_npz_atomic(path: str, arrays: dict) -> None:
-    with atomic_path(path, ".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-
 def dataset_feature_stats(data_dir: str, extractor, split: str = "train", *, resolution=None,
                           resize_mode: str = "crop", max_keep: int | None = 50000, seed: int = 0,
                           batch_size: int = 64, cache_dir=None, use_cache: bool = True,
@@ -168,7 +162,7 @@ def dataset_feature_stats(data_dir: str, extractor, split: str = "train", *, res
         raise UserError(f"{data_dir}: split '{split}' yielded {pos} images, manifest says {n_total}")
     if use_cache:
         try:
-            _save_npz_atomic(cache_file, st.to_arrays())
+            save_npz_atomic(cache_file, **st.to_arrays())
         except OSError as e:
             logging.warning("could not write statistics cache %s: %s", cache_file, e)
     return st, {"cache_file": cache_file, "cached": False}
@@ -341,8 +335,8 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
 _warned_random = []
 
 
-def training_metrics(metrics, G, data_dir, *, snapshot_path=None, resolution=None,
-                     resize_mode="crop", class_filter=None, run_dir=None, num_gen=None,
+def training_metrics(metrics, G, data_dir, *, resolution=None,
+                     resize_mode="crop", class_filter=None, num_gen=None,
                      inception_weights=None, batch_size=64, **kwargs) -> dict:
     """``compute_metrics`` for the trainer's ``--metrics`` at snapshots: the same definitions,
     with ``noise_mode='const'`` and seed 0 so successive snapshots are measured on the same latents.
@@ -352,9 +346,7 @@ def training_metrics(metrics, G, data_dir, *, snapshot_path=None, resolution=Non
     (``~/.keras/models/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5``) if present
     (nothing is downloaded), else seeded random weights with a warning — such numbers track one
     run's progress but mean nothing across setups.
-    ``snapshot_path`` and ``run_dir`` are accepted for the trainer's convenience (unused).
     """
-    del snapshot_path, run_dir
     w = inception_weights or os.environ.get("HISTAUG_INCEPTION_WEIGHTS") or None
     if w is None:
         keras_file = os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"),

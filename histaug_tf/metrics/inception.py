@@ -19,22 +19,13 @@ not comparable with published numbers — compare runs with each other, with the
 """
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 
-from histaug_tf.common import UserError
+from histaug_tf.common import UserError, file_sha256
 
 FEATURE_DIM = 2048
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class InceptionFeatures:
@@ -65,9 +56,7 @@ class InceptionFeatures:
                                                    weights="imagenet", input_shape=shape)
             wid = "imagenet"
         else:
-            path = os.fspath(weights)
-            if not os.path.isfile(path):
-                raise UserError(f"{path}: Inception weights file not found")
+            path = os.fspath(weights)  # existence checked above
             with open(path, "rb") as f:
                 if f.read(8) != b"\x89HDF\r\n\x1a\n":
                     raise UserError(f"{path}: not an HDF5 Keras weights file (.weights.h5 / .h5)")
@@ -78,7 +67,7 @@ class InceptionFeatures:
             except Exception as e:  # noqa: BLE001 — any load failure is the file's problem
                 raise UserError(f"{path}: not InceptionV3 (include_top=False) weights: "
                                 f"{type(e).__name__}: {e}") from None
-            wid = "sha256-" + _file_sha256(path)[:16]
+            wid = "sha256-" + file_sha256(path)[:16]
         self.model = model
         self.identity = f"keras-inception_v3-avgpool-{self.resolution}px-{wid}"
         res = self.resolution

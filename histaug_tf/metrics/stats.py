@@ -73,12 +73,13 @@ class FeatureStats:
                     self.class_count[c] = 0
                     self.class_sum[c] = np.zeros([self.dim], np.float64)
                     self.class_sum_sq[c] = np.zeros([self.dim, self.dim], np.float64)
+                s, ss = xc.sum(0), xc.T @ xc  # the d x d product once, for both totals
                 self.class_count[c] += xc.shape[0]
-                self.class_sum[c] += xc.sum(0)
-                self.class_sum_sq[c] += xc.T @ xc
+                self.class_sum[c] += s
+                self.class_sum_sq[c] += ss
                 self.count += xc.shape[0]
-                self.sum += xc.sum(0)
-                self.sum_sq += xc.T @ xc
+                self.sum += s
+                self.sum_sq += ss
         if self.capture_all:
             sel = np.ones([x.shape[0]], bool) if keep is None else np.asarray(keep, bool)
             if sel.any():
@@ -105,10 +106,13 @@ class FeatureStats:
             raise ValueError("features were not captured (capture_all=False)")
         if not self._rows:
             return np.zeros([0, self.dim or 0], np.float32)
-        x = np.concatenate(self._rows, 0)
+        if len(self._rows) > 1:  # join once; later calls reuse the joined rows
+            self._rows = [np.concatenate(self._rows, 0)]
+            self._row_labels = [np.concatenate(self._row_labels, 0)]
+        x = self._rows[0]
         if label is None:
             return x
-        return x[np.concatenate(self._row_labels, 0) == label]
+        return x[self._row_labels[0] == label]
 
     def labels(self) -> list[int]:
         return sorted(self.class_count)
@@ -125,8 +129,7 @@ class FeatureStats:
             out[f"class{c}_sum_sq"] = self.class_sum_sq[c]
         if self.capture_all:
             out["rows"] = self.features()
-            out["row_labels"] = (np.concatenate(self._row_labels, 0) if self._row_labels
-                                 else np.zeros([0], np.int64))
+            out["row_labels"] = self._row_labels[0] if self._row_labels else np.zeros([0], np.int64)
         return out
 
     @classmethod
