@@ -436,11 +436,18 @@ class StopSignal:
         return self.signum is not None
 
     def should_stop(self, strategy) -> bool:
-        """True on all workers when any worker received a signal (a collective with >1 worker)."""
+        """True on all workers when any worker received a signal (a collective with >1 worker).
+
+        A worker that stops because another one got the signal records SIGTERM as its own
+        ``signum``, so every worker exits the same way (unfinished, non-zero status)."""
         if worker_info(strategy)[0] == 1:
             return self.received
         import tensorflow as tf
         local = 1.0 if self.received else 0.0
         total = strategy.reduce(tf.distribute.ReduceOp.SUM,
                                 strategy.run(lambda: tf.constant(local)), axis=None)
-        return float(total) > 0
+        if float(total) > 0:
+            if self.signum is None:
+                self.signum = signal.SIGTERM
+            return True
+        return False

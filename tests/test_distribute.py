@@ -213,6 +213,31 @@ def test_worker_write_path(tmp_path):
     D.remove_worker_path(target, chief)  # no-op for the chief
 
 
+def test_stop_signal_peer_signal_stops_this_worker_as_sigterm():
+    """Worker 1 got no signal, worker 0 did: the collective says stop, and worker 1 records
+    SIGTERM too (it used to keep signum None, so train_gan exited 0 on an unfinished run)."""
+    import signal
+
+    class TwoWorkers(FakeStrategy):
+        def __init__(self, peers_signalled):
+            super().__init__(2, FakeResolver({"worker": ["a:1", "b:1"]}, "worker", 1))
+            self.peers = peers_signalled
+
+        def run(self, fn):
+            return fn()
+
+        def reduce(self, op, value, axis=None):
+            return float(value) + self.peers
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        stop = D.StopSignal()
+        assert not stop.should_stop(TwoWorkers(0)) and stop.signum is None
+        assert stop.should_stop(TwoWorkers(1)) and stop.signum == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_stop_signal_records_sigterm():
     import signal
     old = signal.getsignal(signal.SIGTERM)
