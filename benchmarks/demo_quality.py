@@ -104,8 +104,8 @@ def main():
         print(json.dumps(d), file=sys.stderr, flush=True)
     # a reference floor: another sample of reals
     reals2 = next(iter(make_dataset(opts["data"], "train", resolution=opts["resolution"],
-                                    resize_mode=opts["resize"], shuffle_buffer=4096, seed=7,
-                                    batch_size=args.n)))[0].numpy()
+                                    resize_mode=opts["resize"], class_filter=opts.get("class_filter"),
+                                    shuffle_buffer=4096, seed=7, batch_size=args.n)))[0].numpy()
     out = {"run": args.run, "n": len(reals), "snapshots": rows,
            "reals_vs_reals": ref.distance(reals2)}
     if len(rows) >= 2:
