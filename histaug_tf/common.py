@@ -19,10 +19,57 @@ class UserError(Exception):
     """
 
 
+XLA_CACHE_ENV = "HISTAUG_XLA_CACHE"
+_XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
+
+
+def xla_cache_dir() -> str | None:
+    """Where compiled XLA programs are kept between processes, or None when switched off.
+
+    ``$HISTAUG_XLA_CACHE`` names the directory (``off``, ``0`` or empty switches the cache off);
+    the default is ``$XDG_CACHE_HOME/histaug_tf/xla`` (``~/.cache/histaug_tf/xla``).
+    """
+    v = os.environ.get(XLA_CACHE_ENV)
+    if v is not None:
+        return None if v.strip().lower() in ("", "0", "off", "none", "false") else os.path.abspath(v)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "histaug_tf", "xla")
+
+
+def enable_xla_cache() -> str | None:
+    """Turn on XLA's persistent compilation cache for this process (and the processes it starts).
+
+    XLA reads ``TF_XLA_FLAGS`` when it compiles its first program, so this works after
+    ``import tensorflow`` as long as nothing has been compiled yet. A second process with the same
+    shapes then loads the compiled step instead of compiling it again (the programs are keyed by
+    a fingerprint of the computation, the device and the compiler options). A cache directory the
+    user already put into ``TF_XLA_FLAGS`` wins. Returns the directory in use, or None.
+    """
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    for tok in flags.split():
+        if tok.startswith(_XLA_CACHE_FLAG + "="):
+            return tok.split("=", 1)[1] or None
+    d = xla_cache_dir()
+    if d is None:
+        return None
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:  # a read-only home on a cluster node: compile as before
+        print(f"warning: XLA compilation cache {d} not usable ({e}); compiling without it",
+              file=sys.stderr, flush=True)
+        return None
+    os.environ["TF_XLA_FLAGS"] = f"{flags} {_XLA_CACHE_FLAG}={d}".strip()
+    return d
+
+
 def run_main(main_fn):
-    """Wrap an absl ``main(argv)`` so a ``UserError`` becomes one line on stderr and exit code 1."""
+    """Wrap an absl ``main(argv)`` so a ``UserError`` becomes one line on stderr and exit code 1.
+
+    Also turns on the persistent XLA compilation cache (``enable_xla_cache``) for every stage.
+    """
 
     def wrapped(argv):
+        enable_xla_cache()
         try:
             return main_fn(argv)
         except UserError as e:
