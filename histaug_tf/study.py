@@ -8,11 +8,11 @@ and the aggregated table. ``python -m histaug_tf.experiment`` is the thin entry.
 Layout of ``--outdir``::
 
     data/<name>/                     datasets prepared by the experiment (``--prepare``), if any
+    results.csv  results.md  roc.png  report.html   regenerated from every cell.json on each run
     cells/<dataset>/f<fraction>/s<seed>/
         subset/  gan/ (or gan_c0/, gan_c1/)  synthetic/  clf_baseline/  clf_augmented/  clf_tstr/
         logs/<stage>.log             stdout/stderr of each stage's subprocess
         cell.json                    the cell's results — written LAST, atomically
-    results.csv  results.md  roc.png   regenerated from every cell.json on each run
 
 Resumption: every step is skipped when its output is complete (a manifest.json, a GAN ``.done``
 marker, a classifier's metrics.json), and a cell with a ``cell.json`` is skipped entirely; killing
@@ -378,6 +378,33 @@ def _mean_sd(vals, nd=3, pct=False, signed=False):
     return f"{m:{sign}.{nd}f} ± {s:.{nd}f}{suf}"
 
 
+def across_seeds_markdown(groups: dict) -> str:
+    """Per dataset × fraction with GAN cells: mean Δ AUC over seeds with its 95 % Student-t
+    interval, the paired t test over seeds and Stouffer's combination of the per-seed DeLong z."""
+    from histaug_tf.classifier.across_seeds import summarize
+    lines = []
+    for (ds, fr), rs in groups.items():
+        deltas = [r["delta_auc"] for r in rs if r["delta_auc"] is not None]
+        if not deltas:
+            continue
+        s = summarize(deltas, [r["delong_z"] for r in rs])
+        ci = ("– (one seed)" if s["ci_lo"] is None
+              else f"[{s['ci_lo']:+.3f}, {s['ci_hi']:+.3f}]")
+        pt = "–" if s["p_t"] is None else f"{s['p_t']:.3g}"
+        st = ("–" if s["stouffer_z"] is None
+              else f"{s['stouffer_z']:+.2f} (p {s['p_stouffer']:.3g})")
+        lines.append(f"| {ds} | {fr * 100:g} % | {s['n_seeds']} | {s['mean']:+.3f} | {ci} | {pt} "
+                     f"| {st} |\n")
+    if not lines:
+        return ""
+    return ("\n**Across seeds** (each seed: its own subset, GAN and classifiers; the same test set). "
+            "Δ AUC = augmented − baseline; 95 % interval: Student t over seeds; p: paired t test over "
+            "seeds; Stouffer: the per-seed DeLong z combined (assumes independent z, optimistic "
+            "since the seeds share the test set):\n\n"
+            "| dataset | data | seeds | mean Δ AUC | 95 % interval | paired t p | Stouffer Z |\n"
+            "|---|---|---|---|---|---|---|\n" + "".join(lines))
+
+
 def results_markdown(rows: list) -> str:
     """The study table: per dataset × fraction the mean ± sd over seeds, then every cell."""
     out = io.StringIO()
@@ -403,6 +430,7 @@ def results_markdown(rows: list) -> str:
                   f"| {p} | {f1} | {f1v} | {_mean_sd([r['auc_tstr'] for r in rs])} |\n")
     out.write("\nTumour F1 on the test set at threshold 0.5, and at the threshold that maximises it "
               "on the validation split (chosen per classifier).\n")
+    out.write(across_seeds_markdown(groups))
     out.write("\nPer cell (95 % stratified bootstrap intervals; DeLong test augmented vs baseline on "
               "the same test set; tumour-class precision / recall / F1 at threshold 0.5):\n\n")
     out.write("| dataset | data | seed | AUC baseline [95 % CI] | AUC augmented [95 % CI] | Δ | Δ rel. "
@@ -481,6 +509,8 @@ def aggregate(outdir: str) -> str:
     write_text_atomic(os.path.join(outdir, "results.md"), md)
     if rows:
         plot_study_roc(outdir, recs, os.path.join(outdir, "roc.png"))
+        from histaug_tf.report import write_report
+        write_report(outdir)
     return md
 
 

@@ -1,0 +1,233 @@
+"""The study's report: one self-contained ``report.html`` (every image embedded) in the study directory.
+
+It reads only what the study wrote (``results.md``, ``roc.png``, each ``cells/.../cell.json`` with its
+subset, synthetic set and GAN run directories) and shows, in the order a reader needs them:
+
+1. the across-seed answer and the per-cell table (``results.md`` rendered as HTML tables);
+2. the ROC panels;
+3. per cell: real training patches against synthetic patches, one row pair per class (the first
+   patches of each, so the same cell always shows the same patches), the GAN's fakes at the start
+   and the end of training, and the cell's AUCs (baseline, augmented, TSTR);
+4. the published numbers of the study this project ports, for orientation.
+
+``write_report(outdir)`` is called by the study's aggregation; ``python -m histaug_tf.experiment
+--aggregate_only`` rewrites it. A missing picture (a cell without a GAN, a run whose fakes were not
+written) is stated in the report as missing, never silently left out.
+"""
+from __future__ import annotations
+
+import base64
+import glob
+import html
+import io
+import json
+import os
+import re
+
+import numpy as np
+
+from histaug_tf.common import write_text_atomic
+
+# The reference study's reported ROC AUC gains from GAN augmentation (one run each).
+PUBLISHED = [("PCAM", "3 %", "+5.9 %"), ("PCAM", "20 %", "+11.3 %"),
+             ("IDC", "3 %", "+3.4 %"), ("IDC", "20 %", "+2.4 %")]
+
+PATCHES_PER_ROW = 8
+
+
+def _png_data_uri(image: np.ndarray) -> str:
+    from PIL import Image
+    img = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(img, np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _file_data_uri(path: str) -> str:
+    with open(path, "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
+
+
+def _img(uri: str, alt: str, width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    return f'<img src="{uri}" alt="{html.escape(alt)}"{w} style="image-rendering:pixelated">'
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">({html.escape(what)}: not available)</p>'
+
+
+def markdown_tables_to_html(md: str) -> str:
+    """The pipe tables and paragraphs of ``results.md`` as HTML (nothing else occurs there)."""
+    out, rows = [], []
+
+    def flush():
+        if not rows:
+            return
+        head, body = rows[0], [r for r in rows[2:]]
+        out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+                   + "</tr></thead><tbody>")
+        for r in body:
+            out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+        out.append("</tbody></table>")
+        rows.clear()
+
+    for line in md.splitlines():
+        s = line.strip()
+        if s.startswith("|") and s.endswith("|"):
+            rows.append([c.strip() for c in s[1:-1].split("|")])
+            continue
+        flush()
+        if s:
+            s = html.escape(s)
+            s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+            out.append(f"<p>{s}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def _first_patches(data_dir: str, resolution, resize_mode: str, label: int, n: int):
+    """The first ``n`` patches of class ``label`` of the train split, uint8 NHWC (or None)."""
+    from histaug_tf.data.pipeline import make_dataset
+    try:
+        ds = make_dataset(data_dir, "train", resolution=resolution, resize_mode=resize_mode,
+                          pixel_range=None, batch_size=n, class_filter=label, deterministic=True)
+        for images, _ in ds.take(1):
+            return images.numpy()
+    except Exception:  # noqa: BLE001 — a report shows what it can; the table is the result
+        return None
+    return None
+
+
+def _cell_patches(outdir: str, rec: dict) -> str:
+    from histaug_tf.gan.generate_lib import image_grid
+    cdir = os.path.join(outdir, rec["dir"])
+    subset = sorted(glob.glob(os.path.join(cdir, "subsets", "*", "manifest.json")))
+    synthetic = os.path.join(cdir, "synthetic", "manifest.json")
+    names = rec.get("label_names") or ["normal", "tumour"]
+    res = rec.get("resolution")
+    if res is None and os.path.exists(synthetic):  # show real patches as the classifier saw them
+        with open(synthetic, encoding="utf-8") as f:
+            res = int(json.load(f)["image_shape"][0])
+    parts = ['<table class="patches"><tr><th>class</th><th>real (training subset)</th>'
+             '<th>synthetic</th></tr>']
+    for c, name in enumerate(names):
+        cells = []
+        for mpath in (subset[0] if subset else None,
+                      synthetic if os.path.exists(synthetic) else None):
+            imgs = None if mpath is None else _first_patches(
+                os.path.dirname(mpath), res, rec.get("resize_mode", "crop"), c, PATCHES_PER_ROW)
+            if imgs is None or len(imgs) == 0:
+                cells.append(_missing("patches"))
+            else:
+                grid = image_grid(imgs, cols=len(imgs))
+                scale = max(1, 64 // imgs.shape[1])
+                cells.append(_img(_png_data_uri(grid), f"{name} patches", grid.shape[1] * scale))
+        parts.append(f"<tr><td>{html.escape(name)}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _cell_fakes(outdir: str, rec: dict) -> str:
+    cdir = os.path.join(outdir, rec["dir"])
+    runs = sorted(d for d in glob.glob(os.path.join(cdir, "gan*")) if os.path.isdir(d))
+    if not runs:
+        return _missing("GAN fakes")
+    out = []
+    for rd in runs:
+        snaps = sorted(glob.glob(os.path.join(rd, "fakes[0-9]*.png")))
+        first = os.path.join(rd, "fakes_init.png")
+        pics = [("start", first if os.path.exists(first) else None),
+                ("end", snaps[-1] if snaps else None)]
+        row = []
+        for label, p in pics:
+            if p is None:
+                row.append(_missing(f"{os.path.basename(rd)} fakes at the {label}"))
+            else:
+                kimg = re.findall(r"fakes(\d+)\.png$", p)
+                cap = f"{label} ({int(kimg[0])} kimg)" if kimg else label
+                row.append(f"<figure>{_img(_file_data_uri(p), os.path.basename(p), 256)}"
+                           f"<figcaption>{html.escape(os.path.basename(rd))}: {cap}</figcaption>"
+                           "</figure>")
+        out.append('<div class="row">' + "".join(row) + "</div>")
+    return "\n".join(out)
+
+
+def _auc(rec: dict, kind: str) -> str:
+    r = rec.get(kind)
+    if not r:
+        return "–"
+    lo, hi = r.get("auc_ci", [None, None])
+    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    return f"{r['auc']:.3f}{ci}"
+
+
+CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+td,th{border:1px solid #bbb;padding:3px 6px;text-align:left;vertical-align:middle}
+figure{display:inline-block;margin:0 1em 1em 0}.row{display:flex;flex-wrap:wrap}
+.missing{color:#a00}h3{margin-top:2em;border-top:1px solid #ccc;padding-top:1em}"""
+
+
+def build_report(outdir: str) -> str:
+    """The report's HTML text for the study in ``outdir``."""
+    from histaug_tf.study import load_cells
+    recs = load_cells(outdir)
+    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
+             "<title>histaug_tf study report</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>GAN augmentation study</h1>",
+             f"<p>{len(recs)} cells in <code>{html.escape(os.path.abspath(outdir))}</code>.</p>"]
+    md_path = os.path.join(outdir, "results.md")
+    parts.append("<h2>Results</h2>")
+    if os.path.exists(md_path):
+        with open(md_path, encoding="utf-8") as f:
+            parts.append(markdown_tables_to_html(f.read()))
+    else:
+        parts.append(_missing("results.md"))
+    parts.append("<h2>ROC curves</h2>")
+    roc = os.path.join(outdir, "roc.png")
+    parts.append(_img(_file_data_uri(roc), "ROC panels", 900) if os.path.exists(roc)
+                 else _missing("roc.png"))
+    parts.append("<h2>Cells</h2>")
+    for rec in recs:
+        title = f"{rec['dataset']} · {rec['fraction'] * 100:g} % · seed {rec['seed']}"
+        parts.append(f'<h3 id="{html.escape(rec["dir"])}">{html.escape(title)}</h3>')
+        parts.append(f"<p>{rec.get('n_train', '?')} training patches · AUC baseline "
+                     f"{_auc(rec, 'baseline')} · augmented {_auc(rec, 'augmented')} · TSTR "
+                     f"{_auc(rec, 'tstr')}</p>")
+        if rec.get("augmented") is None:
+            parts.append("<p>All-data reference cell: no GAN.</p>")
+            continue
+        parts.append(_cell_patches(outdir, rec))
+        parts.append(_cell_fakes(outdir, rec))
+    parts.append("<h2>Published numbers, for orientation</h2>")
+    parts.append("<p>ROC AUC gain from GAN augmentation reported by the study this project ports "
+                 "(one run per cell, real PCAM / IDC data, full-size networks); the demo's "
+                 "synthetic tissue set and small networks are not comparable in size.</p>")
+    parts.append("<table><tr><th>dataset</th><th>labelled data</th><th>AUC gain</th></tr>"
+                 + "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in PUBLISHED)
+                 + "</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(outdir: str) -> str:
+    """Write ``outdir/report.html`` atomically; return its path."""
+    path = os.path.join(outdir, "report.html")
+    write_text_atomic(path, build_report(outdir))
+    return path
+
+
+def report_index(path: str) -> dict:
+    """For checks: the cell ids (``h3`` anchors) and the number of embedded images of a report."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return {"cells": re.findall(r'<h3 id="([^"]+)"', text),
+            "images": len(re.findall(r'<img src="data:image/png;base64,', text)),
+            "missing": re.findall(r'<p class="missing">\(([^)]*)\)', text)}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+    print(write_report(sys.argv[1]))
+    print(json.dumps(report_index(os.path.join(sys.argv[1], "report.html")), indent=1))
