@@ -51,3 +51,17 @@ def test_interval_coverage_simulation():
         hits += lo <= true <= hi
     cov = hits / reps
     assert 0.93 <= cov <= 0.97, cov
+
+
+def test_results_table_row():
+    """The study's across-seed row carries the closed-form interval of its cells' Δ AUC."""
+    from histaug_tf.study import across_seeds_markdown
+    rows = [{"delta_auc": d, "delong_z": z} for d, z in ((0.01, 1.0), (0.03, 2.0), (0.02, 3.0))]
+    rows.append({"delta_auc": None, "delong_z": None})          # an all-data cell: no GAN
+    md = across_seeds_markdown({("tissue", 0.03): rows, ("tissue", 1.0): [rows[-1]]})
+    half = T_2_975 * 0.01 / math.sqrt(3)
+    p = 1.0 - 3.4641016151377544 / math.sqrt(14.0)
+    line = [ln for ln in md.splitlines() if ln.startswith("| tissue | 3 % |")]
+    assert line == [f"| tissue | 3 % | 3 | +0.020 | [{0.02 - half:+.3f}, {0.02 + half:+.3f}] "
+                    f"| {p:.3g} | +3.46 (p {math.erfc(6 / math.sqrt(3) / math.sqrt(2)):.3g}) |"]
+    assert "| tissue | 100 % |" not in md
