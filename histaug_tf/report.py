@@ -10,7 +10,7 @@ subset, synthetic set and GAN run directories) and shows, in the order a reader 
    and the end of training, and the cell's AUCs (baseline, augmented, TSTR);
 4. the published numbers of the study this project ports, for orientation.
 
-``write_report(outdir)`` is called by the study's aggregation; ``python -m histaug_tf.experiment
+``write_report(outdir, recs)`` is called by the study's aggregation; ``python -m histaug_tf.experiment
 --aggregate_only`` rewrites it. A missing picture (a cell without a GAN, a run whose fakes were not
 written) is stated in the report as missing, never silently left out.
 """
@@ -169,10 +169,8 @@ figure{display:inline-block;margin:0 1em 1em 0}.row{display:flex;flex-wrap:wrap}
 .missing{color:#a00}h3{margin-top:2em;border-top:1px solid #ccc;padding-top:1em}"""
 
 
-def build_report(outdir: str) -> str:
-    """The report's HTML text for the study in ``outdir``."""
-    from histaug_tf.study import load_cells
-    recs = load_cells(outdir)
+def build_report(outdir: str, recs: list) -> str:
+    """The report's HTML text for the study in ``outdir`` with the cell records ``recs``."""
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
              "<title>histaug_tf study report</title>", f"<style>{CSS}</style></head><body>",
              "<h1>GAN augmentation study</h1>",
@@ -211,10 +209,10 @@ def build_report(outdir: str) -> str:
     return "\n".join(parts)
 
 
-def write_report(outdir: str) -> str:
-    """Write ``outdir/report.html`` atomically; return its path."""
+def write_report(outdir: str, recs: list) -> str:
+    """Write ``outdir/report.html`` atomically from the study's cell records; return its path."""
     path = os.path.join(outdir, "report.html")
-    write_text_atomic(path, build_report(outdir))
+    write_text_atomic(path, build_report(outdir, recs))
     return path
 
 
@@ -229,5 +227,6 @@ def report_index(path: str) -> dict:
 
 if __name__ == "__main__":  # pragma: no cover
     import sys
-    print(write_report(sys.argv[1]))
+    from histaug_tf.study import load_cells
+    print(write_report(sys.argv[1], load_cells(sys.argv[1])))
     print(json.dumps(report_index(os.path.join(sys.argv[1], "report.html")), indent=1))

@@ -510,7 +510,7 @@ def aggregate(outdir: str) -> str:
     if rows:
         plot_study_roc(outdir, recs, os.path.join(outdir, "roc.png"))
         from histaug_tf.report import write_report
-        write_report(outdir)
+        write_report(outdir, recs)
     return md
 
 
