@@ -1,4 +1,4 @@
-"""The single definition of a histaug_tf TFRecord example (DESIGN.md §3).
+"""The single definition of a histaug_tf TFRecord example (docs/architecture.md, "Dataset directory").
 
 Every example is a ``tf.train.Example`` with exactly these features:
 
