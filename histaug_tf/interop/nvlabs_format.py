@@ -333,6 +333,10 @@ _TF_D_OFF = {"use_pagan": False, "use_spectral_norm": False, "adaptive_dropout":
 
 def _tf_params(net, prefix="", depth=0):
     out = {}
+    if not isinstance(net.variables, (list, tuple)) or not isinstance(net.components, dict):
+        raise UnsafePickleError(f"TF1 network {prefix or net.name!r}: variables/components are "
+                                f"{type(net.variables).__name__}/{type(net.components).__name__}"
+                                ", expected a list and a dict")
     for item in net.variables:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
             raise UnsafePickleError(f"TF1 network {prefix or net.name!r}: a variable is "
@@ -503,10 +507,11 @@ def _tf_discriminator(net, path, key):
 def _read_tf1(data, path):
     G, D, Gs = data
     for key, net in (("G", G), ("D", D), ("Gs", Gs)):
-        for attr, want in (("static_kwargs", dict), ("components", dict), ("variables", list)):
+        for attr, want, what in (("static_kwargs", dict, "dict"), ("components", dict, "dict"),
+                                 ("variables", (list, tuple), "list")):
             if not isinstance(getattr(net, attr, None), want):
                 raise UserError(f"{path}: {key}.{attr} is {type(getattr(net, attr, None)).__name__}"
-                                f", expected a {want.__name__}")
+                                f", expected a {what}")
     return {
         "format": "tf1",
         "G": _tf_generator(G, path, "G"),

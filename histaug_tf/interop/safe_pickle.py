@@ -76,12 +76,13 @@ class TFNetworkStub:
             raise UnsafePickleError("dnnlib.tflib.network.Network state is not a dict")
         self.version = state.get("version")
         self.name = state.get("name")
-        self.static_kwargs = dict(state.get("static_kwargs") or {})
-        self.components = dict(state.get("components") or {})
+        # kept as pickled (types are checked by the reader, in one line naming the file)
+        self.static_kwargs = state.get("static_kwargs") or {}
+        self.components = state.get("components") or {}
         self.build_func_name = state.get("build_func_name")
         src = state.get("build_module_src")
         self.module_src_sha256, self.module_src_len = _src_digest(src)
-        self.variables = list(state.get("variables") or [])
+        self.variables = state.get("variables") or []
         self.input_shapes = state.get("input_shapes")
         self.output_shapes = state.get("output_shapes")
 
