@@ -310,19 +310,16 @@ def test_build_in_hostile_load_does_not_persist(tmp_path, module, name, state):
         np.testing.assert_array_equal(data["G"].params[k], v, err_msg=k)
 
 
-def test_build_on_a_numpy_dtype_does_not_reach_numpy(tmp_path):
-    # numpy.dtype('f4', False, False) would be NumPy's shared float32 descriptor; BUILD on it
-    # (a big-endian state) must not change what np.float32 means afterwards.
+def test_each_load_gets_its_own_stand_ins():
+    # a pickle that is just a resolved global returns the stand-in itself: never the shared table
+    # entry, and never the one another load got
     from histaug_tf.interop import safe_pickle
 
-    dt = fx.Reduce(fx.GlobalRef("numpy", "dtype"), ("f4", False, False),
-                   (3, ">", None, None, None, -1, -1, 0))
-    try:
-        safe_pickle.safe_loads(fx.dumps([dt], protocol=2))
-    except Exception:  # noqa: BLE001 - refused or not, what matters is below
-        pass
-    assert np.dtype("f4").byteorder in ("=", "<")
-    np.testing.assert_array_equal(np.frombuffer(np.float32(1.5).tobytes(), "f4"), [1.5])
+    for module, name in (("torch", "FloatStorage"), ("dnnlib.tflib.network", "Network"),
+                         ("torch._utils", "_rebuild_tensor_v2")):
+        raw = pickle.PROTO + b"\x02" + pickle.GLOBAL + f"{module}\n{name}\n".encode() + pickle.STOP
+        a, b = safe_pickle.safe_loads(raw), safe_pickle.safe_loads(raw)
+        assert a is not b and a is not safe_pickle.ALLOWED_GLOBALS[(module, name)], name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -154,8 +154,7 @@ def _np_dtype(obj, align=False, copy=False):
     spec = obj.decode("ascii") if isinstance(obj, bytes) else obj
     if len(spec) > 8 or not spec.replace("<", "").replace(">", "").replace("=", "").isalnum():
         raise UnsafePickleError(f"numpy.dtype({obj!r}) is not allowed")
-    # always a copy: BUILD (dtype.__setstate__) must never reach NumPy's shared builtin dtypes
-    return _check_dtype(np.dtype(spec, bool(align), True))
+    return _check_dtype(np.dtype(spec, bool(align), bool(copy)))
 
 
 def _np_reconstruct(subtype, shape, typecode, *, ctx=None):
