@@ -173,8 +173,6 @@ def import_network_pkl(src, out_dir, overwrite=False, force_fp32=False, name=Non
     atomically by :func:`histaug_tf.gan.snapshot.save_snapshot`; an existing one is refused
     unless ``overwrite``. Returns the snapshot path.
     """
-    from histaug_tf.gan.snapshot import save_snapshot
-
     src = os.fspath(src)
     stem = name or re.sub(r"\.pkl$", "", os.path.basename(src)) or "imported"
     out_path = os.path.join(os.fspath(out_dir), stem + ".keras")
@@ -182,7 +180,11 @@ def import_network_pkl(src, out_dir, overwrite=False, force_fp32=False, name=Non
         raise UserError(f"{out_path}: exists (pass --overwrite to replace it)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"{out_dir}: exists and is not a directory")
-    nets = load_network_pkl(src, force_fp32=force_fp32)  # all checks before anything is written
+    # all checks before anything is written; TF is imported only once the file has passed the
+    # reader's checks (so a refused file costs no TF import)
+    nets = load_network_pkl(src, force_fp32=force_fp32)
+    from histaug_tf.gan.snapshot import save_snapshot
+
     os.makedirs(out_dir, exist_ok=True)
     save_snapshot(out_path, nets["G_ema"], G=nets["G"], D=nets["D"], metadata=nets["metadata"])
     return out_path

@@ -14,6 +14,11 @@ TF1 pickles are converted to that view with the correspondences NVlabs documents
 -> ``[out, in, kh, kw]``; the transposed-conv kernels of ``Conv0_up`` / ``Skip`` flipped in space;
 the TF modulation bias stored without the ``+1`` of its initialisation; per-layer ``noise<i>``
 buffers). Nothing here builds a network; :mod:`histaug_tf.interop.nvlabs` does that.
+
+Hostile input: kwargs are converted with bounded size and depth, checked for types and ranges, and
+the arrays are checked against the shapes the kwargs imply (:mod:`histaug_tf.interop.limits`), so
+what :func:`read_network_pkl` returns can be built without surprises; any malformed field is one
+``UserError`` line naming the file.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ import re
 import numpy as np
 
 from histaug_tf.common import UserError
+from histaug_tf.interop import limits
+from histaug_tf.interop.limits import short_repr
 from histaug_tf.interop.safe_pickle import (PersistentObjectStub, TFNetworkStub, UnsafePickleError,
                                             safe_load)
 
@@ -79,25 +86,33 @@ def discriminator_defaults():
 
 
 def _merge(defaults, given, where, path):
+    """``given`` (already plain) over a deep copy of ``defaults``; unknown names refused."""
     out = copy.deepcopy(defaults)
-    for k, v in (given or {}).items():
+    if given is None:
+        return out
+    if not isinstance(given, dict):
+        raise UserError(f"{path}: {where} is {type(given).__name__}, expected a dict")
+    for k, v in given.items():
         if k not in defaults:
-            raise UserError(f"{path}: {where}: unknown NVlabs argument {k!r}")
+            raise UserError(f"{path}: {where}: unknown NVlabs argument {short_repr(k)}")
         if isinstance(defaults[k], dict):
             out[k] = _merge(defaults[k], v, f"{where}.{k}", path)
         else:
-            out[k] = _plain(v)
+            out[k] = v
     return out
 
 
-def _plain(v):
-    """NumPy scalars / EasyDicts / tuples -> plain Python values."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+def _plain(v, path, what):
+    """NumPy scalars / EasyDicts / tuples -> plain Python values, bounded (see limits.plain)."""
+    return limits.plain(v, path, what)
+
+
+def _dict_field(st, name, path, where):
+    v = st.get(name)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise UserError(f"{path}: {where}: {name} is {type(v).__name__}, expected a dict")
     return v
 
 
@@ -127,33 +142,47 @@ def _state_dict(obj, path, prefix=""):
         raise UserError(f"{path}: {prefix or 'network'} is of class {obj.class_name!r}, which is "
                         "not a StyleGAN2-ADA network class (its embedded source is not executed)")
     st = obj.state
+    where = prefix[:-1] or "network"
     out = {}
-    skip = set(st.get("_non_persistent_buffers_set") or ())
+    skip = st.get("_non_persistent_buffers_set") or ()
+    if not isinstance(skip, (set, frozenset, list, tuple)):
+        raise UserError(f"{path}: {where}: _non_persistent_buffers_set is "
+                        f"{type(skip).__name__}, expected a set")
     for group in ("_parameters", "_buffers"):
-        for name, value in (st.get(group) or {}).items():
+        for name, value in _dict_field(st, group, path, where).items():
+            if not isinstance(name, str):
+                raise UserError(f"{path}: {where}: {group} has a non-string key "
+                                f"{short_repr(name)}")
             if value is None or (group == "_buffers" and name in skip):
                 continue
             if not isinstance(value, np.ndarray):
                 raise UserError(f"{path}: {prefix}{name} is not a tensor")
             out[prefix + name] = value
-    for name, child in (st.get("_modules") or {}).items():
+    for name, child in _dict_field(st, "_modules", path, where).items():
         if child is None:
             continue
+        if not isinstance(name, str) or "." in name:
+            raise UserError(f"{path}: {where}: malformed module name {short_repr(name)}")
+        if prefix.count(".") >= 8:
+            raise UserError(f"{path}: {where}: modules nested deeper than 8 levels")
         out.update(_state_dict(child, path, prefix + name + "."))
     return out
 
 
-def _init_kwargs(obj, names, path):
+def _init_kwargs(obj, names, path, key):
     st = obj.state
-    args = list(st.get("_init_args") or ())
-    kwargs = dict(st.get("_init_kwargs") or {})
+    args = st.get("_init_args") or ()
+    if not isinstance(args, (list, tuple)):
+        raise UserError(f"{path}: {key}: _init_args is {type(args).__name__}, expected a tuple")
+    kwargs = _dict_field(st, "_init_kwargs", path, key)
     if len(args) > len(names):
         raise UserError(f"{path}: {obj.class_name} has {len(args)} positional arguments")
+    kwargs = dict(kwargs)
     for name, value in zip(names, args):
         kwargs[name] = value
     if not kwargs:  # very old pickles without init kwargs: use the stored attributes
         kwargs = {k: st[k] for k in names if k in st and not isinstance(st[k], dict)}
-    return {k: _plain(v) for k, v in kwargs.items()}
+    return _plain(kwargs, path, f"{key} kwargs")
 
 
 def _pt_network(obj, kind, path, key):
@@ -162,19 +191,23 @@ def _pt_network(obj, kind, path, key):
         raise UserError(f"{path}: '{key}' is not a StyleGAN2-ADA {want} "
                         f"(got {getattr(obj, 'class_name', type(obj).__name__)})")
     names = _G_ARGS if kind == "generator" else _D_ARGS
-    kw = _init_kwargs(obj, names, path)
+    kw = _init_kwargs(obj, names, path, key)
     if kind == "generator":
         kw = _merge(generator_defaults(), kw, f"{key} kwargs", path)
+        limits.check_generator_kwargs(kw, path, key)
     else:
         kw = _merge(discriminator_defaults(), kw, f"{key} kwargs", path)
+        limits.check_discriminator_kwargs(kw, path, key)
     sd = _state_dict(obj, path)
     params, names_map = {}, {}
     for name, value in sd.items():
         if name.endswith("resample_filter"):
             _check_filter(value, kw, name, path)
             continue
-        params[name] = _as_float32(value, name, path)
+        params[name] = value
         names_map[name] = name
+    limits.check_shapes(kind, kw, params, path, key)  # before any float32 copy is made
+    params = {name: _as_float32(value, name, path) for name, value in params.items()}
     return NetworkWeights(kind, kw, params, "pytorch", names_map)
 
 
@@ -209,15 +242,26 @@ class _TF1Renamer:
             raise UserError(f"{self.path}: {self.key}: TF1 variable {tf_name!r} is missing")
         self.used.add(tf_name)
         v = self.tf[tf_name]
-        self.out[pt_name] = _as_float32(np.array(fn(v) if fn else v, order="C"), tf_name,
-                                        self.path)
+        try:
+            v = fn(v) if fn else v
+        except (ValueError, IndexError):
+            raise UserError(f"{self.path}: {self.key}: TF1 variable {tf_name!r} has shape "
+                            f"{v.shape}, not the layout of such a variable") from None
+        self.out[pt_name] = v
         self.src[pt_name] = tf_name
 
     def finish(self, kind, kw):
         unused = sorted(set(self.tf) - self.used)
         if unused:
             raise UserError(f"{self.path}: {self.key}: unexpected TF1 variables {unused[:5]}")
-        return NetworkWeights(kind, kw, self.out, "tf1", self.src)
+        if kind == "generator":
+            limits.check_generator_kwargs(kw, self.path, self.key)
+        else:
+            limits.check_discriminator_kwargs(kw, self.path, self.key)
+        limits.check_shapes(kind, kw, self.out, self.path, self.key)
+        out = {k: _as_float32(np.array(v, order="C"), self.src[k], self.path)
+               for k, v in self.out.items()}
+        return NetworkWeights(kind, kw, out, "tf1", self.src)
 
 def _read_pytorch(data, path):
     missing = [k for k in ("G", "D", "G_ema") if k not in data]
@@ -228,7 +272,8 @@ def _read_pytorch(data, path):
         "G": _pt_network(data["G"], "generator", path, "G"),
         "G_ema": _pt_network(data["G_ema"], "generator", path, "G_ema"),
         "D": _pt_network(data["D"], "discriminator", path, "D"),
-        "training_set_kwargs": _plain(data.get("training_set_kwargs")),
+        "training_set_kwargs": _plain(data.get("training_set_kwargs"), path,
+                                      "training_set_kwargs"),
         "augment_p": None,
     }
     pipe = data.get("augment_pipe")
@@ -286,51 +331,65 @@ _TF_D_IGNORED = {"structure", "dtype", "fmap_base", "fmap_decay", "fmap_min",
 _TF_D_OFF = {"use_pagan": False, "use_spectral_norm": False, "adaptive_dropout": 0}
 
 
-def _tf_params(net, prefix=""):
+def _tf_params(net, prefix="", depth=0):
     out = {}
-    for name, value in net.variables:
+    if not isinstance(net.variables, (list, tuple)) or not isinstance(net.components, dict):
+        raise UnsafePickleError(f"TF1 network {prefix or net.name!r}: variables/components are "
+                                f"{type(net.variables).__name__}/{type(net.components).__name__}"
+                                ", expected a list and a dict")
+    for item in net.variables:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+            raise UnsafePickleError(f"TF1 network {prefix or net.name!r}: a variable is "
+                                    f"{short_repr(item)}, expected a (name, array) pair")
+        name, value = item
         if not isinstance(value, np.ndarray):
             raise UnsafePickleError(f"TF1 variable {prefix}{name} is not an array")
         out[prefix + name] = value
+    if depth >= 4:
+        raise UnsafePickleError(f"TF1 components {prefix!r} nested deeper than 4 levels")
     for name, comp in net.components.items():
-        if not isinstance(comp, TFNetworkStub):
-            raise UnsafePickleError(f"TF1 component {prefix}{name} is not a Network")
-        out.update(_tf_params(comp, prefix + name + "/"))
+        if not isinstance(name, str) or not isinstance(comp, TFNetworkStub):
+            raise UnsafePickleError(f"TF1 component {prefix}{short_repr(name)} is not a Network")
+        out.update(_tf_params(comp, prefix + name + "/", depth + 1))
     return out
 
 
 def _tf_kwargs(net, table, ignored, off, defaults, path, key):
     kw = copy.deepcopy(defaults)
-    sk = dict(net.static_kwargs)
+    sk = _plain(net.static_kwargs, path, f"{key} static_kwargs")
     for name, value in sk.items():
-        value = _plain(value)
         if name in ignored:
             continue
         if name in off:
             if value != off[name]:
-                raise UserError(f"{path}: {key} uses {name}={value!r} (a comparison method of "
-                                "the ADA paper), which this port does not implement")
+                raise UserError(f"{path}: {key} uses {name}={short_repr(value)} (a comparison "
+                                "method of the ADA paper), which this port does not implement")
             continue
         if name not in table:
-            raise UserError(f"{path}: {key} has an unknown TF1 argument {name}={value!r}")
+            raise UserError(f"{path}: {key} has an unknown TF1 argument "
+                            f"{short_repr(name)}={short_repr(value)}")
         section, pt = table[name]
         if value is None and pt not in ("conv_clamp", "cmap_dim", "embed_features",
                                         "layer_features", "mbstd_group_size", "w_avg_beta"):
             continue
         (kw if section is None else kw[section])[pt] = value
-    fmap_base = _plain(sk.get("fmap_base", 16384))
+    fmap_base = sk.get("fmap_base", 16384)
+    if not isinstance(fmap_base, int) or isinstance(fmap_base, bool) or not 1 <= fmap_base <= 1 << 29:
+        raise UserError(f"{path}: {key}.fmap_base={short_repr(fmap_base)}: expected an integer "
+                        f"in [1, {1 << 29}]")
     for name, expect in (("fmap_decay", 1), ("fmap_min", 1)):
-        if _plain(sk.get(name, expect)) != expect:
-            raise UserError(f"{path}: {key} uses {name}={sk[name]!r}; only {expect} is supported")
+        if sk.get(name, expect) != expect:
+            raise UserError(f"{path}: {key} uses {name}={short_repr(sk[name])}; only {expect} is "
+                            "supported")
     return kw, fmap_base
 
 
 def _tf_generator(net, path, key):
     if not isinstance(net, TFNetworkStub):
         raise UserError(f"{path}: {key} is not a dnnlib.tflib.network.Network")
-    if net.version is None or net.version < 4:
-        raise UserError(f"{path}: {key}: TF1 network pickle version {net.version} is too old "
-                        "(needs 4 or 5, StyleGAN2 / StyleGAN2-ADA)")
+    if not isinstance(net.version, int) or net.version < 4:
+        raise UserError(f"{path}: {key}: TF1 network pickle version {short_repr(net.version)} is "
+                        "not supported (needs 4 or 5, StyleGAN2 / StyleGAN2-ADA)")
     if set(net.components) != {"mapping", "synthesis"}:
         raise UserError(f"{path}: {key} does not have mapping and synthesis components")
     kw, fmap_base = _tf_kwargs(net, _TF_G_KWARGS, _TF_G_IGNORED, {}, generator_defaults(),
@@ -338,8 +397,9 @@ def _tf_generator(net, path, key):
     kw["synthesis_kwargs"]["channel_base"] = int(fmap_base) * 2
     if kw["mapping_kwargs"]["w_avg_beta"] is None:
         kw["mapping_kwargs"]["w_avg_beta"] = 1
-    if _plain(net.static_kwargs.get("fmap_const")) not in (None,):
+    if net.static_kwargs.get("fmap_const") is not None:
         raise UserError(f"{path}: {key} uses fmap_const, which is not supported")
+    limits.check_generator_kwargs(kw, path, key)  # before the kwargs drive any loop
     tf = _tf_params(net)
     if any(re.fullmatch(r"synthesis/ToRGB_lod\d+/.*", n) for n in tf):
         raise UserError(f"{path}: {key} uses the 'orig' architecture (ToRGB_lod); only StyleGAN2 "
@@ -389,8 +449,9 @@ def _tf_generator(net, path, key):
 def _tf_discriminator(net, path, key):
     if not isinstance(net, TFNetworkStub):
         raise UserError(f"{path}: {key} is not a dnnlib.tflib.network.Network")
-    if net.version is None or net.version < 4:
-        raise UserError(f"{path}: {key}: TF1 network pickle version {net.version} is too old")
+    if not isinstance(net.version, int) or net.version < 4:
+        raise UserError(f"{path}: {key}: TF1 network pickle version {short_repr(net.version)} is "
+                        "not supported")
     d = discriminator_defaults()
     # TF1 D defaults differ from the PyTorch ones: no label mapping layers, lr 0.1, mbstd group
     # = whole minibatch (None).
@@ -399,6 +460,7 @@ def _tf_discriminator(net, path, key):
     d["epilogue_kwargs"]["mbstd_group_size"] = None
     kw, fmap_base = _tf_kwargs(net, _TF_D_KWARGS, _TF_D_IGNORED, _TF_D_OFF, d, path, key)
     kw["channel_base"] = int(fmap_base) * 2
+    limits.check_discriminator_kwargs(kw, path, key)  # before the kwargs drive any loop
     tf = _tf_params(net)
     if any(re.fullmatch(r"FromRGB_lod\d+/.*", n) for n in tf):
         raise UserError(f"{path}: {key} uses the 'orig' architecture (FromRGB_lod)")
@@ -431,7 +493,8 @@ def _tf_discriminator(net, path, key):
             put(f"mapping.fc{i}.bias", f"Mapping{i}/bias", None)
         # cmap_dim: TF1's default (nf(0)) differs from PyTorch's (channels at 4x4); take it from
         # the weights so either way the configuration matches the file.
-        kw["cmap_dim"] = int(tf["Output/weight"].shape[1]) if "Output/weight" in tf else None
+        out_w = tf.get("Output/weight")
+        kw["cmap_dim"] = int(out_w.shape[1]) if out_w is not None and out_w.ndim == 2 else None
     put("b4.conv.weight", "4x4/Conv/weight", conv)
     put("b4.conv.bias", "4x4/Conv/bias", None)
     put("b4.fc.weight", "4x4/Dense0/weight", dense_t)
@@ -443,6 +506,12 @@ def _tf_discriminator(net, path, key):
 
 def _read_tf1(data, path):
     G, D, Gs = data
+    for key, net in (("G", G), ("D", D), ("Gs", Gs)):
+        for attr, want, what in (("static_kwargs", dict, "dict"), ("components", dict, "dict"),
+                                 ("variables", (list, tuple), "list")):
+            if not isinstance(getattr(net, attr, None), want):
+                raise UserError(f"{path}: {key}.{attr} is {type(getattr(net, attr, None)).__name__}"
+                                f", expected a {what}")
     return {
         "format": "tf1",
         "G": _tf_generator(G, path, "G"),
@@ -468,6 +537,8 @@ def read_network_pkl(path):
             data = safe_load(f)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except limits.LimitError as e:  # raised while unpickling: name the file
+        raise limits.LimitError(f"{path}: {e}") from None
     except UnsafePickleError as e:
         raise UserError(f"{path}: {e}") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -485,6 +556,10 @@ def read_network_pkl(path):
             return _read_pytorch(data, path)
     except UnsafePickleError as e:
         raise UserError(f"{path}: {e}") from None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
+            RecursionError) as e:  # a field of an unexpected type the checks above did not name
+        raise UserError(f"{path}: malformed network pickle ({type(e).__name__}: "
+                        f"{short_repr(str(e), 120)})") from None
     raise UserError(f"{path}: not a StyleGAN2-ADA network pickle (top level is "
                     f"{type(data).__name__}; expected a TF1 (G, D, Gs) tuple or a PyTorch dict)")
 

@@ -12,7 +12,13 @@ any global the pickle names. A pickle from the internet must never run code here
   length, for provenance;
 * reads PyTorch tensor storages itself (the legacy ``torch.save`` stream that
   ``TypedStorage.__reduce__`` embeds, and the zip format), so ``torch`` is not needed;
-* accepts only numeric NumPy dtypes (no object arrays).
+* accepts only numeric NumPy dtypes (no object arrays);
+* bounds what a small file can make it allocate (:mod:`.limits`): each zip entry's declared size is
+  checked before it is inflated (a ``data.pkl`` at most ``MAX_PICKLE_BYTES``; a storage exactly
+  ``numel x itemsize``), and all storages and tensors of one load total at most ``MAX_ARRAY_BYTES``;
+* gives every load fresh stand-ins (:class:`_LoadContext`): a pickle's BUILD opcode can set
+  attributes only on objects of its own load (and BUILD on a stand-in global is refused), so
+  nothing it does survives into a later load in the same process.
 
 Format facts (read from NVlabs/stylegan2-ada ``dnnlib/tflib/network.py`` and
 NVlabs/stylegan2-ada-pytorch ``torch_utils/persistence.py``, ``training/training_loop.py`` and
@@ -32,6 +38,7 @@ PyTorch's ``torch/storage.py``, ``torch/serialization.py``):
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import io
 import pickle
@@ -39,6 +46,8 @@ import struct
 import zipfile
 
 import numpy as np
+
+from histaug_tf.interop import limits
 
 __all__ = [
     "UnsafePickleError", "TFNetworkStub", "PersistentObjectStub", "EasyDictStub",
@@ -67,12 +76,13 @@ class TFNetworkStub:
             raise UnsafePickleError("dnnlib.tflib.network.Network state is not a dict")
         self.version = state.get("version")
         self.name = state.get("name")
-        self.static_kwargs = dict(state.get("static_kwargs") or {})
-        self.components = dict(state.get("components") or {})
+        # kept as pickled (types are checked by the reader, in one line naming the file)
+        self.static_kwargs = state.get("static_kwargs") or {}
+        self.components = state.get("components") or {}
         self.build_func_name = state.get("build_func_name")
         src = state.get("build_module_src")
         self.module_src_sha256, self.module_src_len = _src_digest(src)
-        self.variables = list(state.get("variables") or [])
+        self.variables = state.get("variables") or []
         self.input_shapes = state.get("input_shapes")
         self.output_shapes = state.get("output_shapes")
 
@@ -147,8 +157,8 @@ def _np_dtype(obj, align=False, copy=False):
     return _check_dtype(np.dtype(spec, bool(align), bool(copy)))
 
 
-def _np_reconstruct(subtype, shape, typecode):
-    if subtype is not _NDArrayMarker:
+def _np_reconstruct(subtype, shape, typecode, *, ctx=None):
+    if ctx is None or subtype is not ctx.ndarray:
         raise UnsafePickleError("numpy _reconstruct of a class other than numpy.ndarray")
     if not isinstance(typecode, (bytes, str)) or len(typecode) != 1 or tuple(shape) != (0,):
         raise UnsafePickleError("numpy _reconstruct with unexpected arguments")
@@ -157,7 +167,13 @@ def _np_reconstruct(subtype, shape, typecode):
 
 
 class _NDArrayMarker:
-    """What ``numpy.ndarray`` resolves to: usable only as the first argument of _reconstruct."""
+    """What ``numpy.ndarray`` resolves to (one fresh instance per load): usable only as the first
+    argument of _reconstruct."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise UnsafePickleError("BUILD of numpy.ndarray (the class) is not allowed")
 
 
 class _ArrayUnderConstruction:
@@ -208,9 +224,68 @@ _TORCH_STORAGES = {
 
 
 class _StorageType:
+    """What ``torch.<X>Storage`` resolves to (one fresh instance per load; BUILD refused)."""
+
+    __slots__ = ("name", "dtype", "bfloat16")
+
     def __init__(self, name):
         self.name = name
         self.dtype, self.bfloat16 = _TORCH_STORAGES[name]
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"BUILD of torch.{self.name} (a storage type) is not allowed")
+
+
+class _Inert:
+    """What an allowed function resolves to (one fresh instance per load): callable, holds no
+    state a pickle can change (no ``__dict__``; BUILD refused)."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, fn, name):
+        self._fn, self._name = fn, name
+
+    def __call__(self, *args):
+        return self._fn(*args)
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"BUILD of the global {self._name} is not allowed")
+
+
+class _LoadContext:
+    """Everything one load may touch: fresh stand-ins for the allowed globals, and the byte budget
+    of materialised arrays (:data:`limits.MAX_ARRAY_BYTES`)."""
+
+    def __init__(self):
+        self.array_bytes = 0
+        self.ndarray = _NDArrayMarker()
+        self.globals = {}
+        for key, obj in ALLOWED_GLOBALS.items():
+            name = ".".join(key)
+            if obj is _NDArrayMarker:
+                fresh = self.ndarray
+            elif isinstance(obj, _StorageType):
+                fresh = _StorageType(obj.name)
+            elif obj in (set, frozenset):
+                fresh = obj  # builtin types: immutable
+            elif isinstance(obj, type):  # NEWOBJ needs a class: a subclass private to this load
+                fresh = type(obj.__name__, (obj,), {"__module__": obj.__module__,
+                                                    "__qualname__": obj.__qualname__})
+            elif obj in _NEEDS_CTX:
+                fresh = _Inert(functools.partial(obj, ctx=self), name)
+            else:
+                fresh = _Inert(obj, name)
+            self.globals[key] = fresh
+
+    def charge(self, nbytes, what):
+        """Account ``nbytes`` of array data about to be allocated; refuse past the cap."""
+        if nbytes < 0:
+            raise UnsafePickleError(f"{what}: negative size")
+        self.array_bytes += nbytes
+        if self.array_bytes > limits.MAX_ARRAY_BYTES:
+            raise limits.LimitError(
+                f"{what} would bring the array data read to {self.array_bytes} bytes, more than "
+                f"{limits.MAX_ARRAY_BYTES} (limit MAX_ARRAY_BYTES={limits.MAX_ARRAY_BYTES})")
 
 
 class _Storage:
@@ -223,10 +298,11 @@ class _Storage:
 
 def _storage_from_persistent_id(pid, read_bytes):
     if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
-        raise UnsafePickleError(f"unexpected persistent id {pid!r:.80}")
+        raise UnsafePickleError(f"unexpected persistent id {limits.short_repr(pid)}")
     stype, key, _location, numel = pid[1:5]
     view = pid[5] if len(pid) > 5 else None
-    if not isinstance(stype, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+    if not isinstance(stype, _StorageType) or not isinstance(key, str) \
+            or not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
         raise UnsafePickleError("malformed storage reference")
     data = read_bytes(key, stype, numel)
     if view is not None:
@@ -235,15 +311,16 @@ def _storage_from_persistent_id(pid, read_bytes):
     return _Storage(data, stype.bfloat16)
 
 
-def _load_storage_from_bytes(payload):
+def _load_storage_from_bytes(payload, *, ctx=None):
     """``torch.storage._load_from_bytes``: parse the embedded ``torch.save`` stream into a _Storage."""
+    ctx = ctx or _LoadContext()
     if not isinstance(payload, (bytes, bytearray)):
         raise UnsafePickleError("torch.storage._load_from_bytes of non-bytes")
     payload = bytes(payload)
     if payload[:4] == b"PK\x03\x04":
-        obj = _load_torch_zip(io.BytesIO(payload))
+        obj = _load_torch_zip(io.BytesIO(payload), ctx)
     else:
-        obj = _load_torch_legacy(io.BytesIO(payload))
+        obj = _load_torch_legacy(io.BytesIO(payload), ctx)
     if not isinstance(obj, _Storage):
         raise UnsafePickleError("embedded torch.save stream does not hold a single storage")
     return obj
@@ -252,15 +329,15 @@ def _load_storage_from_bytes(payload):
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-def _load_torch_legacy(f):
+def _load_torch_legacy(f, ctx):
     """The legacy (non-zip) ``torch.save`` stream: magic, protocol, sys_info, object, keys, data."""
-    magic = _Unpickler(f).load()
+    magic = _Unpickler(f, ctx).load()
     if magic != _TORCH_MAGIC:
         raise UnsafePickleError("embedded storage is not a torch.save stream (bad magic number)")
-    proto = _Unpickler(f).load()
+    proto = _Unpickler(f, ctx).load()
     if proto != 1001:
-        raise UnsafePickleError(f"unsupported torch.save protocol {proto!r}")
-    sys_info = _Unpickler(f).load()
+        raise UnsafePickleError(f"unsupported torch.save protocol {limits.short_repr(proto)}")
+    sys_info = _Unpickler(f, ctx).load()
     little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
     refs = []
 
@@ -269,10 +346,10 @@ def _load_torch_legacy(f):
         refs.append((key, stype, numel, holder))
         return holder
 
-    obj_unpickler = _Unpickler(f, persistent_load=lambda pid: _storage_from_persistent_id(
+    obj_unpickler = _Unpickler(f, ctx, persistent_load=lambda pid: _storage_from_persistent_id(
         pid, read_later))
     obj = obj_unpickler.load()
-    keys = _Unpickler(f).load()
+    keys = _Unpickler(f, ctx).load()
     if not isinstance(keys, list):
         raise UnsafePickleError("malformed torch.save stream (storage key list)")
     data_by_key = {}
@@ -286,8 +363,11 @@ def _load_torch_legacy(f):
             raise UnsafePickleError("torch storage without a reference")
         dt = np.dtype(stype.dtype).newbyteorder("<" if little else ">")
         nbytes = numel * dt.itemsize
+        if numel < 0:
+            raise UnsafePickleError("truncated torch storage")
+        ctx.charge(nbytes, f"torch storage {limits.short_repr(key)}")
         raw = f.read(nbytes)
-        if numel < 0 or len(raw) != nbytes:
+        if len(raw) != nbytes:
             raise UnsafePickleError("truncated torch storage")
         data_by_key[key] = np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
     return _resolve_storage_refs(obj, refs, data_by_key)
@@ -305,7 +385,19 @@ def _resolve_storage_refs(obj, refs, data_by_key):
     raise UnsafePickleError("embedded torch.save stream does not hold a single storage")
 
 
-def _load_torch_zip(f):
+def _read_entry(zf, info, nbytes):
+    """Exactly ``nbytes`` of a zip entry whose declared size was checked to be ``nbytes``.
+
+    ``zipfile`` never inflates past the declared size (and checks the CRC at the end), so a lying
+    header cannot make this read more."""
+    with zf.open(info) as e:
+        raw = e.read(nbytes)
+        if len(raw) != nbytes or e.read(1):
+            raise UnsafePickleError(f"zip entry {info.filename!r} is not {nbytes} bytes long")
+    return raw
+
+
+def _load_torch_zip(f, ctx):
     """The zip ``torch.save`` format: ``<root>/data.pkl`` + ``<root>/data/<key>`` raw storages."""
     try:
         zf = zipfile.ZipFile(f)
@@ -319,16 +411,35 @@ def _load_torch_zip(f):
         root = pkl[0][: -len("data.pkl")]
         little = True
         if f"{root}byteorder" in names:
-            little = zf.read(f"{root}byteorder").strip() != b"big"
+            info = zf.getinfo(f"{root}byteorder")
+            if info.file_size > 16:
+                raise UnsafePickleError(f"zip entry {info.filename!r} is {info.file_size} bytes")
+            little = _read_entry(zf, info, info.file_size).strip() != b"big"
 
         def read_now(key, stype, numel):
-            raw = zf.read(f"{root}data/{key}")
+            name = f"{root}data/{key}"
+            try:
+                info = zf.getinfo(name)
+            except KeyError:
+                raise UnsafePickleError(f"torch storage {name!r} missing from the zip") from None
             dt = np.dtype(stype.dtype).newbyteorder("<" if little else ">")
-            if len(raw) < numel * dt.itemsize:
-                raise UnsafePickleError(f"truncated torch storage {key!r}")
-            return np.frombuffer(raw[: numel * dt.itemsize], dtype=dt).astype(dt.newbyteorder("="))
+            nbytes = numel * dt.itemsize
+            if info.file_size != nbytes:  # checked before anything is inflated
+                raise limits.LimitError(
+                    f"zip entry {name!r} declares {info.file_size} bytes, but its storage holds "
+                    f"{numel} x {dt.itemsize} = {nbytes} bytes (limit: entry size = numel x "
+                    "itemsize)")
+            ctx.charge(nbytes, f"zip entry {name!r}")
+            raw = _read_entry(zf, info, nbytes)
+            return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
 
-        return _Unpickler(io.BytesIO(zf.read(pkl[0])), persistent_load=lambda pid:
+        info = zf.getinfo(pkl[0])
+        if info.file_size > limits.MAX_PICKLE_BYTES:
+            raise limits.LimitError(
+                f"zip entry {info.filename!r} declares {info.file_size} bytes, more than "
+                f"{limits.MAX_PICKLE_BYTES} (limit MAX_PICKLE_BYTES={limits.MAX_PICKLE_BYTES})")
+        data = _read_entry(zf, info, info.file_size)
+        return _Unpickler(io.BytesIO(data), ctx, persistent_load=lambda pid:
                           _storage_from_persistent_id(pid, read_now)).load()
 
 
@@ -336,7 +447,8 @@ def _bf16_to_f32(bits):
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride):
+def _rebuild_tensor(storage, storage_offset, size, stride, *, ctx=None):
+    ctx = ctx or _LoadContext()
     if not isinstance(storage, _Storage):
         raise UnsafePickleError("tensor rebuilt from something that is not a storage")
     size = tuple(int(s) for s in size)
@@ -353,6 +465,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
             raise UnsafePickleError("tensor extends beyond its storage")
         if n > data.size:  # only expanded/overlapping views could; network tensors never are
             raise UnsafePickleError("tensor has more elements than its storage")
+        ctx.charge(n * data.itemsize * (2 if storage.bfloat16 else 1), "a tensor copy")
         view = np.lib.stride_tricks.as_strided(
             data[int(storage_offset):], shape=size,
             strides=tuple(st * data.itemsize for st in stride), writeable=False)
@@ -363,10 +476,11 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+                       backward_hooks=None, metadata=None, *, ctx=None):
     if metadata and any(bool(v) for v in dict(metadata).values()):
-        raise UnsafePickleError(f"tensor metadata {metadata!r} (conj/neg views) is not supported")
-    return _rebuild_tensor(storage, storage_offset, size, stride)
+        raise UnsafePickleError(f"tensor metadata {limits.short_repr(metadata)} (conj/neg views) "
+                                "is not supported")
+    return _rebuild_tensor(storage, storage_offset, size, stride, ctx=ctx)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
@@ -411,15 +525,18 @@ for _name in _TORCH_STORAGES:
 # Python 2-era names that protocol 2 maps to (fix_imports) and that mean the same harmless thing.
 ALLOWED_GLOBALS[("__builtin__", "set")] = set
 ALLOWED_GLOBALS[("__builtin__", "frozenset")] = frozenset
+# These get the load's context (its byte budget, its numpy.ndarray marker).
+_NEEDS_CTX = {_rebuild_tensor_v2, _rebuild_tensor, _load_storage_from_bytes, _np_reconstruct}
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, f, persistent_load=None):
+    def __init__(self, f, ctx, persistent_load=None):
         super().__init__(f, fix_imports=False, encoding="latin1")
+        self._ctx = ctx
         self._persistent = persistent_load
 
     def find_class(self, module, name):
-        obj = ALLOWED_GLOBALS.get((module, name))
+        obj = self._ctx.globals.get((module, name))
         if obj is None:
             raise UnsafePickleError(
                 f"refusing to load global '{module}.{name}': not one of the names NVlabs network "
@@ -481,12 +598,13 @@ def safe_load(f):
     Raises :class:`UnsafePickleError` (a ``pickle.UnpicklingError``) naming the first refused
     global or construct. Embedded source code is never executed.
     """
+    ctx = _LoadContext()  # fresh stand-ins and byte budget for this load only
     head = f.read(4)
     f.seek(-len(head), io.SEEK_CUR)
     if head == b"PK\x03\x04":  # a torch.save zip of the whole snapshot dict
-        obj = _load_torch_zip(f)
+        obj = _load_torch_zip(f, ctx)
     else:
-        obj = _Unpickler(f).load()
+        obj = _Unpickler(f, ctx).load()
     return _finalize(obj)
 
 
