@@ -180,7 +180,10 @@ def _first_line(err: BaseException) -> str:
     import re
 
     lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
-    line = lines[0] if lines else ""
+    # Keras wraps it ("Graph execution error:" ... the op's message further down): prefer the
+    # line that speaks of the record
+    hits = [ln for ln in lines if re.search(r"record|corrupt|truncat", ln, re.I)]
+    line = hits[0] if hits else lines[0] if lines else ""
     line = re.sub(r"\{\{.*?\}\}\s*", "", line)          # {{function_node ...}}
     line = re.sub(r"\s*\[Op:.*$", "", line).strip()       # [Op:IteratorGetNext] name:
     return line or type(err).__name__
