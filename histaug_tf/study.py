@@ -361,9 +361,10 @@ def cell_flags(cfg: StudyConfig, data_dir: str, fraction: float, seed: int) -> d
 
 
 def finished_cell(cfg: StudyConfig, cdir: str, flags: dict):
-    """The cell.json record of a finished cell made with ``flags``, or None (not finished, or
-    ``redo_changed`` and made with other flags: then its cell.json is removed). A cell made with
-    other flags is refused otherwise."""
+    """The cell.json record of a finished cell made with ``flags``, or None: not finished, or made
+    with other flags. Such a cell is run again: its steps reuse what has not changed and refuse
+    (or, with ``redo_changed``, redo) what has; its old cell.json stays until the new one replaces
+    it, except with ``redo_changed``, which removes it first."""
     cell_json = os.path.join(cdir, "cell.json")
     if not os.path.exists(cell_json):
         return None
@@ -377,11 +378,9 @@ def finished_cell(cfg: StudyConfig, cdir: str, flags: dict):
     diff = _flag_diff(rec["flags"], flags)
     if not diff:
         return rec
-    if not cfg.redo_changed:
-        raise UserError(f"{cdir}: cell made with other flags ({'; '.join(diff)}); pass "
-                        "--redo_changed to redo its changed steps, or use another --outdir")
-    logging.info("%s: flags changed (%s); redoing the changed steps", cdir, "; ".join(diff))
-    os.remove(cell_json)
+    logging.info("%s: flags changed (%s); checking its steps", cdir, "; ".join(diff))
+    if cfg.redo_changed:
+        os.remove(cell_json)
     return None
 
 
