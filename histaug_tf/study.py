@@ -165,15 +165,18 @@ def _record_path(steps_dir: str, step: str) -> str:
 
 
 def check_step(cfg: StudyConfig, steps_dir: str, step: str, out_dir: str, flags: dict,
-               done: bool) -> bool:
+               done: bool, adopt=None) -> bool:
     """Whether the finished step ``step`` (output ``out_dir``) can be reused with ``flags``.
 
     Returns True to reuse, False to (re)do it. Raises ``UserError`` for a finished step whose
-    recorded flags differ, unless ``cfg.redo_changed``."""
+    recorded flags differ, unless ``cfg.redo_changed``. A finished step without a record is
+    adopted: ``adopt()`` (if given; e.g. a verification) runs, then its record is written."""
     if not done:
         return False
     rp = _record_path(steps_dir, step)
     if not os.path.exists(rp):
+        if adopt is not None:
+            adopt()
         record_step(steps_dir, step, out_dir, flags)
         return True
     try:
@@ -223,13 +226,15 @@ def prepare_dataset(cfg: StudyConfig, entry: str) -> str:
     steps = os.path.join(cfg.outdir, "steps")
     step = "prepare-" + os.path.basename(os.path.normpath(d))
     flags = {"dataset": cfg.prepare, "prepare_args": cfg.prepare_args, "out": os.path.abspath(d)}
+    from histaug_tf.data.manifest import verify_shards
     with _file_lock(os.path.join(cfg.outdir, ".prepare.lock")):  # SLURM array tasks share it
-        if not check_step(cfg, steps, step, d, flags, _has_manifest(d)):
+        # verified once, after it was written (or when a run that wrote it stopped before its
+        # record): later steps trust the manifest's sizes
+        if not check_step(cfg, steps, step, d, flags, _has_manifest(d),
+                          adopt=lambda: verify_shards(d)):
             args = [f"--dataset={cfg.prepare}", f"--out={d}", "--overwrite",
                     *shlex.split(cfg.prepare_args)]
             run_stage("prepare_data", args, os.path.join(cfg.outdir, "logs", "prepare_data.log"))
-            # verified once, right after it was written: later steps trust the manifest's sizes
-            from histaug_tf.data.manifest import verify_shards
             verify_shards(d)
             record_step(steps, step, d, flags)
     return d

@@ -56,6 +56,14 @@ STUBS = textwrap.dedent('''
             write_ds(os.path.join(arg(args, "out"), frac_dirname(f)), "sub", max(1, int(100 * f)))
         elif module == "train_gan":
             os.makedirs(arg(args, "outdir"), exist_ok=True)
+        elif module == "prepare_data":
+            out = arg(args, "out")
+            write_ds(out, "prep", 10, splits=("train", "valid", "test"))
+            if os.environ.get("STUB_DAMAGE"):  # one flipped byte in a shard, size unchanged
+                p = os.path.join(out, "test-00000-of-00001.tfrecord")
+                b = bytearray(open(p, "rb").read())
+                b[100] ^= 0xFF
+                open(p, "wb").write(b)
         elif module == "generate":
             write_ds(arg(args, "outdir"), "syn", 10, source="synthetic",
                      label_names=os.environ.get("STUB_SYN_LABELS", "normal,tumour").split(","))
@@ -340,3 +348,37 @@ def test_changed_flags_refused_then_redone(real, tmp_path):
                     "another class)"), line
     assert not (syn.parent / "cell.json").exists() and not (syn.parent / "clf_augmented").exists()
     assert len(_read_csv(out / "results.csv")) == 1
+
+
+@pytest.mark.slow
+def test_prepared_dataset_is_verified_once(tmp_path):
+    """--prepare: the dataset the study prepared is checked (sha256) right after preparing it; a
+    damaged shard stops the study in one line naming it, before any cell runs."""
+    driver = tmp_path / "driver.py"
+    out = tmp_path / "out"
+    driver.write_text(STUBS + textwrap.dedent('''
+        import sys
+        from absl import app
+        from histaug_tf import experiment
+        from histaug_tf.common import run_main
+        sys.argv = ["experiment"] + sys.argv[1:]
+        app.run(run_main(experiment.main))
+    '''))
+    env = dict(os.environ, STUB_LOG=str(tmp_path / "log"), STUB_DAMAGE="1",
+               PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, str(driver), f"--outdir={out}", "--data=prep",
+                        "--prepare=synthetic_tissue", "--fractions=0.5", "--seeds=0",
+                        "--n_boot=50", "--notstr"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    shard = out / "data" / "prep" / "test-00000-of-00001.tfrecord"
+    assert lines == [f"error: {shard}: sha256 differs from manifest {out}/data/prep/manifest.json"], \
+        p.stderr[-3000:]
+    assert not (out / "cells").exists()
+    assert not (out / "steps" / "prepare-prep.json").exists()  # not recorded as done
+    # a rerun does not take the damaged dataset for a finished step
+    p2 = subprocess.run(p.args, env=env, capture_output=True, text=True, timeout=300)
+    assert p2.returncode == 1 and [ln for ln in p2.stderr.splitlines()
+                                   if ln.startswith("error:")] == lines, p2.stderr[-3000:]
+    assert not (out / "cells").exists()

@@ -91,6 +91,16 @@ def test_train_classifier_refuses_other_labels(sets, tmp_path, flag, other, msg)
     assert not out.exists()  # nothing written
 
 
+def test_train_classifier_checks_resolution_before_writing(sets, tmp_path):
+    out = tmp_path / "clf"
+    p = cli("train_classifier", f"--outdir={out}", f"--train_data={sets['real']}",
+            "--resolution=32", "--resize_mode=crop", *CLF)
+    line = one_error_line(p)
+    assert line == (f"error: {sets['real']}: cannot crop 16x16 images to 32x32; use "
+                    "resize_mode=pad or resize"), line
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_calc_metrics_refuses_generated_set_with_other_labels(sets, tmp_path):
     out = tmp_path / "m.jsonl"
@@ -127,6 +137,29 @@ def test_generate_refuses_label_names_other_than_the_gans(snapshot_run, tmp_path
             "--label_names=tumour,normal")
     line = one_error_line(p)
     assert "--label_names: label order ['tumour', 'normal']" in line and snapshot_run in line
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_generate_refuses_per_class_gans_trained_on_other_labels(tmp_path):
+    import keras
+
+    from histaug_tf.gan.networks import Generator
+    from histaug_tf.gan.presets import get_preset
+    from histaug_tf.gan.snapshot import save_snapshot, snapshot_name
+
+    keras.utils.set_random_seed(0)
+    G = Generator(**get_preset("tiny", SIZE, c_dim=0, mixed_precision=False)["G_kwargs"])
+    p0 = save_snapshot(str(tmp_path / "u0" / snapshot_name(0)), G,
+                       metadata={"training_options": {"label_names": ["normal", "tumour"]}})
+    p1 = save_snapshot(str(tmp_path / "u1" / snapshot_name(0)), G,
+                       metadata={"training_options": {"label_names": ["tumour", "normal"]}})
+    out = tmp_path / "syn"
+    p = cli("generate", f"--networks=0:{p0},1:{p1}", f"--outdir={out}", "--num_per_class=2")
+    line = one_error_line(p)
+    assert line == (f"error: {p1} (its training labels): label order ['tumour', 'normal'] differs "
+                    f"from {p0} (its training labels)'s ['normal', 'tumour'] (the same label index "
+                    "means another class)"), line
     assert not out.exists()
 
 

@@ -65,6 +65,15 @@ def _image_shape(manifest: dict, resolution: int | None):
     return h, w, c
 
 
+def _check_mapping(manifest: dict, data_dir: str, resolution, resize_mode: str) -> None:
+    """The pipeline's check that ``resize_mode`` can map the stored size to ``resolution``, done
+    up front (before the run directory is written) instead of when the dataset is opened."""
+    from histaug_tf.data.pipeline import _check_resolution
+    h, w = (int(v) for v in manifest["image_shape"][:2])
+    _check_resolution(resize_mode, (h, w), (int(resolution),) * 2 if resolution else (h, w),
+                      data_dir)
+
+
 def _unpack(elem):
     """(images, labels, keys-or-None) from a pipeline element (tuple, or dict with_meta)."""
     if isinstance(elem, dict):
@@ -252,10 +261,12 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
     if n_real == 0:
         raise UserError(f"{train_data}: split {train_split!r} is empty")
     image_shape = _image_shape(man, resolution)
+    _check_mapping(man, train_data, resolution, resize_mode)
     for d, sp in ((val_data, val_split), (test_data, test_split)):
         m2 = load_manifest(d, check=check)
         check_same_label_names(man, m2)
         _class_counts(m2, sp, d, k)
+        _check_mapping(m2, d, resolution, resize_mode)
         if _image_shape(m2, resolution) != image_shape:
             raise UserError(f"{d}: image shape {m2['image_shape']} differs from {train_data}'s "
                             f"{man['image_shape']}; pass --resolution")
@@ -265,6 +276,7 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
     if synthetic_data:
         sman = load_manifest(synthetic_data, check=check)
         check_same_label_names(man, sman)
+        _check_mapping(sman, synthetic_data, resolution, resize_mode)
         syn_counts = _class_counts(sman, synthetic_split, synthetic_data, k)
         if _image_shape(sman, resolution) != image_shape:
             raise UserError(f"{synthetic_data}: image shape {sman['image_shape']} differs from "
