@@ -38,6 +38,7 @@ flags.DEFINE_boolean("cache", True, "Use the real-statistics cache.")
 flags.DEFINE_boolean("per_class", True, "Also per-class FID when both sides are labelled.")
 flags.DEFINE_integer("max_real_features", 50000, "Real images kept for KID and precision/recall.")
 flags.DEFINE_boolean("jit", False, "XLA-compile the generator and the extractor.")
+flags.DEFINE_boolean("verify", False, "Check every shard's sha256 against its manifest first.")
 flags.DEFINE_string("out", None, "Append the result as a JSON line to this file.")
 
 
@@ -54,7 +55,8 @@ def main(argv):
         inception_weights=FLAGS.inception_weights, inception_seed=FLAGS.inception_seed,
         inception_resolution=FLAGS.inception_resolution, batch_size=FLAGS.batch, seed=FLAGS.seed,
         cache_dir=FLAGS.cache_dir, use_cache=FLAGS.cache, per_class=FLAGS.per_class,
-        max_real_features=FLAGS.max_real_features, jit_compile=FLAGS.jit)
+        max_real_features=FLAGS.max_real_features, jit_compile=FLAGS.jit,
+        verify=FLAGS.verify)
     line = json.dumps(result, sort_keys=True)
     print(line)
     if FLAGS.out:

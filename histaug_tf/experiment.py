@@ -2,7 +2,8 @@
 
 For each dataset × fraction × seed: subset → GAN → generate → classifiers (baseline, augmented, TSTR)
 → evaluation on the full test split; then ``results.csv``, ``results.md`` and ``roc.png`` in
-``--outdir``, and the table on stdout. Finished cells are skipped on rerun. See ``histaug_tf.study``.
+``--outdir``, and the table on stdout. Finished cells are skipped on rerun; a finished step made with
+other flags is refused (``--redo_changed`` redoes it). See ``histaug_tf.study``.
 """
 from absl import app, flags
 
@@ -48,6 +49,9 @@ flags.DEFINE_integer("n_boot", 1000, "Bootstrap replicates for AUC intervals.")
 flags.DEFINE_string("strategy", "auto", "Classifier tf.distribute strategy.")
 flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 for the classifiers (GPUs).")
 flags.DEFINE_boolean("aggregate_only", False, "Only rebuild the results from finished cells.")
+flags.DEFINE_boolean("redo_changed", False, "Redo a finished step (subset, GAN, synthetic set, "
+                     "classifier, prepared dataset) whose recorded flags differ from the current "
+                     "ones; without it such a step is refused.")
 flags.DEFINE_integer("stop_after_cells", 0, "Stop after this many newly finished cells (0 = all).")
 flags.mark_flag_as_required("outdir")
 
@@ -74,6 +78,7 @@ def main(argv):
         synthetic_ratio=None if f.synthetic_count is not None else f.synthetic_ratio,
         synthetic_count=f.synthetic_count, tstr=f.tstr, n_boot=f.n_boot, strategy=f.strategy,
         mixed_precision=f.mixed_precision, aggregate_only=f.aggregate_only,
+        redo_changed=f.redo_changed,
         stop_after_cells=f.stop_after_cells)
     md = run_study(cfg)
     print(md, flush=True)

@@ -5,13 +5,17 @@
     python -m histaug_tf.prepare_data --dataset=folder --src=DIR --out=tfrecords/mine
     python -m histaug_tf.prepare_data --dataset=synthetic_tissue --out=tfrecords/synth --size=64 \
         --num_train=2000 --num_valid=500 --num_test=500 --seed=0
+    python -m histaug_tf.prepare_data --verify=tfrecords/pcam     # every shard's sha256
 
-Thin entry: flags → ``histaug_tf.data.convert.convert``. TensorFlow is imported only inside main,
+Ctrl-C (SIGINT) stops a conversion with one line and exit code 130, leaving no dataset (no
+manifest; temporary shards removed). Thin entry: flags → ``histaug_tf.data.convert.convert``. TensorFlow is imported only inside main,
 so the spawned encoder processes (which re-import this module) stay light.
 """
+import sys
+
 from absl import app, flags
 
-from histaug_tf.common import run_main
+from histaug_tf.common import UserError, run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, ["pcam", "idc", "folder", "synthetic_tissue"], "Input format.")
@@ -37,11 +41,30 @@ flags.DEFINE_integer("num_test", 500, "synthetic_tissue: test patches.")
 flags.DEFINE_integer("size", 64, "synthetic_tissue: patch size in pixels.")
 flags.DEFINE_integer("seed", 0, "synthetic_tissue: generator seed.")
 flags.DEFINE_float("positive_fraction", 0.5, "synthetic_tissue: fraction of class-1 patches.")
-flags.mark_flag_as_required("dataset")
+flags.DEFINE_string("verify", None, "Instead of converting: check every shard of this dataset "
+                    "directory against its manifest (size and sha256).")
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.verify:
+        from histaug_tf.data.manifest import verify_shards
+        n = verify_shards(FLAGS.verify)
+        print(f"verified {FLAGS.verify}: {n} shards match manifest.json (size and sha256)")
+        return
+    if not FLAGS.dataset:
+        raise UserError("--dataset is required (or --verify=DIR)")
+    out = FLAGS.out or f"tfrecords/{FLAGS.dataset}"
+    try:
+        _convert(out)
+    except KeyboardInterrupt:
+        print(f"error: interrupted: {out}: no dataset written (no manifest; temporary files "
+              "removed)", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def _convert(out):
     from histaug_tf.data.convert import convert
 
     kw = {}
@@ -53,12 +76,12 @@ def main(argv):
         kw.update(num_train=FLAGS.num_train, num_valid=FLAGS.num_valid, num_test=FLAGS.num_test,
                   size=FLAGS.size, seed=FLAGS.seed, positive_fraction=FLAGS.positive_fraction)
     flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(__name__)}
-    m = convert(FLAGS.dataset, FLAGS.out or f"tfrecords/{FLAGS.dataset}", src=FLAGS.src,
+    m = convert(FLAGS.dataset, out, src=FLAGS.src,
                 encoding=FLAGS.encoding, shard_size=FLAGS.shard_size, overwrite=FLAGS.overwrite,
                 workers=FLAGS.workers, skip_bad=FLAGS.skip_bad, tmp_dir=FLAGS.tmp_dir,
                 flags=flag_values, **kw)
     counts = ", ".join(f"{s} {v['num_examples']} {v['class_counts']}" for s, v in m["splits"].items())
-    print(f"wrote {FLAGS.out or 'tfrecords/' + FLAGS.dataset}: {counts}")
+    print(f"wrote {out}: {counts}")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ class StudyConfig:
     mixed_precision: bool = False
     # control
     aggregate_only: bool = False
+    redo_changed: bool = False      # redo a finished step whose recorded flags differ (else refuse)
     stop_after_cells: int = 0        # testing: stop after this many newly finished cells (0 = all)
 
 
@@ -135,6 +136,83 @@ def _file_lock(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# ----------------------------------------------------------------------------- step records
+#
+# Every finished step records the flags it was made with in ``<cell>/steps/<step>.json`` (prepared
+# datasets: ``<outdir>/steps/prepare-<name>.json``). A step's flags include those of the steps it
+# reads (a GAN's include its subset's), so a change anywhere upstream shows at every later step.
+# A finished step whose record differs from the current flags is refused (one line naming the step
+# directory and the differing flags) unless ``redo_changed``, which redoes it. A step without a
+# record (made before records existed) is reused and its record written.
+
+def _json_norm(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _flag_diff(old: dict, new: dict, prefix: str = "") -> list:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _flag_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _record_path(steps_dir: str, step: str) -> str:
+    return os.path.join(steps_dir, f"{step}.json")
+
+
+def check_step(cfg: StudyConfig, steps_dir: str, step: str, out_dir: str, flags: dict,
+               done: bool, adopt=None) -> bool:
+    """Whether the finished step ``step`` (output ``out_dir``) can be reused with ``flags``.
+
+    Returns True to reuse, False to (re)do it. Raises ``UserError`` for a finished step whose
+    recorded flags differ, unless ``cfg.redo_changed``. A finished step without a record is
+    adopted: ``adopt()`` (if given; e.g. a verification) runs, then its record is written."""
+    if not done:
+        return False
+    rp = _record_path(steps_dir, step)
+    if not os.path.exists(rp):
+        if adopt is not None:
+            adopt()
+        record_step(steps_dir, step, out_dir, flags)
+        return True
+    try:
+        with open(rp, encoding="utf-8") as f:
+            old = json.load(f)["flags"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{rp}: unreadable step record ({e}); delete it to reuse {out_dir}") from None
+    diff = _flag_diff(old, _json_norm(flags))
+    if not diff:
+        return True
+    if cfg.redo_changed:
+        logging.info("%s: flags changed (%s); redoing it", out_dir, "; ".join(diff))
+        return False
+    raise UserError(f"{out_dir}: made with other flags ({'; '.join(diff)}); pass --redo_changed to "
+                    f"redo it (and what depends on it), or use another --outdir")
+
+
+def record_step(steps_dir: str, step: str, out_dir: str, flags: dict) -> None:
+    write_json_atomic(_record_path(steps_dir, step),
+                      {"dir": os.path.abspath(out_dir), "flags": _json_norm(flags),
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def _data_identity(data_dir: str) -> dict:
+    """What identifies a dataset's content: its directory, name, labels and shard checksums."""
+    from histaug_tf.common import file_sha256
+    from histaug_tf.data.manifest import load_manifest
+    m = load_manifest(data_dir, check="exists")
+    shards = sorted(sh.get("sha256", "") for info in m["splits"].values()
+                    for sh in info.get("shards", []))
+    import hashlib
+    return {"dir": os.path.abspath(data_dir), "name": m["name"], "label_names": m["label_names"],
+            "shards_sha256": hashlib.sha256("".join(shards).encode()).hexdigest(),
+            "manifest_sha256": None if shards else file_sha256(os.path.join(data_dir, "manifest.json"))}
+
+
 # ----------------------------------------------------------------------------- stages
 
 def prepare_dataset(cfg: StudyConfig, entry: str) -> str:
@@ -145,27 +223,52 @@ def prepare_dataset(cfg: StudyConfig, entry: str) -> str:
         raise UserError(f"{entry}: no manifest.json (prepare it with histaug_tf.prepare_data, or "
                         f"pass --prepare=<dataset>)")
     d = entry if os.path.isabs(entry) or os.sep in entry else os.path.join(cfg.outdir, "data", entry)
+    steps = os.path.join(cfg.outdir, "steps")
+    step = "prepare-" + os.path.basename(os.path.normpath(d))
+    flags = {"dataset": cfg.prepare, "prepare_args": cfg.prepare_args, "out": os.path.abspath(d)}
+    from histaug_tf.data.manifest import verify_shards
     with _file_lock(os.path.join(cfg.outdir, ".prepare.lock")):  # SLURM array tasks share it
-        if not _has_manifest(d):
+        # verified once, after it was written (or when a run that wrote it stopped before its
+        # record): later steps trust the manifest's sizes
+        if not check_step(cfg, steps, step, d, flags, _has_manifest(d),
+                          adopt=lambda: verify_shards(d)):
             args = [f"--dataset={cfg.prepare}", f"--out={d}", "--overwrite",
                     *shlex.split(cfg.prepare_args)]
             run_stage("prepare_data", args, os.path.join(cfg.outdir, "logs", "prepare_data.log"))
+            verify_shards(d)
+            record_step(steps, step, d, flags)
     return d
 
 
-def make_subset(cfg, data_dir, fraction, seed, out, logs) -> str:
+def subset_flags(cfg, data_dir, fraction, seed) -> dict:
+    return {"data": _data_identity(data_dir), "fraction": fraction, "seed": seed,
+            "subset_args": cfg.subset_args}
+
+
+def make_subset(cfg, data_dir, fraction, seed, out, logs, steps=None, flags=None) -> str:
     """The train subset of one cell: ``<out>/frac<f>/`` written by ``histaug_tf.subset``."""
     from histaug_tf.data.subsets import frac_dirname
     d = os.path.join(out, frac_dirname(fraction))
-    if not _has_manifest(d):
+    steps = steps or os.path.join(os.path.dirname(out), "steps")
+    flags = flags if flags is not None else subset_flags(cfg, data_dir, fraction, seed)
+    if not check_step(cfg, steps, "subset", d, flags, _has_manifest(d)):
         args = [f"--src={data_dir}", f"--fractions={fraction}", f"--seed={seed}", f"--out={out}",
                 "--overwrite", *shlex.split(cfg.subset_args)]
         run_stage("subset", args, os.path.join(logs, "subset.log"))
+        record_step(steps, "subset", d, flags)
     return d
 
 
-def train_gans(cfg, subset_dir, cdir, seed, logs, num_classes=2) -> dict:
+def gan_flags(cfg, seed, upstream: dict) -> dict:
+    return {"subset": upstream, "gan_mode": cfg.gan_mode, "gan_cfg": cfg.gan_cfg,
+            "gan_kimg": cfg.gan_kimg, "seed": seed, "resolution": cfg.resolution,
+            "resize_mode": cfg.resize_mode, "gan_args": cfg.gan_args}
+
+
+def train_gans(cfg, subset_dir, cdir, seed, logs, num_classes=2, flags=None) -> dict:
     """Train the GAN(s); return {'network': dir} (conditional) or {'networks': {c: dir}}."""
+    import shutil
+    steps = os.path.join(cdir, "steps")
     common = [f"--data={subset_dir}", f"--cfg={cfg.gan_cfg}", f"--kimg={cfg.gan_kimg}",
               f"--seed={seed}", f"--resolution={cfg.resolution}", f"--resize={cfg.resize_mode}",
               *shlex.split(cfg.gan_args)]
@@ -179,18 +282,26 @@ def train_gans(cfg, subset_dir, cdir, seed, logs, num_classes=2) -> dict:
         raise UserError(f"--gan_mode={cfg.gan_mode}: expected conditional or per_class")
     for c, (rd, extra) in runs.items():
         done = os.path.join(rd, ".done")
-        if not os.path.exists(done):
-            name = "train_gan" if c is None else f"train_gan_c{c}"
+        name = "train_gan" if c is None else f"train_gan_c{c}"
+        step_flags = dict(flags or {}, args=[*common, *extra])
+        finished = os.path.exists(done)
+        if not check_step(cfg, steps, os.path.basename(rd), rd, step_flags, finished):
+            if finished:  # redo: train_gan would resume from the old run's checkpoints
+                shutil.rmtree(rd)
             run_stage("train_gan", [f"--outdir={rd}", *common, *extra],
                       os.path.join(logs, f"{name}.log"))
             write_json_atomic(done, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            record_step(steps, os.path.basename(rd), rd, step_flags)
     if cfg.gan_mode == "conditional":
         return {"network": runs[None][0]}
     return {"networks": {c: rd for c, (rd, _) in runs.items()}}
 
 
-def generate_synthetic(cfg, gans, out, seed, logs) -> str:
-    if not _has_manifest(out):
+def generate_synthetic(cfg, gans, out, seed, logs, flags=None) -> str:
+    steps = os.path.join(os.path.dirname(out), "steps")
+    flags = dict(flags or {}, num_synthetic_per_class=cfg.num_synthetic_per_class,
+                 truncation=cfg.truncation, generate_args=cfg.generate_args, seed=seed)
+    if not check_step(cfg, steps, "synthetic", out, flags, _has_manifest(out)):
         if "network" in gans:
             net = [f"--network={gans['network']}"]
         else:
@@ -199,6 +310,7 @@ def generate_synthetic(cfg, gans, out, seed, logs) -> str:
                 f"--outdir={out}", f"--trunc={cfg.truncation}", "--overwrite",
                 *shlex.split(cfg.generate_args)]
         run_stage("generate", args, os.path.join(logs, "generate.log"))
+        record_step(steps, "synthetic", out, flags)
     return out
 
 
@@ -220,6 +332,61 @@ def run_classifier(kind: str, run_dir: str, cfg: StudyConfig, seed: int, **kw) -
     import keras
     keras.backend.clear_session()
     return train_classifier(run_dir, **kw, **_clf_kwargs(cfg, seed))
+
+
+def _classifier_step(cfg, cdir, kind, run_dir, seed, inputs: dict, **kw) -> dict:
+    """``run_classifier`` behind the step check: a finished run made with other flags is refused,
+    or (``redo_changed``) its metrics.json removed so that it is trained again."""
+    flags = {"kind": kind, "inputs": inputs,
+             **{k: v for k, v in _clf_kwargs(cfg, seed).items()
+                if k not in ("overwrite", "strategy", "mixed_precision")}}
+    steps = os.path.join(cdir, "steps")
+    metrics = os.path.join(run_dir, "metrics.json")
+    reuse = check_step(cfg, steps, f"clf_{kind}", run_dir, flags, os.path.exists(metrics))
+    if not reuse and os.path.exists(metrics):
+        os.remove(metrics)  # unfinished now: run_classifier trains it again (overwrite=True)
+    m = run_classifier(kind, run_dir, cfg, seed, **kw)
+    if not reuse:
+        record_step(steps, f"clf_{kind}", run_dir, flags)
+    return m
+
+
+def cell_flags(cfg: StudyConfig, data_dir: str, fraction: float, seed: int) -> dict:
+    """Every flag a cell's results depend on (recorded in its cell.json)."""
+    sub = subset_flags(cfg, data_dir, fraction, seed)
+    out = {"subset": sub, "classifier": {k: v for k, v in _clf_kwargs(cfg, seed).items()
+                                         if k not in ("overwrite", "strategy", "mixed_precision")}}
+    if fraction < 1.0:
+        out.update(gan=gan_flags(cfg, seed, sub),
+                   generate={"num_synthetic_per_class": cfg.num_synthetic_per_class,
+                             "truncation": cfg.truncation, "generate_args": cfg.generate_args},
+                   synthetic_ratio=cfg.synthetic_ratio, synthetic_count=cfg.synthetic_count,
+                   tstr=cfg.tstr)
+    return _json_norm(out)
+
+
+def finished_cell(cfg: StudyConfig, cdir: str, flags: dict):
+    """The cell.json record of a finished cell made with ``flags``, or None: not finished, or made
+    with other flags. Such a cell is run again: its steps reuse what has not changed and refuse
+    (or, with ``redo_changed``, redo) what has; its old cell.json stays until the new one replaces
+    it, except with ``redo_changed``, which removes it first."""
+    cell_json = os.path.join(cdir, "cell.json")
+    if not os.path.exists(cell_json):
+        return None
+    try:
+        with open(cell_json) as f:
+            rec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{cell_json}: unreadable ({e})") from None
+    if "flags" not in rec:  # written before cells recorded their flags
+        return rec
+    diff = _flag_diff(rec["flags"], flags)
+    if not diff:
+        return rec
+    logging.info("%s: flags changed (%s); checking its steps", cdir, "; ".join(diff))
+    if cfg.redo_changed:
+        os.remove(cell_json)
+    return None
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -248,22 +415,26 @@ def _aligned_predictions(run_a: str, run_b: str):
 
 def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, seed: int) -> dict:
     """Run (or finish) one cell; write and return its cell.json record."""
-    from histaug_tf.data.manifest import load_manifest
+    from histaug_tf.data.manifest import check_same_label_names, load_manifest
 
     cdir = cell_dir(cfg.outdir, dataset, fraction, seed)
     cell_json = os.path.join(cdir, "cell.json")
-    if os.path.exists(cell_json):
-        with open(cell_json) as f:
-            return json.load(f)
+    flags = cell_flags(cfg, data_dir, fraction, seed)
+    rec = finished_cell(cfg, cdir, flags)
+    if rec is not None:
+        return rec
     t0 = time.time()
     logs = os.path.join(cdir, "logs")
     os.makedirs(logs, exist_ok=True)
     man = load_manifest(data_dir)
     label_names = list(man.get("label_names", ["normal", "tumour"]))
     full = fraction >= 1.0
+    sub_flags = subset_flags(cfg, data_dir, fraction, seed)
     train_dir = data_dir if full else make_subset(cfg, data_dir, fraction, seed,
-                                                  os.path.join(cdir, "subsets"), logs)
+                                                  os.path.join(cdir, "subsets"), logs,
+                                                  os.path.join(cdir, "steps"), sub_flags)
     tman = load_manifest(train_dir)
+    check_same_label_names(man, tman)
     n_train = int(tman["splits"]["train"]["num_examples"])
     rec = {"dataset": dataset, "fraction": fraction, "seed": seed, "n_train": n_train,
            "train_class_counts": tman["splits"]["train"].get("class_counts"),
@@ -271,25 +442,35 @@ def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, see
     # Validation and test come from the full dataset (a subset's valid/test reference the parent's).
     real = dict(val_data=data_dir, test_data=data_dir)
     base_dir = os.path.join(cdir, "clf_baseline")
-    mb = run_classifier("baseline", base_dir, cfg, seed, train_data=train_dir, **real)
+    mb = _classifier_step(cfg, cdir, "baseline", base_dir, seed, {"train": sub_flags},
+                          train_data=train_dir, **real)
     rec["baseline"] = _summary(mb, label_names)
     if not full:
-        gans = train_gans(cfg, train_dir, cdir, seed, logs, num_classes=len(label_names))
-        syn = generate_synthetic(cfg, gans, os.path.join(cdir, "synthetic"), seed, logs)
+        g_flags = gan_flags(cfg, seed, sub_flags)
+        gans = train_gans(cfg, train_dir, cdir, seed, logs, num_classes=len(label_names),
+                          flags=g_flags)
+        syn_flags = {"gan": g_flags}
+        syn = generate_synthetic(cfg, gans, os.path.join(cdir, "synthetic"), seed, logs,
+                                 flags=syn_flags)
+        check_same_label_names(man, load_manifest(syn))
+        syn_flags = dict(syn_flags, num_synthetic_per_class=cfg.num_synthetic_per_class,
+                         truncation=cfg.truncation, generate_args=cfg.generate_args)
         aug_dir = os.path.join(cdir, "clf_augmented")
         mix_kw = ({"synthetic_count": cfg.synthetic_count} if cfg.synthetic_count is not None
                   else {"synthetic_ratio": cfg.synthetic_ratio})
-        ma = run_classifier("augmented", aug_dir, cfg, seed, train_data=train_dir,
-                            synthetic_data=syn, **mix_kw, **real)
+        ma = _classifier_step(cfg, cdir, "augmented", aug_dir, seed,
+                              {"train": sub_flags, "synthetic": syn_flags, **mix_kw},
+                              train_data=train_dir, synthetic_data=syn, **mix_kw, **real)
         rec["augmented"] = _summary(ma, label_names)
         rec["effective_synthetic_ratio"] = ma.get("effective_synthetic_ratio")
         y, pb, pa = _aligned_predictions(base_dir, aug_dir)
         rec["delong"] = ev.delong_test(y, pa, pb)   # augmented vs baseline
         if cfg.tstr:
-            mt = run_classifier("tstr", os.path.join(cdir, "clf_tstr"), cfg, seed, train_data=syn,
-                                **real)
+            mt = _classifier_step(cfg, cdir, "tstr", os.path.join(cdir, "clf_tstr"), seed,
+                                  {"train": syn_flags}, train_data=syn, **real)
             rec["tstr"] = _summary(mt, label_names)
     rec["seconds"] = round(time.time() - t0, 1)
+    rec["flags"] = flags
     write_json_atomic(cell_json, rec)
     return rec
 
@@ -540,7 +721,7 @@ def run_study(cfg: StudyConfig) -> str:
         for fraction in cfg.fractions:
             for seed in cfg.seeds:
                 cdir = cell_dir(cfg.outdir, dataset, fraction, seed)
-                if os.path.exists(os.path.join(cdir, "cell.json")):
+                if finished_cell(cfg, cdir, cell_flags(cfg, data_dir, fraction, seed)) is not None:
                     logging.info("cell %s done already, skipped", os.path.relpath(cdir, cfg.outdir))
                     continue
                 logging.info("cell %s ...", os.path.relpath(cdir, cfg.outdir))

@@ -43,6 +43,8 @@ flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the
 flags.DEFINE_integer("n_boot", 1000, "Bootstrap replicates for the AUC interval.")
 flags.DEFINE_float("threshold", 0.5, "Decision threshold on P(class 1) for accuracy/P/R/F1.")
 flags.DEFINE_boolean("overwrite", False, "Redo a finished run.")
+flags.DEFINE_boolean("verify", False, "Check every input shard's sha256 against its manifest "
+                     "before training (reads every shard once).")
 flags.mark_flags_as_required(["outdir", "train_data"])
 
 
@@ -59,7 +61,8 @@ def main(argv):
         min_steps_per_epoch=f.min_steps_per_epoch, learning_rate=f.lr,
         weight_decay=f.weight_decay, dropout=f.dropout, patience=f.patience, balance=f.balance,
         augment=f.augment, seed=f.seed, strategy=f.strategy, mixed_precision=f.mixed_precision,
-        jit_compile=f.jit_compile, n_boot=f.n_boot, threshold=f.threshold, overwrite=f.overwrite)
+        jit_compile=f.jit_compile, n_boot=f.n_boot, threshold=f.threshold, overwrite=f.overwrite,
+        verify=f.verify)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,11 @@ STUBS = textwrap.dedent('''
             with open(LOG, "a") as f:
                 f.write(msg + "\\n")
 
-    def write_ds(out, name, n_per_class, splits=("train",), source="real", seed=0):
+    def write_ds(out, name, n_per_class, splits=("train",), source="real", seed=0,
+                 label_names=("normal", "tumour")):
         rng = np.random.default_rng(seed)
-        with DatasetWriter(out, name, (8, 8, 3), encoding="raw", overwrite=True) as w:
+        with DatasetWriter(out, name, (8, 8, 3), encoding="raw", overwrite=True,
+                           label_names=label_names) as w:
             for split in splits:
                 for c in (0, 1):
                     for i in range(n_per_class):
@@ -54,8 +56,17 @@ STUBS = textwrap.dedent('''
             write_ds(os.path.join(arg(args, "out"), frac_dirname(f)), "sub", max(1, int(100 * f)))
         elif module == "train_gan":
             os.makedirs(arg(args, "outdir"), exist_ok=True)
+        elif module == "prepare_data":
+            out = arg(args, "out")
+            write_ds(out, "prep", 10, splits=("train", "valid", "test"))
+            if os.environ.get("STUB_DAMAGE"):  # one flipped byte in a shard, size unchanged
+                p = os.path.join(out, "test-00000-of-00001.tfrecord")
+                b = bytearray(open(p, "rb").read())
+                b[100] ^= 0xFF
+                open(p, "wb").write(b)
         elif module == "generate":
-            write_ds(arg(args, "outdir"), "syn", 10, source="synthetic")
+            write_ds(arg(args, "outdir"), "syn", 10, source="synthetic",
+                     label_names=os.environ.get("STUB_SYN_LABELS", "normal,tumour").split(","))
         else:
             raise AssertionError(module)
 
@@ -259,3 +270,115 @@ def test_per_class_gans(real, tmp_path, monkeypatch):
     assert f"--networks=0:{cdir}/gan_c0,1:{cdir}/gan_c1" in gen
     rows = _read_csv(tmp_path / "out" / "results.csv")
     assert len(rows) == 1 and rows[0]["auc_augmented"] and not rows[0]["auc_tstr"]
+
+
+@pytest.mark.slow
+def test_changed_flags_refused_then_redone(real, tmp_path):
+    """A finished step whose recorded flags differ from the current ones is refused in one line
+    naming the step directory and the flags; --redo_changed redoes it and what depends on it (and
+    only that); an unchanged rerun redoes nothing."""
+    driver = tmp_path / "driver.py"
+    out = tmp_path / "out"
+    log = tmp_path / "stub.log"
+    driver.write_text(STUBS + textwrap.dedent('''
+        import sys
+        from absl import app
+        from histaug_tf import experiment
+        from histaug_tf.common import run_main
+        sys.argv = ["experiment"] + sys.argv[1:]
+        app.run(run_main(experiment.main))
+    '''))
+    env = dict(os.environ, STUB_LOG=str(log),
+               PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    base = [f"--outdir={out}", f"--data={real}", "--fractions=0.5", "--seeds=0", "--n_boot=50",
+            "--notstr"]
+    cdir = out / "cells" / "toy" / "f0.5" / "s0"
+
+    def run(*extra):
+        n = len(log.read_text().splitlines()) if log.exists() else 0
+        p = subprocess.run([sys.executable, str(driver), *base, *extra], env=env,
+                           capture_output=True, text=True, timeout=300)
+        return p, log.read_text().splitlines()[n:] if log.exists() else []
+
+    def error_line(p):
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+        lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1, p.stderr[-3000:]
+        return lines[0]
+
+    p, ran = run()
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(ran) == 5  # subset, train_gan, generate, clf baseline, clf augmented
+    cell = (cdir / "cell.json").read_text()
+
+    p, ran = run("--gan_kimg=20")
+    line = error_line(p)
+    assert line.startswith(f"error: {cdir}/gan: made with other flags (") and \
+        "gan_kimg: 10.0 -> 20.0" in line and "--redo_changed" in line, line
+    assert ran == [] and (cdir / "cell.json").read_text() == cell
+
+    p, ran = run("--clf_epochs=3")
+    line = error_line(p)
+    assert line.startswith(f"error: {cdir}/clf_baseline: made with other flags (") and \
+        "epochs: 30 -> 3" in line, line
+    assert ran == []
+
+    p, ran = run("--subset_args=--shard_size=7")
+    line = error_line(p)
+    assert line.startswith(f"error: {cdir}/subsets/frac0.5: made with other flags (") and \
+        "subset_args: '' -> '--shard_size=7'" in line, line
+    assert ran == []
+
+    p, ran = run("--gan_kimg=20", "--redo_changed")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [ln.split()[1] for ln in ran] == ["train_gan", "generate", "cells/toy/f0.5/s0/clf_augmented"]
+    assert json.loads((cdir / "cell.json").read_text())["flags"]["gan"]["gan_kimg"] == 20.0
+
+    p, ran = run("--gan_kimg=20")  # one-command resume of unchanged steps: nothing redone
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert ran == []
+
+    # a synthetic set whose labels are the real set's in the other order: refused, no table row
+    env["STUB_SYN_LABELS"] = "tumour,normal"
+    p, ran = run("--seeds=1")
+    line = error_line(p)
+    syn = out / "cells" / "toy" / "f0.5" / "s1" / "synthetic"
+    assert line == (f"error: {syn}/manifest.json: label order ['tumour', 'normal'] differs from "
+                    f"{real}/manifest.json's ['normal', 'tumour'] (the same label index means "
+                    "another class)"), line
+    assert not (syn.parent / "cell.json").exists() and not (syn.parent / "clf_augmented").exists()
+    assert len(_read_csv(out / "results.csv")) == 1
+
+
+@pytest.mark.slow
+def test_prepared_dataset_is_verified_once(tmp_path):
+    """--prepare: the dataset the study prepared is checked (sha256) right after preparing it; a
+    damaged shard stops the study in one line naming it, before any cell runs."""
+    driver = tmp_path / "driver.py"
+    out = tmp_path / "out"
+    driver.write_text(STUBS + textwrap.dedent('''
+        import sys
+        from absl import app
+        from histaug_tf import experiment
+        from histaug_tf.common import run_main
+        sys.argv = ["experiment"] + sys.argv[1:]
+        app.run(run_main(experiment.main))
+    '''))
+    env = dict(os.environ, STUB_LOG=str(tmp_path / "log"), STUB_DAMAGE="1",
+               PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, str(driver), f"--outdir={out}", "--data=prep",
+                        "--prepare=synthetic_tissue", "--fractions=0.5", "--seeds=0",
+                        "--n_boot=50", "--notstr"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    shard = out / "data" / "prep" / "test-00000-of-00001.tfrecord"
+    assert lines == [f"error: {shard}: sha256 differs from manifest {out}/data/prep/manifest.json"], \
+        p.stderr[-3000:]
+    assert not (out / "cells").exists()
+    assert not (out / "steps" / "prepare-prep.json").exists()  # not recorded as done
+    # a rerun does not take the damaged dataset for a finished step
+    p2 = subprocess.run(p.args, env=env, capture_output=True, text=True, timeout=300)
+    assert p2.returncode == 1 and [ln for ln in p2.stderr.splitlines()
+                                   if ln.startswith("error:")] == lines, p2.stderr[-3000:]
+    assert not (out / "cells").exists()

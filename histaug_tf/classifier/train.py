@@ -65,6 +65,15 @@ def _image_shape(manifest: dict, resolution: int | None):
     return h, w, c
 
 
+def _check_mapping(manifest: dict, data_dir: str, resolution, resize_mode: str) -> None:
+    """The pipeline's check that ``resize_mode`` can map the stored size to ``resolution``, done
+    up front (before the run directory is written) instead of when the dataset is opened."""
+    from histaug_tf.data.pipeline import _check_resolution
+    h, w = (int(v) for v in manifest["image_shape"][:2])
+    _check_resolution(resize_mode, (h, w), (int(resolution),) * 2 if resolution else (h, w),
+                      data_dir)
+
+
 def _unpack(elem):
     """(images, labels, keys-or-None) from a pipeline element (tuple, or dict with_meta)."""
     if isinstance(elem, dict):
@@ -184,13 +193,43 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
                      strategy: str = "auto", mixed_precision: bool = False,
                      jit_compile: str = "auto", n_boot: int = 1000, threshold: float = 0.5,
                      shuffle_buffer: int = 2048, overwrite: bool = False,
-                     verbose: bool = True) -> dict:
-    """Train, keep the best-validation-AUC weights, evaluate on the test split. Returns metrics."""
+                     verify: bool = False, verbose: bool = True) -> dict:
+    """Train, keep the best-validation-AUC weights, evaluate on the test split. Returns metrics.
+
+    Every input (manifests, splits, label names against the training set's, image shapes) is
+    checked before anything is written to ``out_dir``; ``verify`` also checks every shard's sha256
+    against its manifest. A damaged shard met while reading is named in the ``UserError``.
+    """
+    try:
+        return _train_classifier(
+            out_dir, train_data, synthetic_data=synthetic_data, synthetic_ratio=synthetic_ratio,
+            synthetic_count=synthetic_count, val_data=val_data, test_data=test_data,
+            train_split=train_split, synthetic_split=synthetic_split, val_split=val_split,
+            test_split=test_split, arch=arch, weights=weights, resolution=resolution,
+            resize_mode=resize_mode, batch_size=batch_size, epochs=epochs,
+            min_steps_per_epoch=min_steps_per_epoch, learning_rate=learning_rate,
+            weight_decay=weight_decay, dropout=dropout, patience=patience, balance=balance,
+            augment=augment, seed=seed, strategy=strategy, mixed_precision=mixed_precision,
+            jit_compile=jit_compile, n_boot=n_boot, threshold=threshold,
+            shuffle_buffer=shuffle_buffer, overwrite=overwrite, verify=verify, verbose=verbose)
+    except Exception as e:  # noqa: BLE001 - only read errors are translated, the rest re-raised
+        from histaug_tf.data.manifest import explain_read_error, is_read_error
+        if is_read_error(e):
+            raise explain_read_error([train_data, synthetic_data, val_data, test_data], e) from None
+        raise
+
+
+def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, synthetic_count,
+                      val_data, test_data, train_split, synthetic_split, val_split, test_split,
+                      arch, weights, resolution, resize_mode, batch_size, epochs,
+                      min_steps_per_epoch, learning_rate, weight_decay, dropout, patience,
+                      balance, augment, seed, strategy, mixed_precision, jit_compile, n_boot,
+                      threshold, shuffle_buffer, overwrite, verify, verbose) -> dict:
     import keras
     import tensorflow as tf
 
     from histaug_tf.classifier.models import build_model
-    from histaug_tf.data.manifest import load_manifest
+    from histaug_tf.data.manifest import check_same_label_names, load_manifest
     from histaug_tf.data.pipeline import mix
 
     t_start = time.time()
@@ -210,7 +249,9 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
     if os.path.exists(metrics_path) and not overwrite:
         raise UserError(f"{metrics_path}: run already finished (use --overwrite to redo it)")
 
-    man = load_manifest(train_data)
+    # ---- every input is checked before anything is written to out_dir
+    check = "sha256" if verify else "size"
+    man = load_manifest(train_data, check=check)
     label_names = tuple(man.get("label_names", ("normal", "tumour")))
     k = len(label_names)
     if k != 2:
@@ -220,9 +261,12 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
     if n_real == 0:
         raise UserError(f"{train_data}: split {train_split!r} is empty")
     image_shape = _image_shape(man, resolution)
+    _check_mapping(man, train_data, resolution, resize_mode)
     for d, sp in ((val_data, val_split), (test_data, test_split)):
-        m2 = load_manifest(d)
+        m2 = load_manifest(d, check=check)
+        check_same_label_names(man, m2)
         _class_counts(m2, sp, d, k)
+        _check_mapping(m2, d, resolution, resize_mode)
         if _image_shape(m2, resolution) != image_shape:
             raise UserError(f"{d}: image shape {m2['image_shape']} differs from {train_data}'s "
                             f"{man['image_shape']}; pass --resolution")
@@ -230,7 +274,9 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
     ratio = 0.0
     syn_counts = np.zeros(k, np.int64)
     if synthetic_data:
-        sman = load_manifest(synthetic_data)
+        sman = load_manifest(synthetic_data, check=check)
+        check_same_label_names(man, sman)
+        _check_mapping(sman, synthetic_data, resolution, resize_mode)
         syn_counts = _class_counts(sman, synthetic_split, synthetic_data, k)
         if _image_shape(sman, resolution) != image_shape:
             raise UserError(f"{synthetic_data}: image shape {sman['image_shape']} differs from "

@@ -89,7 +89,9 @@ def run_jobs(jobs, handle, workers: int, max_inflight=None, start_timeout=300):
         return
     max_inflight = max_inflight or 2 * workers + 2
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold TF threads
-    with ctx.Pool(workers) as pool:
+    # Ctrl-C reaches the whole process group: the workers ignore it (no traceback from each), the
+    # main process stops, and leaving the `with` terminates them.
+    with ctx.Pool(workers, initializer=encode_worker.ignore_sigint) as pool:
         try:  # a pool whose workers die at start-up would otherwise wait forever
             pool.apply_async(encode_worker.ping).get(start_timeout)
         except multiprocessing.TimeoutError:

@@ -30,16 +30,57 @@ def _arrays(job):
     return {"records": recs, "errors": [], "notes": {}}
 
 
-def load_image_file(path: str):
-    """uint8 HWC RGB array of an image file, or raise ValueError with the problem."""
+SCALED_16BIT = "16bit_scaled_to_8bit"          # input_report counts (see to_rgb8)
+ALPHA_COMPOSITED = "alpha_composited_on_white"
+
+
+def to_rgb8(im, notes=None) -> np.ndarray:
+    """uint8 HWC RGB array of a loaded Pillow image, without silent damage.
+
+    16-bit samples are scaled to 8 bits (``round(v * 255 / 65535)``; Pillow's own conversion of a
+    16-bit grey image clips every value above 255 to white). An alpha channel is composited on
+    white, the slide background (``round(rgb * a + 255 * (1 - a))``, ``a = alpha / 255``), instead
+    of being dropped. ``notes`` (a dict) counts the images so treated under ``SCALED_16BIT`` and
+    ``ALPHA_COMPOSITED`` (only images with a pixel that is not fully opaque).
+    """
+    def note(k):
+        if notes is not None:
+            notes[k] = notes.get(k, 0) + 1
+
+    rawmode = str(getattr(im.tile[0], "args", "") if getattr(im, "tile", None) else "")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{im.mode} image with values outside 0..65535 is not supported")
+        g = np.round(a * (255.0 / 65535.0)).astype(np.uint8)
+        note(SCALED_16BIT)
+        return np.repeat(g[..., None], 3, axis=-1)
+    if im.mode == "F":
+        raise ValueError("floating-point image is not supported (expected 8- or 16-bit)")
+    if ";16" in rawmode:  # 16-bit RGB(A)/LA PNG: Pillow keeps the high byte (a scaling, not a clip)
+        note(SCALED_16BIT)
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        im.mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
+        alpha = rgba[..., 3:] / 255.0
+        if (alpha < 1).any():
+            note(ALPHA_COMPOSITED)
+        out = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_image_file(path: str, notes=None):
+    """uint8 HWC RGB array of an image file (see ``to_rgb8``), or raise ValueError with the problem."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8)
+            return to_rgb8(im, notes)
     except Exception as e:  # noqa: BLE001 - any decoder failure is "corrupt image"
         raise ValueError(f"corrupt or unreadable image ({type(e).__name__}: {e})") from None
 
@@ -48,10 +89,10 @@ def _files(job):
     _, encoding, shape, undersized, items = job
     h, w, c = shape
     recs, errors = [], []
-    notes = {"undersized_padded": 0, "undersized_dropped": 0}
+    notes = {"undersized_padded": 0, "undersized_dropped": 0, SCALED_16BIT: 0, ALPHA_COMPOSITED: 0}
     for split, path, lab, key, grp in items:
         try:
-            img = load_image_file(path)
+            img = load_image_file(path, notes)
         except ValueError as e:
             errors.append((path, str(e)))
             continue
@@ -90,6 +131,13 @@ def _synthetic(job):
 
 def ping():
     return True
+
+
+def ignore_sigint():
+    """Pool initializer: SIGINT is the main process's business (it stops and cleans up)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def process(job):

@@ -121,3 +121,119 @@ def split_info(manifest: dict, split: str) -> dict:
 def split_shard_paths(manifest: dict, split: str) -> list[str]:
     info = split_info(manifest, split)
     return [shard_path(manifest["data_dir"], sh) for sh in info["shards"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing datasets, verifying shards, explaining read errors.
+# --------------------------------------------------------------------------------------------
+
+def _where(m: dict | None, fallback: str) -> str:
+    if m is not None and m.get("data_dir"):
+        return manifest_path(m["data_dir"])
+    return fallback
+
+
+def check_same_labels(ref_names, other_names, ref_where: str, other_where: str) -> None:
+    """Refuse two label lists that differ (order, names or class count), in one line naming both.
+
+    The one comparison of labels every consumer of several datasets uses (classifier training
+    beside synthetic / validation / test sets, the study, generate against its GAN's labels,
+    calc_metrics real against generated). ``*_where`` name the files the lists come from.
+    """
+    a = [str(n) for n in ref_names]
+    b = [str(n) for n in other_names]
+    if a == b:
+        return
+    if len(a) != len(b):
+        why = f"{len(b)} classes {b}, but {ref_where} has {len(a)} classes {a}"
+    elif sorted(a) == sorted(b):
+        why = f"label order {b} differs from {ref_where}'s {a} (the same label index means another class)"
+    else:
+        why = f"label names {b} differ from {ref_where}'s {a}"
+    raise UserError(f"{other_where}: {why}")
+
+
+def check_same_label_names(ref: dict, other: dict) -> None:
+    """``check_same_labels`` of two loaded manifests (``load_manifest`` results)."""
+    check_same_labels(ref["label_names"], other["label_names"], _where(ref, "reference dataset"),
+                      _where(other, "dataset"))
+
+
+def verify_shards(data_dir: str) -> int:
+    """Check every shard's size and sha256 against ``data_dir``'s manifest (``UserError`` naming the
+    first damaged shard). Returns the number of shards checked."""
+    m = load_manifest(data_dir, check="sha256")
+    return sum(len(info.get("shards", [])) for info in m["splits"].values())
+
+
+def is_read_error(err: BaseException) -> bool:
+    """True for TensorFlow's errors on a damaged TFRecord (bad CRC, truncated record)."""
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(err, tf.errors.DataLossError)
+
+
+def _first_line(err: BaseException) -> str:
+    msg = getattr(err, "message", None) or str(err)
+    import re
+
+    lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
+    # Keras wraps it ("Graph execution error:" ... the op's message further down): prefer the
+    # line that speaks of the record
+    hits = [ln for ln in lines if re.search(r"record|corrupt|truncat", ln, re.I)]
+    line = hits[0] if hits else lines[0] if lines else ""
+    line = re.sub(r"\{\{.*?\}\}\s*", "", line)          # {{function_node ...}}
+    line = re.sub(r"\s*\[Op:.*$", "", line).strip()       # [Op:IteratorGetNext] name:
+    return line or type(err).__name__
+
+
+def _offset(err: BaseException):
+    import re
+
+    m = re.search(r"(?:record|offset)\D{0,12}(\d+)", _first_line(err))
+    return int(m.group(1)) if m else None
+
+
+def explain_read_error(data_dirs, err: BaseException) -> UserError:
+    """A one-line ``UserError`` for a failed read of the datasets ``data_dirs``, naming the shard.
+
+    TensorFlow's ``DataLossError`` ("corrupted record at 1234") does not say which file. Every shard
+    of the datasets is checked against its manifest (size, then sha256); the first that differs is
+    the damaged one. When all match (damaged before the manifest was written, or a file system
+    error), each shard is read on its own to find the one that fails. The record offset is kept
+    when TensorFlow gives one.
+    """
+    dirs = [d for d in dict.fromkeys(os.fspath(d) for d in data_dirs if d)]
+    detail = _first_line(err)
+    off = _offset(err)
+    at = f" (record at byte offset {off})" if off is not None else ""
+    seen = set()
+    shards = []
+    for d in dirs:
+        try:
+            m = load_manifest(d, check="exists")
+        except UserError as e:
+            return e
+        for split, info in m["splits"].items():
+            for sh in info.get("shards", []):
+                p = shard_path(d, sh)
+                if p not in seen:
+                    seen.add(p)
+                    shards.append((d, split, sh, p))
+    for d, split, sh, p in shards:
+        if "num_bytes" in sh and os.path.getsize(p) != sh["num_bytes"]:
+            return UserError(f"{p}: damaged shard of split '{split}' of {d}: has "
+                             f"{os.path.getsize(p)} bytes, its manifest says {sh['num_bytes']}"
+                             f"{at} — {detail}")
+        if "sha256" in sh and file_sha256(p) != sh["sha256"]:
+            return UserError(f"{p}: damaged shard of split '{split}' of {d}: sha256 differs from "
+                             f"its manifest{at} — {detail}; restore or regenerate the dataset")
+    for d, split, sh, p in shards:
+        try:
+            count_records(p)
+        except UserError as e:
+            return UserError(f"{e} (shard of split '{split}' of {d})")
+    return UserError(f"reading {', '.join(dirs)}: {detail} (every shard matches its manifest; "
+                     "a file system error?)")

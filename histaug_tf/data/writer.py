@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -26,8 +27,22 @@ DEFAULT_SHARD_SIZE = 4096
 TMP_PREFIX = ".tmp-"
 
 
+_SHARD_RE = re.compile(r".+-\d{5}-of-\d{5}\.tfrecord")
+
+
 def _is_ours(name: str) -> bool:
-    return name == MANIFEST_NAME or name.endswith(".tfrecord") or name.startswith(TMP_PREFIX)
+    """A name this writer creates: the manifest, a shard (``<split>-00000-of-00004.tfrecord``) or a
+    temporary file. Any other ``*.tfrecord`` is someone else's."""
+    return name == MANIFEST_NAME or bool(_SHARD_RE.fullmatch(name)) or name.startswith(TMP_PREFIX)
+
+
+def _manifest_is_ours(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and "format_version" in m and "splits" in m
 
 
 def prepare_output_dir(out_dir: str, overwrite: bool) -> bool:
@@ -50,6 +65,8 @@ def prepare_output_dir(out_dir: str, overwrite: bool) -> bool:
         raise UserError(f"{out_dir}: output directory exists and holds {state}; "
                         "pass --overwrite to replace it")
     foreign = sorted(n for n in names if not _is_ours(n))
+    if MANIFEST_NAME in names and not _manifest_is_ours(os.path.join(out_dir, MANIFEST_NAME)):
+        foreign.insert(0, MANIFEST_NAME + " (not a histaug_tf manifest)")
     if foreign:
         raise UserError(f"{out_dir}: --overwrite refused: the directory holds files that are not "
                         f"part of a dataset ({', '.join(foreign[:5])})")

@@ -229,6 +229,7 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
     class) are written into ``outdir`` after the manifest.
     """
     from histaug_tf.common import Progress
+    from histaug_tf.data.manifest import check_same_labels
     from histaug_tf.data.writer import DatasetWriter
 
     # ---- check everything first (no output on bad input) ----
@@ -248,7 +249,11 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
             raise UserError(f"{path}: the network is unconditional (c_dim=0); give one network "
                             "per class with --networks=0:PATH,1:PATH")
         num_classes = int(G.c_dim)
-        label_names = list(label_names) if label_names else label_names_from_metadata(meta)
+        recorded = label_names_from_metadata(meta)
+        if label_names and recorded is not None:  # the GAN's own labels win over a typo
+            check_same_labels(recorded, label_names, f"{path} (the GAN's training labels)",
+                              "--label_names")
+        label_names = list(label_names) if label_names else recorded
         if label_names is None:
             label_names = ["normal", "tumour"] if num_classes == 2 else \
                 [f"class{i}" for i in range(num_classes)]
@@ -263,9 +268,16 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
         loaded, metas = {}, {}
         for c, p in sorted(spec.items()):
             loaded[c], metas[c], snapshots[str(c)] = load_generator(p)
+        recorded = [(snapshots[str(c)], label_names_from_metadata(m)) for c, m in sorted(metas.items())
+                    if label_names_from_metadata(m) is not None]
+        for p, names in recorded[1:]:  # per-class GANs trained on differently labelled data
+            check_same_labels(recorded[0][1], names, f"{recorded[0][0]} (its training labels)",
+                              f"{p} (its training labels)")
+        if label_names and recorded:
+            check_same_labels(recorded[0][1], label_names,
+                              f"{recorded[0][0]} (the GAN's training labels)", "--label_names")
         if not label_names:
-            label_names = next((label_names_from_metadata(m) for m in metas.values()
-                                if label_names_from_metadata(m)), None) or ["normal", "tumour"]
+            label_names = recorded[0][1] if recorded else ["normal", "tumour"]
         label_names = list(label_names)
         num_classes = len(label_names)
         bad = [c for c in spec if not 0 <= c < num_classes]

@@ -8,10 +8,28 @@ from histaug_tf.common import UserError
 from histaug_tf.metrics.compute import compute_metrics, parse_metrics
 
 
+def _check_network_labels(real: dict, meta: dict, path: str) -> None:
+    """A snapshot that recorded its label names must have the real dataset's."""
+    from histaug_tf.data.manifest import check_same_labels, manifest_path
+    from histaug_tf.gan.generate_lib import label_names_from_metadata
+
+    names = label_names_from_metadata(meta or {})
+    if names is not None:
+        check_same_labels(real["label_names"], names, manifest_path(real["data_dir"]),
+                          f"{path} (label names recorded in the snapshot)")
+
+
 def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=None,
                  inception_weights=None, inception_seed=0, inception_resolution=299,
-                 batch_size=64, jit_compile=False, **kwargs) -> dict:
-    """Returns ``{'metrics': {...}, 'network'|'networks'|'gen_data': ..., 'data': ..., details}``."""
+                 batch_size=64, jit_compile=False, verify=False, **kwargs) -> dict:
+    """Returns ``{'metrics': {...}, 'network'|'networks'|'gen_data': ..., 'data': ..., details}``.
+
+    The real and generated sides must have the same label names (a generated dataset's manifest,
+    or the label names a snapshot recorded); ``verify`` checks every shard's sha256 first. A
+    damaged shard met while reading is named in the ``UserError``.
+    """
+    from histaug_tf.data.manifest import (check_same_label_names, explain_read_error,
+                                          is_read_error, load_manifest)
     from histaug_tf.gan.generate_lib import load_generator, parse_networks_map
     from histaug_tf.metrics.inception import get_inception
 
@@ -28,27 +46,39 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
                         "weights), a weights file PATH, or 'random' (smoke tests and timing only)")
     if not os.path.isdir(data_dir):
         raise UserError(f"{data_dir}: dataset directory does not exist")
+    # ---- every input is checked before any feature is computed or cached
+    check = "sha256" if verify else "size"
+    real = load_manifest(data_dir, check=check)
     out = {"data": os.path.abspath(data_dir)}
     G = None
     if network:
-        G, _meta, path = load_generator(network)
+        G, meta, path = load_generator(network)
+        _check_network_labels(real, meta, path)
         out["network"] = os.path.abspath(path)
     elif networks:
         G = {}
         out["networks"] = {}
         for c, p in sorted(parse_networks_map(networks).items()):
-            G[c], _meta, path = load_generator(p)
+            G[c], meta, path = load_generator(p)
+            _check_network_labels(real, meta, path)
             out["networks"][str(c)] = os.path.abspath(path)
     else:
+        check_same_label_names(real, load_manifest(gen_data_dir, check=check))
         out["gen_data"] = os.path.abspath(gen_data_dir)
     extractor = get_inception(None if inception_weights == "random" else inception_weights,
                               seed=inception_seed, resolution=inception_resolution,
                               batch_size=batch_size, jit_compile=jit_compile)
     details = {}
     t0 = time.monotonic()
-    out["metrics"] = compute_metrics(metrics, data_dir=data_dir, G=G, gen_data_dir=gen_data_dir,
-                                     extractor=extractor, batch_size=batch_size,
-                                     jit_compile=jit_compile, details=details, **kwargs)
+    try:
+        out["metrics"] = compute_metrics(metrics, data_dir=data_dir, G=G,
+                                         gen_data_dir=gen_data_dir, extractor=extractor,
+                                         batch_size=batch_size, jit_compile=jit_compile,
+                                         details=details, **kwargs)
+    except Exception as e:  # noqa: BLE001 - only read errors are translated, the rest re-raised
+        if is_read_error(e):
+            raise explain_read_error([data_dir, gen_data_dir], e) from None
+        raise
     out["seconds"] = time.monotonic() - t0
     out.update(details)
     return out
