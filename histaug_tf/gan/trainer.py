@@ -62,6 +62,23 @@ def _one_line(err):
     return re.sub(r"\s*\[Op:\w+\]$", "", msg)
 
 
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+def _object_graph(prefix):
+    """The TrackableObjectGraph stored in checkpoint ``prefix`` (which objects, which variables)."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    try:
+        graph.ParseFromString(tf.train.load_checkpoint(prefix).get_tensor(_OBJECT_GRAPH_KEY))
+    except Exception as e:  # noqa: BLE001 - missing or unparsable
+        raise CheckpointDamaged(f"{prefix}.index: no object graph ({_one_line(e)})") from None
+    if not graph.nodes:
+        raise CheckpointDamaged(f"{prefix}.index: empty object graph")
+    return graph
+
+
 def checkpoint_step(prefix):
     """N of a checkpoint prefix ``.../ckpt-N``; -1 for other names."""
     m = re.fullmatch(r"ckpt-(\d+)", os.path.basename(prefix))
@@ -577,9 +594,17 @@ class Trainer:
         trainer (and, once one was verified in this process, exactly the same variables) at
         ``step``. Raises ``CheckpointDamaged`` naming the file."""
         shapes = verify_checkpoint_files(prefix)
-        missing = [k for k in self._ckpt_objects if not any(n.startswith(k + "/") for n in shapes)]
+        graph = _object_graph(prefix)
+        missing = sorted(set(self._ckpt_objects) - {c.local_name for c in graph.nodes[0].children})
         if missing:
             raise CheckpointDamaged(f"{prefix}.index: holds no {', '.join(missing)}")
+        # exactly the variables its object graph lists (each variable once, under its first path)
+        keys = {a.checkpoint_key for n in graph.nodes for a in n.attributes}
+        keys.add(_OBJECT_GRAPH_KEY)
+        if keys != set(shapes):
+            diff = sorted(keys ^ set(shapes))
+            raise CheckpointDamaged(f"{prefix}.index: variable list differs from its object graph "
+                                    f"({', '.join(diff[:3])})")
         if self._ckpt_shapes is not None and shapes != self._ckpt_shapes:
             diff = sorted(set(shapes) ^ set(self._ckpt_shapes)) or sorted(
                 n for n in shapes if shapes[n] != self._ckpt_shapes[n])
@@ -641,11 +666,16 @@ class Trainer:
             for d in (self.ckpt_dir, self.input_ckpt_dir):
                 for f in glob.glob(os.path.join(d, f"ckpt-{step}.*")):
                     os.replace(f, os.path.join(d, "damaged-" + os.path.basename(f)))
-        older = [p for p in checkpoint_candidates(self.ckpt_dir)
-                 if checkpoint_step(p) <= checkpoint_step(good)][:self.max_checkpoints]
-        tf.compat.v1.train.update_checkpoint_state(
-            self.ckpt_dir, os.path.basename(good),
-            all_model_checkpoint_paths=[os.path.basename(p) for p in reversed(older)])
+        kept = [p for p in checkpoint_candidates(self.ckpt_dir)
+                if checkpoint_step(p) <= checkpoint_step(good)][:self.max_checkpoints][::-1]
+        # The CheckpointManager's state file (text CheckpointState); with timestamps, so that
+        # the manager deletes these as usual once newer ones are saved.
+        lines = [f"model_checkpoint_path: {json.dumps(os.path.basename(good))}"]
+        lines += [f"all_model_checkpoint_paths: {json.dumps(os.path.basename(p))}" for p in kept]
+        lines += [f"all_model_checkpoint_timestamps: {os.path.getmtime(p + '.index')!r}"
+                  for p in kept]
+        lines.append("last_preserved_timestamp: 0.0")
+        write_text_atomic(os.path.join(self.ckpt_dir, "checkpoint"), "\n".join(lines) + "\n")
 
     def _load_from_snapshot(self, path):
         if self.load_snapshot_fn is None:
