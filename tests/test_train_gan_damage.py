@@ -188,5 +188,5 @@ def test_verify_checks_shard_sha256_before_anything(tmp_path):
     r = _cli(f"--data={data}", f"--outdir={out}", "--cfg=tiny", "--batch=8", "--kimg=0.024",
              "--verify")
     err = _one_error_line(r)
-    assert shard in err and "sha256" in err, err
+    assert shard in err and "sha256 differs from manifest" in err, err
     assert not os.path.exists(out)
