@@ -4,7 +4,9 @@
     python -m histaug_tf.train_gan --data=tfrecords/pcam_3pct --outdir=runs/pcam --cfg=paper256 \
         --resolution=64 --resize=crop --mirror --kimg=5000
 
-Rerunning the same command resumes from the latest checkpoint in --outdir.
+Rerunning the same command resumes from the latest checkpoint in --outdir (the previous one
+when the latest cannot be read); a rerun with options that change the networks or the data
+(--cfg, --resolution, --cond, --class_filter, the dataset's labels) is refused.
 """
 from absl import app, flags, logging
 
@@ -61,6 +63,8 @@ flags.DEFINE_float("pl_weight", None, "Path length weight (default: the preset's
 flags.DEFINE_float("ema_kimg", None, "G EMA half-life in kimg (default: the preset's).")
 flags.DEFINE_float("lr", None, "Learning rate of G and D (default: the preset's).")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files.")
+flags.DEFINE_bool("verify", False, "Check every shard of --data against the sha256 in its "
+                  "manifest before starting (reads the whole dataset once).")
 
 
 def main(argv):

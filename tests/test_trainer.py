@@ -133,3 +133,24 @@ def test_jit_compiled_phases_match_eager_graph(tmp_path):
                    + [t.pl_mean.numpy()])
     for a, b in zip(*res):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpoint_is_read_back_when_written(tmp_path):
+    """A checkpoint that does not read back right after the write (here: its data file truncated
+    as the write returns) stops the run with one line naming the file."""
+    from histaug_tf.common import UserError
+    t = make_tiny_trainer(str(tmp_path / "run"), kimg=0.2, tick=0.04)
+    save = t.ckpt_manager.save
+
+    def damaged_save(**kw):
+        path = save(**kw)
+        data = glob.glob(path + ".data-*")[0]
+        with open(data, "r+b") as f:
+            f.truncate(os.path.getsize(data) // 2)
+        return path
+
+    t.ckpt_manager.save = damaged_save
+    t.train_step()
+    with pytest.raises(UserError, match=r"checkpoint written at step 1 does not read back: "
+                       r".*ckpt-1\.data-00000-of-00001: cannot be read"):
+        t.save_checkpoint()

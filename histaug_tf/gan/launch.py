@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -25,9 +26,11 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
                     shuffle_buffer=10000, checkpoint_ticks=1, noise_mode="random",
                     input_sharding="file", num_replicas=1, ema_kimg=None, lr=None,
                     style_mixing=None, pl_weight=None, grid=(8, 4), tensorboard=True,
-                    inception_weights=None):
+                    inception_weights=None, verify=False):
     """Validate the flags and resolve the preset. Returns the options dict
-    (written to ``training_options.json``). ``num_replicas`` is the strategy's replica count."""
+    (written to ``training_options.json``). ``num_replicas`` is the strategy's replica count.
+    Reads only the dataset's manifest (and with ``verify`` every shard, for its sha256)."""
+    from histaug_tf.data.manifest import load_manifest
     from histaug_tf.data.pipeline import dataset_info
     from histaug_tf.gan.presets import get_preset
 
@@ -35,6 +38,8 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         raise UserError("--data: required (a dataset directory from prepare_data or subset)")
     if not outdir:
         raise UserError("--outdir: required")
+    # Every shard present with its recorded size (--verify: and its sha256).
+    load_manifest(data, check="sha256" if verify else "size")
     info = dataset_info(data)
     h, w, ch = (int(v) for v in info["image_shape"])
     if resolution is None:
@@ -57,6 +62,13 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
     counts = info["class_counts"].get("train")
     if counts is None:
         raise UserError(f"{data}: no 'train' split")
+    if len(counts) != num_classes:
+        raise UserError(f"{os.path.join(data, 'manifest.json')}: {num_classes} label names but "
+                        f"{len(counts)} train class counts")
+    if cond and num_classes < 2:
+        raise UserError(f"--cond: {data} has {num_classes} class(es) "
+                        f"({', '.join(info['label_names']) or 'no labels'}); a conditional GAN "
+                        "needs at least 2")
     if class_filter is not None:
         class_filter = int(class_filter)
         if not 0 <= class_filter < num_classes:
@@ -72,6 +84,7 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
                         img_channels=ch, mixed_precision=mixed_precision)
     if batch is not None:
         preset["batch"] = int(batch)
+    _check_batch(preset, cfg, int(num_replicas))
     if gamma is not None:
         preset["gamma"] = float(gamma)
         preset["loss_kwargs"]["r1_gamma"] = float(gamma)
@@ -114,6 +127,82 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         noise_mode=noise_mode, input_sharding=input_sharding, ema_rampup=ema_rampup,
         grid=list(grid), tensorboard=bool(tensorboard), inception_weights=inception_weights or None,
         preset=preset)
+
+
+def _check_batch(preset, cfg, num_replicas):
+    """The global batch splits evenly over the replicas, and each replica's batch into
+    minibatch-std groups (D's epilogue reshapes it to [group, batch/group, ...])."""
+    batch = int(preset["batch"])
+    n = max(int(num_replicas), 1)
+    if batch <= 0:
+        raise UserError(f"--batch={batch}: must be positive")
+    if batch % n:
+        raise UserError(f"--batch={batch} is not divisible by the {n} replicas; use a multiple "
+                        f"of {n}")
+    rb = batch // n
+    group = preset["D_kwargs"].get("epilogue_kwargs", {}).get("mbstd_group_size")
+    if group and rb % min(int(group), rb):
+        raise UserError(f"--batch={batch}: the per-replica batch {rb} is not a multiple of the "
+                        f"minibatch-std group size {group} of --cfg={cfg}; use a multiple of "
+                        f"{int(group) * n}")
+    lk = preset["loss_kwargs"]
+    if lk["pl_weight"] and rb // int(lk["pl_batch_shrink"]) < 1:
+        raise UserError(f"--batch={batch}: the per-replica batch {rb} is too small for the path "
+                        f"length regularisation (pl_batch_shrink={lk['pl_batch_shrink']})")
+
+
+# Options that fix the networks' shapes and the data a run trains on: a rerun in the same
+# --outdir must keep them (anything else, e.g. --kimg, may change).
+RUN_IDENTITY = ("cfg", "resolution", "cond", "c_dim", "label_names", "image_channels",
+                "class_filter")
+
+
+def _identity(opts):
+    out = {k: opts.get(k) for k in RUN_IDENTITY if k != "image_channels"}
+    shape = opts.get("image_shape") or [None, None, None]
+    out["image_channels"] = shape[-1]
+    return out
+
+
+def check_rerun(opts):
+    """When ``--outdir`` already holds a run, its ``training_options.json`` must agree with
+    ``opts`` on ``RUN_IDENTITY``; otherwise UserError naming the file and the differences
+    (nothing in the run directory is touched)."""
+    path = os.path.join(opts["outdir"], "training_options.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot be read ({e}); use a new --outdir") from None
+    was, now = _identity(old), _identity(opts)
+    flag = {"c_dim": "class count", "label_names": "dataset label names",
+            "image_channels": "dataset image channels"}
+    diff = [f"{flag.get(k, '--' + k)}: run {json.dumps(was[k])}, now {json.dumps(now[k])}"
+            for k in RUN_IDENTITY if k in old or k == "image_channels"
+            if was[k] != now[k] and not (k == "image_channels" and was[k] is None)]
+    if diff:
+        raise UserError(f"{path}: this run was made with other options ({'; '.join(diff)}); "
+                        "rerun with the run's options, or use a new --outdir")
+
+
+def read_error(data, err):
+    """A tf.errors.DataLossError from the input pipeline -> UserError naming the damaged shard
+    when a record-by-record read of the train shards finds it."""
+    from histaug_tf.data.manifest import count_records, load_manifest, split_shard_paths
+
+    first = (getattr(err, "message", "") or str(err)).strip().splitlines()
+    first = first[0] if first else type(err).__name__
+    try:
+        for path in split_shard_paths(load_manifest(data, check="exists"), "train"):
+            count_records(path)
+    except UserError as e:
+        return UserError(f"{e} (dataset {data}); --verify checks every shard's sha256")
+    return UserError(f"{data}: reading the training data failed ({first}); "
+                     "--verify checks every shard's sha256")
 
 
 def freeze_d_variables(D, freezed):
@@ -169,16 +258,25 @@ def launch(**flags):
     chief = distribute.is_chief(strategy)
     opts = resolve_options(num_replicas=strategy.num_replicas_in_sync, **flags)
     distribute.per_replica_batch(opts["batch"], strategy)  # clear error if not divisible
+    check_rerun(opts)
     if opts["deterministic"]:
         import keras
         keras.utils.set_random_seed(opts["seed"])
-    preset = opts["preset"]
 
+    try:
+        return _train(strategy, opts, stop_signal, num_workers, worker_index, chief)
+    except tf.errors.DataLossError as e:  # a damaged input shard (checksums are checked on read)
+        raise read_error(opts["data"], e) from None
+
+
+def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
+    from histaug_tf import distribute
     from histaug_tf.data.pipeline import make_dataset
     from histaug_tf.gan import augment
     from histaug_tf.gan import snapshot as snapshot_lib
     from histaug_tf.gan.trainer import Trainer
 
+    preset = opts["preset"]
     build_networks = networks_builder(preset)
 
     make_pipe = None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import resource
 import shutil
 import tempfile
@@ -47,6 +48,82 @@ STAT_NAMES = (
 
 class NonFiniteLossError(UserError):
     """Training produced a NaN/Inf loss; the run stops and keeps its last good checkpoint."""
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint file cannot be read back completely (one line, naming the file)."""
+
+
+def _one_line(err):
+    """The first line of an exception's message, without TF's op-wrapper noise."""
+    msg = getattr(err, "message", None) or str(err) or type(err).__name__
+    msg = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", msg.strip().splitlines()[0] if msg.strip()
+                 else msg)
+    return re.sub(r"\s*\[Op:\w+\]$", "", msg)
+
+
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+def _object_graph(prefix):
+    """The TrackableObjectGraph stored in checkpoint ``prefix`` (which objects, which variables)."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    try:
+        graph.ParseFromString(tf.train.load_checkpoint(prefix).get_tensor(_OBJECT_GRAPH_KEY))
+    except Exception as e:  # noqa: BLE001 - missing or unparsable
+        raise CheckpointDamaged(f"{prefix}.index: no object graph ({_one_line(e)})") from None
+    if not graph.nodes:
+        raise CheckpointDamaged(f"{prefix}.index: empty object graph")
+    return graph
+
+
+def checkpoint_step(prefix):
+    """N of a checkpoint prefix ``.../ckpt-N``; -1 for other names."""
+    m = re.fullmatch(r"ckpt-(\d+)", os.path.basename(prefix))
+    return int(m.group(1)) if m else -1
+
+
+def checkpoint_candidates(ckpt_dir):
+    """Checkpoint prefixes in ``ckpt_dir``, highest step first: every ``ckpt-N.index`` on disk
+    and every path the checkpoint state file lists (a listed one whose files are gone is reported
+    as damaged by ``verify_checkpoint_files``)."""
+    paths = {p[:-len(".index")] for p in glob.glob(os.path.join(ckpt_dir, "ckpt-*.index"))}
+    try:
+        state = tf.train.get_checkpoint_state(ckpt_dir)
+    except Exception:  # noqa: BLE001 - an unreadable state file: the files on disk decide
+        state = None
+    if state is not None:
+        paths.update(os.path.join(ckpt_dir, os.path.basename(p))
+                     for p in state.all_model_checkpoint_paths)
+    return sorted((p for p in paths if checkpoint_step(p) >= 0), key=checkpoint_step,
+                  reverse=True)
+
+
+def verify_checkpoint_files(prefix, chunk=64):
+    """Read every tensor of checkpoint ``prefix`` (its index and data files; the bundle reader
+    checks each tensor's CRC32C). Returns ``{name: shape}``; raises ``CheckpointDamaged`` naming
+    the file that cannot be read."""
+    index = prefix + ".index"
+    if not os.path.isfile(index):
+        raise CheckpointDamaged(f"{index}: missing")
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        dtypes = reader.get_variable_to_dtype_map()
+        shapes = {n: tuple(s) for n, s in reader.get_variable_to_shape_map().items()}
+    except Exception as e:  # noqa: BLE001 - any failure to parse the index means damaged
+        raise CheckpointDamaged(f"{index}: cannot be read ({_one_line(e)})") from None
+    names = sorted(dtypes)
+    try:
+        for i in range(0, len(names), chunk):
+            part = names[i:i + chunk]
+            tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=part, shape_and_slices=[""] * len(part),
+                                 dtypes=[dtypes[n] for n in part])
+    except Exception as e:  # noqa: BLE001 - truncated (OutOfRange), bit flips (DataLoss), ...
+        data = sorted(glob.glob(glob.escape(prefix) + ".data-*")) or [prefix + ".data-*"]
+        raise CheckpointDamaged(f"{', '.join(data)}: cannot be read ({_one_line(e)})") from None
+    return shapes
 
 
 def format_time(seconds: float) -> str:
@@ -227,6 +304,7 @@ class Trainer:
         self._w_avg_beta = float(getattr(self.G.mapping, "w_avg_beta", 0.995))
 
         self.ada_controller = self._make_ada_controller()
+        self._pending_batch = None  # (real, real_c) pulled ahead by run(), used by the next step
         self._setup_checkpoint(resume_snapshot)
         self._rebuild_functions()
 
@@ -485,7 +563,14 @@ class Trainer:
                 objs["augment_rng"] = rng
         if self._w_avg is not None:
             objs["w_avg"] = self._w_avg
+        self._ckpt_objects = tuple(sorted(objs))
+        self._ckpt_shapes = None  # {name: shape} of the last checkpoint verified in this process
         self.ckpt = tf.train.Checkpoint(**objs)
+        self.input_ckpt_dir = os.path.join(self.ckpt_dir, f"input-worker{self.worker_index:03d}")
+        self.resumed_from = None
+        # Before the manager reads the checkpoint state: a damaged newest checkpoint is moved
+        # aside and the state rewritten to the readable ones.
+        latest = self._restore_latest()
         if self.is_chief:
             write_dir = self.ckpt_dir
             self._tmp_ckpt_dir = None
@@ -494,28 +579,103 @@ class Trainer:
             write_dir = self._tmp_ckpt_dir
         self.ckpt_manager = tf.train.CheckpointManager(self.ckpt, write_dir, max_to_keep=self.max_checkpoints,
                                                        step_counter=self.step_var)
-        self.input_ckpt_dir = os.path.join(self.ckpt_dir, f"input-worker{self.worker_index:03d}")
-        latest = tf.train.latest_checkpoint(self.ckpt_dir)
-        self.resumed_from = None
         if latest:
-            self.ckpt.restore(latest).assert_existing_objects_matched()
             self.resumed_from = latest
-            step = int(self.step_var.numpy())
-            it_path = os.path.join(self.input_ckpt_dir, f"ckpt-{step}")
-            self.iterator = self._make_iterator()
-            if glob.glob(it_path + ".index"):
-                tf.train.Checkpoint(iterator=self.iterator).read(it_path).assert_consumed()
-            else:
-                self.log(f"warning: no input iterator state for step {step}; "
-                         "restarting the input pipeline with a new shuffle seed")
-                self.iterator = self._make_iterator(seed_offset=step)
             self.log(f"Resuming from {latest} (kimg {self.nimg_var.numpy() / 1000:.1f}, "
-                     f"step {step})")
+                     f"step {int(self.step_var.numpy())})")
         else:
             self.iterator = self._make_iterator()
             if resume_snapshot:
                 self._load_from_snapshot(resume_snapshot)
         self.input_ckpt = tf.train.Checkpoint(iterator=self.iterator)
+
+    def _verify_model_checkpoint(self, prefix, step):
+        """Read checkpoint ``prefix`` back completely; check that it holds every object of this
+        trainer (and, once one was verified in this process, exactly the same variables) at
+        ``step``. Raises ``CheckpointDamaged`` naming the file."""
+        shapes = verify_checkpoint_files(prefix)
+        graph = _object_graph(prefix)
+        missing = sorted(set(self._ckpt_objects) - {c.local_name for c in graph.nodes[0].children})
+        if missing:
+            raise CheckpointDamaged(f"{prefix}.index: holds no {', '.join(missing)}")
+        # exactly the variables its object graph lists (each variable once, under its first path)
+        keys = {a.checkpoint_key for n in graph.nodes for a in n.attributes}
+        keys.add(_OBJECT_GRAPH_KEY)
+        if keys != set(shapes):
+            diff = sorted(keys ^ set(shapes))
+            raise CheckpointDamaged(f"{prefix}.index: variable list differs from its object graph "
+                                    f"({', '.join(diff[:3])})")
+        if self._ckpt_shapes is not None and shapes != self._ckpt_shapes:
+            diff = sorted(set(shapes) ^ set(self._ckpt_shapes)) or sorted(
+                n for n in shapes if shapes[n] != self._ckpt_shapes[n])
+            raise CheckpointDamaged(f"{prefix}.index: variable list differs from the previous "
+                                    f"checkpoint's ({', '.join(diff[:3])})")
+        stored = int(tf.train.load_variable(prefix, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+        if stored != step:
+            raise CheckpointDamaged(f"{prefix}.index: holds step {stored}, expected {step}")
+        return shapes
+
+    def _restore_latest(self):
+        """Restore the newest checkpoint that can be read completely (model and input iterator
+        state of ONE step), or return None when there is none. A damaged newer one is reported
+        in one line and (chief) moved aside as ``damaged-ckpt-N.*``; when checkpoints exist but
+        none can be read, UserError."""
+        candidates = checkpoint_candidates(self.ckpt_dir)
+        damaged = []
+        for prefix in candidates:
+            step = checkpoint_step(prefix)
+            it_path = os.path.join(self.input_ckpt_dir, f"ckpt-{step}")
+            has_it = os.path.exists(it_path + ".index")
+            try:
+                shapes = self._verify_model_checkpoint(prefix, step)
+                if has_it:
+                    verify_checkpoint_files(it_path)
+            except CheckpointDamaged as e:
+                damaged.append((prefix, str(e)))
+                self.log(f"warning: damaged checkpoint: {e}; falling back to the previous one")
+                continue
+            # Verified: every object is restored from this one checkpoint, or the run stops.
+            try:
+                self.ckpt.restore(prefix).assert_existing_objects_matched()
+                self.iterator = self._make_iterator()
+                if has_it:
+                    tf.train.Checkpoint(iterator=self.iterator).read(it_path).assert_consumed()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise UserError(f"{prefix}: does not match this run's networks or input "
+                                f"pipeline ({_one_line(e)}); were the options changed? "
+                                "Use a new --outdir") from None
+            if not has_it:
+                self.log(f"warning: no input iterator state for step {step}; "
+                         "restarting the input pipeline with a new shuffle seed")
+                self.iterator = self._make_iterator(seed_offset=step)
+            self._ckpt_shapes = shapes
+            if damaged and self.is_chief:
+                self._set_aside(damaged, prefix)
+            return prefix
+        if damaged:
+            raise UserError(f"{self.ckpt_dir}: no readable checkpoint; "
+                            + "; ".join(msg for _, msg in damaged)
+                            + " (remove the directory to start over)")
+        return None
+
+    def _set_aside(self, damaged, good):
+        """Rename the damaged checkpoints' files (model and input state) to ``damaged-ckpt-N.*``
+        and point the checkpoint state at ``good`` and the readable ones before it."""
+        for prefix, _ in damaged:
+            step = checkpoint_step(prefix)
+            for d in (self.ckpt_dir, self.input_ckpt_dir):
+                for f in glob.glob(os.path.join(d, f"ckpt-{step}.*")):
+                    os.replace(f, os.path.join(d, "damaged-" + os.path.basename(f)))
+        kept = [p for p in checkpoint_candidates(self.ckpt_dir)
+                if checkpoint_step(p) <= checkpoint_step(good)][:self.max_checkpoints][::-1]
+        # The CheckpointManager's state file (text CheckpointState); with timestamps, so that
+        # the manager deletes these as usual once newer ones are saved.
+        lines = [f"model_checkpoint_path: {json.dumps(os.path.basename(good))}"]
+        lines += [f"all_model_checkpoint_paths: {json.dumps(os.path.basename(p))}" for p in kept]
+        lines += [f"all_model_checkpoint_timestamps: {os.path.getmtime(p + '.index')!r}"
+                  for p in kept]
+        lines.append("last_preserved_timestamp: 0.0")
+        write_text_atomic(os.path.join(self.ckpt_dir, "checkpoint"), "\n".join(lines) + "\n")
 
     def _load_from_snapshot(self, path):
         if self.load_snapshot_fn is None:
@@ -535,8 +695,16 @@ class Trainer:
         step = int(self.step_var.numpy())
         # The iterator state first: a model checkpoint never exists without its input state.
         os.makedirs(self.input_ckpt_dir, exist_ok=True)
-        self.input_ckpt.write(os.path.join(self.input_ckpt_dir, f"ckpt-{step}"))
-        self.ckpt_manager.save(checkpoint_number=step)
+        it_path = self.input_ckpt.write(os.path.join(self.input_ckpt_dir, f"ckpt-{step}"))
+        path = self.ckpt_manager.save(checkpoint_number=step)
+        # Read both back: a damaged checkpoint can then only come from a crash mid-write (and
+        # the next run falls back to the previous one).
+        try:
+            verify_checkpoint_files(it_path)
+            self._ckpt_shapes = self._verify_model_checkpoint(path, step)
+        except CheckpointDamaged as e:
+            raise UserError(f"checkpoint written at step {step} does not read back: {e}; "
+                            "stopped (check the disk); the previous checkpoint is kept") from None
         # Keep the iterator states of the kept model checkpoints only.
         keep = {os.path.basename(p) for p in self.ckpt_manager.checkpoints}
         for f in glob.glob(os.path.join(self.input_ckpt_dir, "ckpt-*")):
@@ -558,7 +726,10 @@ class Trainer:
         """One batch: the phases, G_ema, counters and the ADA adjustment."""
         step = int(self.step_var.numpy())
         nimg = int(self.nimg_var.numpy())
-        real, real_c = self._next_batch()
+        if self._pending_batch is not None:  # pulled by run() before it wrote anything
+            (real, real_c), self._pending_batch = self._pending_batch, None
+        else:
+            real, real_c = self._next_batch()
         step_t = tf.constant(step, tf.int64)
         self._gmain_step(step_t)
         if self.G_reg_interval and self.pl_weight != 0 and step % self.G_reg_interval == 0:
@@ -647,6 +818,10 @@ class Trainer:
     # The loop.
 
     def run(self):
+        # The first input batch before anything is written: a damaged input shard (or any other
+        # input error) stops the run while its directory is still untouched.
+        if self._pending_batch is None:
+            self._pending_batch = self._next_batch()
         os.makedirs(self.run_dir, exist_ok=True)
         stats_path = os.path.join(self.run_dir, "stats.jsonl")
         writer = None
