@@ -73,13 +73,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # TF's INFO chatter (checkpoint sharding, ...)
     from histaug_tf.gan.launch import launch
     # every flag of this module is a launch() keyword of the same name
-    try:
-        launch(**{f.name: f.value for f in FLAGS.get_flags_for_module(__name__)})
-    except Exception as e:  # a damaged shard: name it in one line (TensorFlow's error does not)
-        from histaug_tf.data.manifest import explain_read_error, is_read_error
-        if is_read_error(e):
-            raise explain_read_error([FLAGS.data], e) from None
-        raise
+    # (launch turns a damaged input shard into one line naming it)
+    launch(**{f.name: f.value for f in FLAGS.get_flags_for_module(__name__)})
 
 
 def run():

@@ -189,22 +189,6 @@ def check_rerun(opts):
                         "rerun with the run's options, or use a new --outdir")
 
 
-def read_error(data, err):
-    """A tf.errors.DataLossError from the input pipeline -> UserError naming the damaged shard
-    when a record-by-record read of the train shards finds it."""
-    from histaug_tf.data.manifest import count_records, load_manifest, split_shard_paths
-
-    first = (getattr(err, "message", "") or str(err)).strip().splitlines()
-    first = first[0] if first else type(err).__name__
-    try:
-        for path in split_shard_paths(load_manifest(data, check="exists"), "train"):
-            count_records(path)
-    except UserError as e:
-        return UserError(f"{e} (dataset {data}); --verify checks every shard's sha256")
-    return UserError(f"{data}: reading the training data failed ({first}); "
-                     "--verify checks every shard's sha256")
-
-
 def freeze_d_variables(D, freezed):
     """Freeze-D: the variables of the first ``freezed`` D layers, numbered as the reference does
     (NVlabs ``DiscriminatorBlock.trainable_gen``): from the top-resolution block down, each
@@ -266,7 +250,8 @@ def launch(**flags):
     try:
         return _train(strategy, opts, stop_signal, num_workers, worker_index, chief)
     except tf.errors.DataLossError as e:  # a damaged input shard (checksums are checked on read)
-        raise read_error(opts["data"], e) from None
+        from histaug_tf.data.manifest import explain_read_error
+        raise explain_read_error([opts["data"]], e) from None
 
 
 def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
