@@ -1,4 +1,4 @@
-"""Train StyleGAN2-ADA on a dataset directory (DESIGN.md §5).
+"""Train StyleGAN2-ADA on a dataset directory (run directory: docs/architecture.md).
 
     python -m histaug_tf.train_gan --flagfile=configs/demo.flags
     python -m histaug_tf.train_gan --data=tfrecords/pcam_3pct --outdir=runs/pcam --cfg=paper256 \

@@ -1,4 +1,4 @@
-"""``manifest.json``: what makes a directory of TFRecord shards a dataset (DESIGN.md §3).
+"""``manifest.json``: what makes a directory of TFRecord shards a dataset (docs/architecture.md, "Dataset directory").
 
 A directory without ``manifest.json`` is not a dataset (a conversion that was interrupted). The
 writer (``writer.py``) writes it last, after every shard is complete and renamed.

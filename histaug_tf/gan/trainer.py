@@ -1,4 +1,4 @@
-"""The StyleGAN2-ADA training loop: a custom loop under tf.distribute (DESIGN.md §5–6).
+"""The StyleGAN2-ADA training loop: a custom loop under tf.distribute (run directory and scale-out: docs/architecture.md, README).
 
 One ``Trainer`` owns G, D, G_ema, the two Adam optimizers, the augment pipe, the input iterator,
 the checkpoint and the run directory. Each step runs the reference's phases in order
@@ -178,7 +178,7 @@ class Trainer:
       make_augment_pipe: ``fn() -> pipe`` (with a ``p`` variable) or None; called in scope.
       input_fn: ``fn(num_workers, worker_index, worker_batch, seed) -> tf.data.Dataset`` yielding
         ``(images [worker_batch,H,W,C] float in [-1,1], labels int [worker_batch])`` forever.
-      run_dir: output directory (DESIGN.md §5).
+      run_dir: output directory (its files: docs/architecture.md, "GAN run directory").
       batch: global batch. c_dim: label dimension (0 = unconditional). class_probs: gen label
         distribution for conditional training (defaults to uniform).
       G_lr, D_lr, betas, eps: Adam settings before the lazy-regularisation rescaling.
