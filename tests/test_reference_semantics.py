@@ -220,3 +220,127 @@ def test_batch_gpu_default_is_one_round_and_bad_values_are_one_line_errors(tmp_p
     with pytest.raises(UserError, match="--batch_gpu=12 .*not a multiple of the minibatch-std "
                                         "group size 8"):
         _resolve_batch_gpu(dict(p, batch=48), 48, 12, 1)
+
+
+def test_no_lazy_regularization_runs_fused_phases_every_step(tmp_path):
+    """G_reg_interval = D_reg_interval = None: Gboth and Dboth at every step (reference: phases
+    'Gboth'/'Dboth', interval 1), each ONE optimizer step on main loss + regulariser with gain 1,
+    lr and betas not rescaled; the path length runs on the first batch//2 latents of Gmain's.
+    (Before: None disabled the regularisers.)"""
+    B = 4
+    t = _trainer(tmp_path, lambda: build_tiny(res=4), batch=B, res=4,
+                 G_reg_interval=None, D_reg_interval=None)
+    assert [t.phases_at(s) for s in range(5)] == [["Gboth", "Dboth"]] * 5
+    for opt in (t.G_opt, t.D_opt):
+        assert np.isclose(float(opt.learning_rate.numpy()), 0.002)
+        assert (float(opt.beta_1), float(opt.beta_2)) == (0.0, 0.99)
+    G, D = t.G, t.D
+    step = tf.constant(0, tf.int64)
+    c0 = tf.zeros([B, 0])
+
+    z = t._gen_inputs(step, "Gmain", B)[0]
+    noise = tf.random.stateless_normal([B // 2, 4, 4, 3], t._seed(step, "Greg", 4), alg="philox")
+    with tf.GradientTape() as tape:
+        main = tf.reduce_mean(tf.nn.softplus(-_D_logits(D, _G_img(G, z, c0), c0)))
+        lengths, _ = _path_lengths(G, z[:B // 2], c0[:B // 2], noise)
+        pl_mean = tf.reduce_mean(lengths) * PL_DECAY  # lerp from 0
+        loss = main + tf.reduce_mean(tf.square(lengths - pl_mean)) * PL_WEIGHT
+    want = _grads(tape, loss, t._G_tf)
+    got = _applied_gradient(t.G_opt, t._G_tf, lambda: t._phase_fns["Gboth"](step))
+    _assert_grads(got, want, "Gboth")
+    np.testing.assert_allclose(t.pl_mean.numpy(), float(pl_mean), rtol=1e-5)
+
+    real, real_c = t._next_batch()
+    z = t._gen_inputs(step, "Dmain", B)[0]
+    fake = _G_img(G, z, c0)
+    with tf.GradientTape() as tape:
+        real_logits, penalty = _r1(D, real, c0)
+        loss = tf.reduce_mean(tf.nn.softplus(_D_logits(D, fake, c0))
+                              + tf.nn.softplus(-real_logits) + penalty * (R1_GAMMA / 2))
+    want = _grads(tape, loss, t._D_tf)
+    got = _applied_gradient(t.D_opt, t._D_tf, lambda: t._phase_fns["Dboth"](real, real_c, step))
+    _assert_grads(got, want, "Dboth")
+    # one forward of the reals serves Dmain and R1: their signs are reported once
+    assert t.ada_num.numpy() == B
+    assert t.ada_sum.numpy() == np.sign(real_logits.numpy()).sum()
+    # the regulariser runs again at step 1 (lazily it would wait for step 4)
+    t.step_var.assign(1)
+    before = float(t.pl_mean.numpy())
+    t.train_step()
+    assert float(t.pl_mean.numpy()) != before
+
+
+def test_ada_rt_counts_the_signs_of_the_r1_phase(tmp_path):
+    """Reference loss.py reports 'Loss/signs/real' whenever D sees the reals (Dmain and Dreg);
+    ADA's r_t averages all of them. (Before: Dreg's were not counted.)"""
+    from _training_tiny import StubPipe
+    B = 8
+    t = _trainer(tmp_path, lambda: build_tiny(res=4), batch=B, res=4, D_reg_interval=2,
+                 make_augment_pipe=StubPipe, ada_target=0.6)  # p = 0: the pipe is the identity
+    step = tf.constant(0, tf.int64)
+    real, real_c = t._next_batch()
+    assert t.phases_at(0)[2:] == ["Dmain", "Dreg"]
+    signs_main = np.sign(_D_logits(t.D, real, None).numpy())
+    t._phase_fns["Dmain"](real, real_c, step)
+    signs_reg = np.sign(_D_logits(t.D, real, None).numpy())  # D moved: Dreg sees new logits
+    t._phase_fns["Dreg"](real, real_c, step)
+    assert t.ada_num.numpy() == 2 * B
+    assert t.ada_sum.numpy() == signs_main.sum() + signs_reg.sum()
+    stats = t._read_stats()
+    np.testing.assert_allclose(stats["Loss/signs/real"],
+                               np.concatenate([signs_main, signs_reg]).mean(), rtol=1e-6)
+
+
+def _toy_dataset(path, n=8, size=16):
+    from histaug_tf.data.writer import DatasetWriter
+    rnd = np.random.RandomState(0)
+    imgs = rnd.randint(0, 256, (n, size, size, 3)).astype(np.uint8)
+    with DatasetWriter(str(path), "toy", (size, size, 3), shard_size=8) as w:
+        for i, img in enumerate(imgs):
+            w.add("train", img, i % 2, f"toy/{i}", f"g{i}")
+    return str(path), imgs
+
+
+def _dihedral(a):
+    """{name: image} for the 8 transforms of an HWC image (t = transpose, x = flip columns,
+    y = flip rows)."""
+    out = {}
+    for tn, t in (("", a), ("t", a.transpose(1, 0, 2))):
+        for xn, p in (("", t), ("x", t[:, ::-1])):
+            for yn, q in (("", p), ("y", p[::-1])):
+                out[tn + xn + yn or "id"] = q
+    return out
+
+
+@pytest.mark.parametrize("flags,expect", [
+    (dict(mirror=True), {"id", "x"}),                          # the reference's --mirror
+    (dict(flips="x"), {"id", "x"}),
+    (dict(flips="xy"), {"id", "x", "y", "xy"}),                # what --mirror did before
+    (dict(flips="all"), {"id", "x", "y", "xy", "t", "tx", "ty", "txy"}),
+    (dict(), {"id"}),
+])
+def test_mirror_is_x_flips_and_flips_modes(tmp_path, flags, expect):
+    from histaug_tf.gan.launch import make_input_fn, resolve_options
+    data, imgs = _toy_dataset(tmp_path / "toy")
+    opts = resolve_options(data=data, outdir=str(tmp_path / "o"), cfg="tiny", **flags)
+    table = {}
+    for a in imgs:
+        for name, im in _dihedral(a).items():
+            table[np.ascontiguousarray(im).tobytes()] = name
+    seen = set()
+    ds = make_input_fn(opts)(1, 0, 8, 0)
+    for x, _ in ds.take(16):  # 128 draws
+        u8 = np.rint((x.numpy() + 1.0) * 127.5).astype(np.uint8)
+        seen.update(table[im.tobytes()] for im in u8)
+    assert seen == expect
+
+
+def test_flips_flag_errors(tmp_path):
+    from histaug_tf.gan.launch import resolve_options
+    data, _ = _toy_dataset(tmp_path / "toy")
+    out = str(tmp_path / "o")
+    with pytest.raises(UserError, match="--mirror .*conflicts with --flips=all"):
+        resolve_options(data=data, outdir=out, cfg="tiny", mirror=True, flips="all")
+    with pytest.raises(UserError, match="--flips=yes: expected one of none, x, xy, all"):
+        resolve_options(data=data, outdir=out, cfg="tiny", flips="yes")
+    assert resolve_options(data=data, outdir=out, cfg="tiny", mirror=True, flips="x")["flips"] == "x"
