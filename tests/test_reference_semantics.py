@@ -222,13 +222,14 @@ def test_batch_gpu_default_is_one_round_and_bad_values_are_one_line_errors(tmp_p
         _resolve_batch_gpu(dict(p, batch=48), 48, 12, 1)
 
 
-def test_no_lazy_regularization_runs_fused_phases_every_step(tmp_path):
+@pytest.mark.parametrize("jit", [False, True])
+def test_no_lazy_regularization_runs_fused_phases_every_step(tmp_path, jit):
     """G_reg_interval = D_reg_interval = None: Gboth and Dboth at every step (reference: phases
     'Gboth'/'Dboth', interval 1), each ONE optimizer step on main loss + regulariser with gain 1,
     lr and betas not rescaled; the path length runs on the first batch//2 latents of Gmain's.
     (Before: None disabled the regularisers.)"""
     B = 4
-    t = _trainer(tmp_path, lambda: build_tiny(res=4), batch=B, res=4,
+    t = _trainer(tmp_path, lambda: build_tiny(res=4), batch=B, res=4, jit=jit,
                  G_reg_interval=None, D_reg_interval=None)
     assert [t.phases_at(s) for s in range(5)] == [["Gboth", "Dboth"]] * 5
     for opt in (t.G_opt, t.D_opt):
