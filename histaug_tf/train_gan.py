@@ -22,10 +22,19 @@ flags.DEFINE_integer("resolution", None, "Training resolution (power of two); de
                      "dataset's when it is a square power of two.")
 flags.DEFINE_enum("resize", "crop", ["crop", "resize", "pad"],
                   "How patches map to --resolution.")
-flags.DEFINE_bool("mirror", False, "Random flips of the training images.")
+flags.DEFINE_bool("mirror", False, "Random x-flips of the training images (the reference's "
+                  "--mirror); the same as --flips=x.")
+flags.DEFINE_enum("flips", None, ["none", "x", "xy", "all"],
+                  "Random transforms of the training images: none, x (horizontal flips), xy "
+                  "(horizontal and vertical flips), all (x/y flips and 90-degree rotations, for "
+                  "histology). Default: x with --mirror, else none.")
 flags.DEFINE_bool("cond", False, "Class-conditional G and D.")
 flags.DEFINE_integer("class_filter", None, "Train on this class only (one GAN per class).")
 flags.DEFINE_integer("batch", None, "Global batch (default: the preset's).")
+flags.DEFINE_integer("batch_gpu", None, "Samples per replica and round: each replica splits its "
+                     "batch into rounds of this size and sums their gradients (less memory). "
+                     "Default: the preset's (as the reference), or the per-replica batch with "
+                     "--batch.")
 flags.DEFINE_float("kimg", None, "Training length in thousands of real images (default: preset).")
 flags.DEFINE_float("tick", 4.0, "kimg per tick (progress line, stats.jsonl, checkpoint).")
 flags.DEFINE_integer("snap", 50, "Ticks between network snapshots and fakes grids (0 = end only).")

@@ -97,10 +97,11 @@ def test_nonfinite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
 
 def test_one_step_matches_numpy_adam(tmp_path):
     """Step 0 (Gmain + Greg + Dmain + Dreg) on the tiny models vs. a NumPy reimplementation of the
-    G update for Gmain: Adam(beta1 0) with lazy-reg rescaled lr/betas, loss = mean softplus(-D(G(z)))."""
+    G update for Gmain: Adam(beta1 0) with lazy-reg rescaled lr/betas, loss = mean softplus(-D(G(z))).
+    (No lazy regularisation and pl_weight 0: the G phase is Gmain alone, lr/betas unscaled.)"""
     from histaug_tf.gan import loss as L
     t = make_tiny_trainer(str(tmp_path / "run"), batch=4, G_reg_interval=None,
-                          D_reg_interval=None, G_lr=0.01)
+                          D_reg_interval=None, G_lr=0.01, pl_weight=0.0)
     G0 = [v.numpy().copy() for v in t.G.trainable_variables]
     # reproduce the trainer's latents for step 0 (stateless, keyed by (seed, step, phase))
     z, c, _, _ = t._gen_inputs(tf.constant(0, tf.int64), "Gmain", 4)

@@ -13,14 +13,24 @@ from histaug_tf.common import UserError
 
 AUG_MODES = ("ada", "noaug", "fixed")
 
+# --flips: random transforms of the training images (make_dataset's flips/rot90). "x" is the
+# reference's --mirror; "all" (the dihedral group: x/y flips and 90° rotations) suits histology,
+# whose patches have no preferred orientation.
+FLIP_MODES = {
+    "none": dict(flips=False, rot90=False),
+    "x": dict(flips="horizontal", rot90=False),
+    "xy": dict(flips=True, rot90=False),
+    "all": dict(flips=True, rot90=True),
+}
+
 
 def _pow2(n):
     return n >= 4 and (n & (n - 1)) == 0
 
 
 def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop", mirror=False,
-                    cond=False, class_filter=None, batch=None, kimg=None, tick=4.0, snap=50,
-                    gamma=None, aug="ada", p=None, target=0.6, augpipe="bgc", ada_kimg=500.0,
+                    flips=None, batch_gpu=None, cond=False, class_filter=None, batch=None,
+                    kimg=None, tick=4.0, snap=50, gamma=None, aug="ada", p=None, target=0.6, augpipe="bgc", ada_kimg=500.0,
                     strategy="auto", jit=False, mixed_precision=None, seed=0, metrics=(),
                     metrics_kimg=None, resume=None, freezed=0, deterministic=False,
                     shuffle_buffer=10000, checkpoint_ticks=1, noise_mode="random",
@@ -52,6 +62,12 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         raise UserError(f"--resolution={resolution}: must be a power of two >= 8")
     if resize not in ("crop", "resize", "pad"):
         raise UserError(f"--resize={resize}: expected crop, resize or pad")
+    if flips is None:
+        flips = "x" if mirror else "none"
+    elif flips not in FLIP_MODES:
+        raise UserError(f"--flips={flips}: expected one of {', '.join(FLIP_MODES)}")
+    elif mirror and flips != "x":
+        raise UserError(f"--mirror (= --flips=x) conflicts with --flips={flips}; pass one of them")
     if aug not in AUG_MODES:
         raise UserError(f"--aug={aug}: expected one of {', '.join(AUG_MODES)}")
     if aug == "fixed" and p is None:
@@ -85,6 +101,9 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
     if batch is not None:
         preset["batch"] = int(batch)
     _check_batch(preset, cfg, int(num_replicas))
+    batch_gpu = _resolve_batch_gpu(preset, batch, batch_gpu, max(int(num_replicas), 1))
+    if batch_gpu is not None:
+        preset["batch_gpu"] = batch_gpu
     if gamma is not None:
         preset["gamma"] = float(gamma)
         preset["loss_kwargs"]["r1_gamma"] = float(gamma)
@@ -113,9 +132,10 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         inception_weights = os.path.abspath(inception_weights)
     return dict(
         data=os.path.abspath(data), outdir=os.path.abspath(outdir), cfg=cfg,
-        resolution=resolution, resize=resize, mirror=bool(mirror), cond=bool(cond),
+        resolution=resolution, resize=resize, mirror=bool(mirror), flips=flips, cond=bool(cond),
         class_filter=class_filter, c_dim=c_dim, label_names=info["label_names"],
         class_counts=counts, image_shape=[h, w, ch], batch=int(preset["batch"]),
+        batch_gpu=batch_gpu,
         kimg=float(preset["kimg"]), tick=float(tick), snap=int(snap) if snap else 0,
         gamma=float(preset["gamma"]), aug=aug, p=float(p) if p is not None else 0.0,
         target=float(target) if aug == "ada" else None, augpipe=augpipe,
@@ -189,6 +209,50 @@ def check_rerun(opts):
                         "rerun with the run's options, or use a new --outdir")
 
 
+def _resolve_batch_gpu(preset, batch, batch_gpu, replicas):
+    """Samples per replica and round. Default as the reference's train.py: the preset's
+    ``batch_gpu`` (batch / the preset's GPU count: e.g. paper256 on one GPU runs 8 rounds of 8),
+    or the per-replica batch when --batch is given; at most the per-replica batch."""
+    B = int(preset["batch"])
+    if B < 1 or B % replicas:
+        return None  # launch() reports the batch/replica mismatch
+    per_replica = B // replicas
+    if batch_gpu is None:
+        bg = per_replica if batch is not None else min(int(preset["batch_gpu"]), per_replica)
+        bg = bg if per_replica % bg == 0 else per_replica
+    else:
+        bg = int(batch_gpu)
+        if bg < 1 or per_replica % bg:
+            raise UserError(f"--batch_gpu={batch_gpu}: must divide the per-replica batch "
+                            f"{per_replica} (--batch={B} over {replicas} replica(s))")
+    mbstd = preset.get("mbstd_group")
+    if mbstd and bg % min(int(mbstd), bg):
+        raise UserError(f"--batch_gpu={bg} (samples per replica and round): not a multiple of "
+                        f"the minibatch-std group size {mbstd} of --cfg={preset['cfg']}")
+    return bg
+
+
+def make_input_fn(opts):
+    """``input_fn(num_workers, worker_index, worker_batch, seed)`` for the Trainer: the training
+    split at the run's resolution in [-1, 1], with the random transforms of ``opts['flips']``."""
+    from histaug_tf.data.pipeline import make_dataset
+
+    def input_fn(nw, wi, worker_batch, seed):
+        common = dict(resolution=opts["resolution"], resize_mode=opts["resize"],
+                      pixel_range=(-1, 1), shuffle_buffer=opts["shuffle_buffer"], repeat=True,
+                      drop_remainder=True, seed=seed, class_filter=opts["class_filter"],
+                      **FLIP_MODES[opts["flips"]])
+        if opts["input_sharding"] == "batch" or nw == 1:
+            ds = make_dataset(opts["data"], "train", batch_size=worker_batch * nw, **common)
+            if nw > 1:
+                ds = ds.map(lambda x, y: (x[wi * worker_batch:(wi + 1) * worker_batch],
+                                          y[wi * worker_batch:(wi + 1) * worker_batch]))
+            return ds
+        return make_dataset(opts["data"], "train", batch_size=worker_batch, num_workers=nw,
+                            worker_index=wi, **common)
+    return input_fn
+
+
 def freeze_d_variables(D, freezed):
     """Freeze-D: the variables of the first ``freezed`` D layers, numbered as the reference does
     (NVlabs ``DiscriminatorBlock.trainable_gen``): from the top-resolution block down, each
@@ -256,7 +320,6 @@ def launch(**flags):
 
 def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
     from histaug_tf import distribute
-    from histaug_tf.data.pipeline import make_dataset
     from histaug_tf.gan import augment
     from histaug_tf.gan import snapshot as snapshot_lib
     from histaug_tf.gan.trainer import Trainer
@@ -269,19 +332,7 @@ def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
         make_pipe = lambda: augment.make_augment_pipe(  # noqa: E731
             opts["augpipe"], seed=opts["seed"] + 1000 * worker_index)
 
-    def input_fn(nw, wi, worker_batch, seed):
-        common = dict(resolution=opts["resolution"], resize_mode=opts["resize"],
-                      pixel_range=(-1, 1), flips=opts["mirror"],
-                      shuffle_buffer=opts["shuffle_buffer"], repeat=True, drop_remainder=True,
-                      seed=seed, class_filter=opts["class_filter"])
-        if opts["input_sharding"] == "batch" or nw == 1:
-            ds = make_dataset(opts["data"], "train", batch_size=worker_batch * nw, **common)
-            if nw > 1:
-                ds = ds.map(lambda x, y: (x[wi * worker_batch:(wi + 1) * worker_batch],
-                                          y[wi * worker_batch:(wi + 1) * worker_batch]))
-            return ds
-        return make_dataset(opts["data"], "train", batch_size=worker_batch, num_workers=nw,
-                            worker_index=wi, **common)
+    input_fn = make_input_fn(opts)
 
     snapshot_fn = lambda path, G_ema, G, D, md: snapshot_lib.save_snapshot(  # noqa: E731
         path, G_ema, G=G, D=D, metadata=md)
@@ -294,7 +345,8 @@ def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
     ticks_per_snap = opts["snap"] or None
     trainer = Trainer(
         strategy=strategy, build_networks=build_networks, input_fn=input_fn,
-        run_dir=opts["outdir"], batch=opts["batch"], make_augment_pipe=make_pipe,
+        run_dir=opts["outdir"], batch=opts["batch"], batch_gpu=opts["batch_gpu"],
+        make_augment_pipe=make_pipe,
         c_dim=opts["c_dim"], class_probs=class_probs,
         G_lr=preset["G_lr"], D_lr=preset["D_lr"],
         betas=tuple(preset["G_opt_kwargs"].get("betas", (0.0, 0.99))),
@@ -316,7 +368,8 @@ def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
         stop_signal=stop_signal)
     if chief:
         print(f"{distribute.describe(strategy)}; {opts['cfg']} at {opts['resolution']}px, "
-              f"batch {opts['batch']}, augment {opts['aug']}", flush=True)
+              f"batch {opts['batch']} (rounds of {opts['batch_gpu']} per replica), "
+              f"flips {opts['flips']}, augment {opts['aug']}", flush=True)
     trainer.run()
     if trainer.stopped_by_signal is not None:
         # Not finished: a non-zero status tells schedulers (and the study) to run it again.

@@ -3,13 +3,16 @@
 Semantics follow NVlabs stylegan2-ada-pytorch ``training/loss.py`` / ``training_loop.py``:
 
 * Gmain: ``softplus(-D(G(z)))`` per sample.
-* Greg (every ``G_reg_interval`` = 4 steps): path length penalty on ``batch // pl_batch_shrink``
-  samples; ``pl_lengths = sqrt(mean_w(sum_c(d(sum(img * noise)) / dws)^2))`` with
+* Greg (every ``G_reg_interval`` = 4 steps): path length penalty on ``batch_gpu // pl_batch_shrink``
+  samples per round; ``pl_lengths = sqrt(mean_w(sum_c(d(sum(img * noise)) / dws)^2))`` with
   ``noise ~ N(0,1) / sqrt(H*W)``; ``pl_mean <- lerp(pl_mean, mean(pl_lengths), pl_decay)``
   (the gradient flows through the freshly lerped mean as in the reference);
   loss ``pl_weight * (pl_lengths - pl_mean)^2`` times the phase gain (the interval).
 * Dmain: ``softplus(D(G(z))) + softplus(-D(x))`` per sample.
-* Dreg (every ``D_reg_interval`` = 16 steps): R1 ``gamma/2 * ||dD(x)/dx||^2`` times the gain.
+* Dreg (every ``D_reg_interval`` = 16 steps): R1 ``gamma/2 * ||dD(x)/dx||^2`` times the gain;
+  it reports the signs of D(real) too, which ADA's r_t averages with those of Dmain.
+* Without lazy regularisation (interval None) the trainer runs Gboth/Dboth every step: the main
+  loss and the regulariser in one phase with gain 1 (``D_both`` shares one D(aug(x)) forward).
 * Augmentation (ADA) is applied inside ``run_D`` to real and fake images, so R1 differentiates
   through the augment pipe with respect to the un-augmented real images.
 * Style mixing: with probability ``style_mixing_prob`` the ws from a second latent replace the
@@ -19,7 +22,8 @@ All randomness (latents, mixing latents, cutoff, path-length noise) is an explic
 the trainer from a stateless RNG keyed on (seed, step, phase): the loss is a pure function of its
 inputs and the variables, which makes distributed runs equal to single-replica runs and resumed
 runs equal to uninterrupted ones. Functions return *per-sample* losses; the trainer sums them and
-divides by the global batch (the reference's ``mean``), multiplied by the phase gain.
+divides by the samples of one round on all replicas (the reference's per-round ``mean``, averaged
+over GPUs), multiplied by the phase gain; the rounds' gradients are summed.
 
 Also here: ``lazy_regularization`` (lr/beta rescaling) and the G EMA schedule
 (``ema_beta``, ``update_ema``).
@@ -197,8 +201,9 @@ class StyleGAN2Loss:
                       "Loss/scores/fake": fake_logits, "Loss/signs/fake": tf.sign(fake_logits),
                       "Loss/scores/real": real_logits, "Loss/signs/real": tf.sign(real_logits)}, w0
 
-    def D_r1(self, real, real_c):
-        """R1: per-sample ``gamma/2 * ||dD(aug(x))/dx||^2`` (sum over H, W, C) and stats."""
+    def _real_logits_r1(self, real, real_c):
+        """``D(aug(x))`` (one augmentation, one forward) and the R1 penalty
+        ``||dD(aug(x))/dx||^2`` (sum over H, W, C) per sample."""
         real = tf.convert_to_tensor(real)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(real)
@@ -206,5 +211,28 @@ class StyleGAN2Loss:
             out = tf.reduce_sum(tf.cast(logits, tf.float32))
         grads = tf.cast(tape.gradient(out, real), tf.float32)
         penalty = tf.reduce_sum(tf.square(grads), axis=[1, 2, 3])
+        return tf.cast(logits, tf.float32)[:, 0], penalty
+
+    def D_r1(self, real, real_c):
+        """R1: per-sample ``gamma/2 * ||dD(aug(x))/dx||^2`` and stats. Like the reference, the
+        phase also reports the scores and signs of the reals it sees (ADA's r_t averages the
+        signs of both the Dmain and the Dreg phases)."""
+        real_logits, penalty = self._real_logits_r1(real, real_c)
         loss = penalty * (self.r1_gamma / 2)
-        return loss, {"Loss/r1_penalty": penalty, "Loss/D/reg": loss}
+        return loss, {"Loss/r1_penalty": penalty, "Loss/D/reg": loss,
+                      "Loss/scores/real": real_logits, "Loss/signs/real": tf.sign(real_logits)}
+
+    def D_both(self, real, real_c, z, c, mix_z=None, cutoff=None):
+        """Dmain and R1 fused (the reference's Dboth phase, without lazy regularisation): the
+        reals go through the augment pipe and D once; their logits serve the main loss and R1.
+        Per-sample loss ``softplus(D(G(z))) + softplus(-D(x)) + gamma/2 * ||dD(x)/dx||^2``."""
+        img, _, w0 = self.run_G(z, c, mix_z, cutoff)
+        img = tf.stop_gradient(img)
+        fake_logits = tf.cast(self.run_D(img, c), tf.float32)[:, 0]
+        real_logits, penalty = self._real_logits_r1(real, real_c)
+        main = tf.nn.softplus(fake_logits) + tf.nn.softplus(-real_logits)
+        reg = penalty * (self.r1_gamma / 2)
+        return main + reg, {
+            "Loss/D/loss": main, "Loss/r1_penalty": penalty, "Loss/D/reg": reg,
+            "Loss/scores/fake": fake_logits, "Loss/signs/fake": tf.sign(fake_logits),
+            "Loss/scores/real": real_logits, "Loss/signs/real": tf.sign(real_logits)}, w0

@@ -32,6 +32,11 @@ Small CPU presets (ours):
   demonstration, not a converged GAN). The same configuration is used for the speed comparison
   with NVlabs' PyTorch code.
 
+``batch_gpu`` = ``mb // ref_gpus`` is the reference's samples per GPU and round: on fewer GPUs than
+``ref_gpus`` each replica accumulates gradients over several rounds (e.g. paper256 on one GPU: 8
+rounds of 8). ``train_gan`` uses it unless ``--batch`` (then one round per replica) or
+``--batch_gpu`` is given.
+
 Mixed precision (float16 on the top 4 resolutions) is on for the NVlabs presets only when
 ``mixed_precision=True`` (default: when a GPU is visible); on CPUs it is off, which changes no
 parameter and no result beyond float rounding.

@@ -2,13 +2,16 @@
 
 One ``Trainer`` owns G, D, G_ema, the two Adam optimizers, the augment pipe, the input iterator,
 the checkpoint and the run directory. Each step runs the reference's phases in order
-(Gmain, Greg every ``G_reg_interval`` steps, Dmain, Dreg every ``D_reg_interval`` steps), each a
-``tf.function`` around ``strategy.run``; the loss/gradient part of a phase can be XLA-compiled
-(``jit=True``). Then G_ema is updated, and every ``ada_interval`` steps the augment probability.
+(Gmain, Greg every ``G_reg_interval`` steps, Dmain, Dreg every ``D_reg_interval`` steps; with an
+interval of None, Gboth/Dboth every step), each a ``tf.function`` around ``strategy.run``; the
+loss/gradient part of a phase can be XLA-compiled (``jit=True``). A phase may run in rounds of
+``batch_gpu`` samples per replica with summed gradients (``_build_functions``). Then G_ema is
+updated, and every ``ada_interval`` steps the augment probability.
 
 Distribution: ``batch`` is the global batch; every replica computes per-sample losses on its
-slice, sums them and divides by the global batch (Keras optimizers sum gradients over replicas),
-so a run on N replicas takes the same steps as one replica with the same global batch. Random
+slice, sums them and divides by the samples of one round on all replicas (Keras optimizers sum
+gradients over replicas), so a run on N replicas with one round (the default ``batch_gpu``)
+takes the same steps as one replica with the same global batch. Random
 inputs (latents, labels, mixing, path-length noise) come from a stateless Philox RNG keyed by
 (seed, step, phase) and are drawn for the global batch, each replica taking its slice; the
 path-length mean and the ``w_avg`` update use global means. (With ``jit=True`` and several
@@ -182,7 +185,9 @@ class Trainer:
       batch: global batch. c_dim: label dimension (0 = unconditional). class_probs: gen label
         distribution for conditional training (defaults to uniform).
       G_lr, D_lr, betas, eps: Adam settings before the lazy-regularisation rescaling.
-      G_reg_interval, D_reg_interval: lazy regularisation intervals (None disables the phase).
+      batch_gpu: samples per replica and round (default: the per-replica batch, one round).
+      G_reg_interval, D_reg_interval: lazy regularisation intervals; None = no lazy
+        regularisation: the regulariser runs every step fused with the main loss (Gboth/Dboth).
       r1_gamma, pl_weight, pl_batch_shrink, pl_decay, style_mixing_prob: loss settings.
       ema_kimg, ema_rampup: G EMA.
       augment_p: initial p; ada_target (None = fixed p), ada_interval, ada_kimg: ADA heuristic.
@@ -200,7 +205,7 @@ class Trainer:
       log: print function for the progress lines (chief only).
     """
 
-    def __init__(self, *, strategy, build_networks, input_fn, run_dir, batch,
+    def __init__(self, *, strategy, build_networks, input_fn, run_dir, batch, batch_gpu=None,
                  make_augment_pipe=None, c_dim=0, class_probs=None,
                  G_lr=0.0025, D_lr=0.0025, betas=(0.0, 0.99), eps=1e-8,
                  G_reg_interval=4, D_reg_interval=16, r1_gamma=10.0, pl_weight=2.0,
@@ -260,10 +265,16 @@ class Trainer:
         self.deterministic = bool(deterministic)
         self.max_checkpoints = int(max_checkpoints)
 
-        if self.G_reg_interval and (self.replica_batch // self.pl_batch_shrink) < 1 \
-                and self.pl_weight != 0:
-            raise UserError(f"per-replica batch {self.replica_batch} too small for "
-                            f"pl_batch_shrink={self.pl_batch_shrink}")
+        self.batch_gpu = self.replica_batch if batch_gpu is None else int(batch_gpu)
+        if self.batch_gpu < 1 or self.replica_batch % self.batch_gpu:
+            raise UserError(f"--batch_gpu={batch_gpu}: must divide the per-replica batch "
+                            f"{self.replica_batch} (--batch={self.batch} over "
+                            f"{self.num_replicas} replica(s))")
+        self.rounds = self.replica_batch // self.batch_gpu
+        if self.pl_weight != 0 and self.batch_gpu // self.pl_batch_shrink < 1:
+            raise UserError(f"--batch_gpu={self.batch_gpu} (samples per replica and round) is "
+                            f"too small for the path length batch (pl_batch_shrink="
+                            f"{self.pl_batch_shrink})")
 
         with strategy.scope():
             self.G, self.D, self.G_ema = build_networks()
@@ -331,7 +342,7 @@ class Trainer:
         z = tf.random.stateless_normal([n, self.z_dim], self._seed(step, phase, 0), alg="philox")
         mix_z = tf.random.stateless_normal([n, self.z_dim], self._seed(step, phase, 1),
                                            alg="philox")
-        cutoff = self.loss.mixing_cutoff(self._seed(step, phase, 2))
+        cutoff = self._cutoff(step, phase, 0)
         if self.c_dim > 0:
             probs = (self.class_probs if self.class_probs is not None
                      else np.full([self.c_dim], 1.0 / self.c_dim))
@@ -344,6 +355,14 @@ class Trainer:
         if self.loss.style_mixing_prob <= 0:
             mix_z = None
         return z, c, mix_z, cutoff
+
+    def _cutoff(self, step, phase, k=0):
+        """The style-mixing cutoff of round ``k`` of ``phase`` (shared by the replicas; round 0
+        is the one of ``_gen_inputs``)."""
+        seed = self._seed(step, phase, 2)
+        if k:
+            seed = tf.random.experimental.stateless_fold_in(self._seed(step, phase, 5), k)
+        return self.loss.mixing_cutoff(seed)
 
     def _local(self, x, per_replica):
         rid = tf.distribute.get_replica_context().replica_id_in_sync_group
@@ -361,112 +380,158 @@ class Trainer:
         return out
 
     def _build_functions(self):
+        """The phase functions (reference ``training_loop``/``loss.accumulate_gradients``).
+
+        Every phase runs ``self.rounds`` rounds of ``batch_gpu`` samples on each replica (the
+        reference's gradient accumulation). A round is a forward/backward pass of its own: its own
+        minibatch-std groups, style-mixing cutoff, ``pl_mean`` update and ``w_avg`` update. Its
+        gradient is that of the round's mean loss times the phase gain, averaged over replicas
+        (reference: ``loss.mean().mul(gain).backward()`` per round, DDP's mean over GPUs); the
+        gradients of the rounds are summed, passed through ``nan_to_num`` and applied in one
+        optimizer step. Rounds run in sequence (each waits for the previous round's gradients),
+        so only one round's activations are alive at a time.
+
+        Sample layout: a phase's latents are drawn for the global batch (stateless RNG) in the
+        order [replica][round][sample]; the real batch is sliced the same way. With one round
+        (the default) the phases are those of a plain global-batch step.
+        """
         strategy = self.strategy
-        B, b = self.batch, self.replica_batch
-        multi = self.num_replicas > 1
+        B, N, R, g = self.batch, self.num_replicas, self.rounds, self.batch_gpu
+        gpl = g // self.pl_batch_shrink  # path-length samples per round (reference: per call)
+        multi = N > 1
         jit = self.jit
-
-        def compile_(fn):
-            return tf.function(fn, jit_compile=True) if jit else fn
-
-        # --- Gmain --------------------------------------------------------------------------
-        def gmain_compute(z, c, mix_z, cutoff):
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(self._G_tf)
-                loss, stats, w0 = self.loss.G_main(z, c, mix_z, cutoff)
-                total = tf.reduce_sum(loss) / B
-            grads = [_nan_to_num(g) for g in tape.gradient(total, self._G_tf)]
-            return grads, self._stats_out(stats), tf.reduce_sum(w0, axis=0)
-        gmain_compute = compile_(gmain_compute)
-
-        def gmain_replica(step):
-            z, c, mix_z, cutoff = self._gen_inputs(step, "Gmain", B)
-            z, c = self._local(z, b), self._local(c, b)
-            mix_z = None if mix_z is None else self._local(mix_z, b)
-            grads, stats, wsum = gmain_compute(z, c, mix_z, cutoff)
-            _apply(self.G_opt, grads, self.G_vars)
-            return stats, wsum
-
-        # --- Greg ---------------------------------------------------------------------------
-        Bpl = B // self.pl_batch_shrink
-        bpl = b // self.pl_batch_shrink
-        gain_G = float(self.G_reg_interval or 1)
-
-        def greg_compute(z, c, mix_z, cutoff, noise, pl_mean, use_allreduce):
-            ctx = tf.distribute.get_replica_context()
-            if use_allreduce:
-                mean_fn = lambda x: ctx.all_reduce("SUM", tf.reduce_sum(x)) / Bpl
-            else:
-                mean_fn = None
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(self._G_tf)
-                loss, new_mean, stats, w0 = self.loss.G_pl(z, c, noise, pl_mean, mix_z, cutoff,
-                                                           mean_fn=mean_fn)
-                total = tf.reduce_sum(loss) * (gain_G / Bpl)
-            grads = [_nan_to_num(g) for g in tape.gradient(total, self._G_tf)]
-            return grads, self._stats_out(stats), tf.reduce_sum(w0, axis=0), new_mean
-
-        greg_compute_jit = tf.function(
-            lambda *a: greg_compute(*a, use_allreduce=False), jit_compile=True) if jit else None
+        inv = 1.0 / (g * N)               # mean over one round on all replicas
+        inv_pl = 1.0 / max(gpl * N, 1)
         res = int(self.G.img_resolution)
         ch = int(self.G.img_channels)
 
-        def greg_replica(step):
-            z, c, mix_z, cutoff = self._gen_inputs(step, "Greg", B)
-            z, c = z[:Bpl], c[:Bpl]
-            mix_z = None if mix_z is None else mix_z[:Bpl]
-            noise = tf.random.stateless_normal([Bpl, res, res, ch], self._seed(step, "Greg", 4),
-                                               alg="philox")
-            z, c, noise = self._local(z, bpl), self._local(c, bpl), self._local(noise, bpl)
-            mix_z = None if mix_z is None else self._local(mix_z, bpl)
+        def rounds(x, n):
+            """The replica's [R*n, ...] slice -> R round slices [n, ...] (None stays None)."""
+            return [None if x is None else x[k * n:(k + 1) * n] for k in range(R)]
+
+        def after(prev, xs):
+            """``xs`` made to wait for ``prev`` (the previous round's results), so that rounds
+            run one after another whatever the executor's parallelism."""
+            deps = [t for t in tf.nest.flatten(prev) if t is not None]
+            if not deps:
+                return xs
+            with tf.control_dependencies(deps):
+                return [None if x is None else tf.identity(x) for x in xs]
+
+        def add_grads(acc, grads):
+            if acc is None:
+                return list(grads)
+            return [a if d is None else d if a is None else a + d for a, d in zip(acc, grads)]
+
+        def add_stats(acc, stats):
+            return dict(stats) if acc is None else {k: acc[k] + v for k, v in stats.items()}
+
+        def replica_inputs(step, phase, n):
+            """This replica's R rounds of ``n`` latents, labels, mixing latents, and the R
+            (replica-shared) cutoffs of ``phase``."""
+            z, c, mix_z, _ = self._gen_inputs(step, phase, B)
+            per = R * n
+            z, c = self._local(z[:N * per], per), self._local(c[:N * per], per)
+            mix_z = None if mix_z is None else self._local(mix_z[:N * per], per)
+            cutoffs = [self._cutoff(step, phase, k) for k in range(R)]
+            return rounds(z, n), rounds(c, n), rounds(mix_z, n), cutoffs
+
+        def pl_noise(step):
+            noise = tf.random.stateless_normal([B // self.pl_batch_shrink, res, res, ch],
+                                               self._seed(step, "Greg", 4), alg="philox")
+            return rounds(self._local(noise[:N * R * gpl], R * gpl), gpl)
+
+        # --- G phases: Gmain (main), Greg (pl, gain = interval), Gboth (both, gain 1) -----------
+        def make_g_compute(main, pl, gain_pl):
+            allreduce = multi and not jit  # under XLA: per-replica pl_mean (reference: per GPU)
+
+            def compute(main_in, pl_in, pl_mean):
+                ctx = tf.distribute.get_replica_context()
+                stats, wsums, new_mean = {}, [], pl_mean
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(self._G_tf)
+                    total = 0.0
+                    if main:
+                        loss, st, w0 = self.loss.G_main(*main_in)
+                        total += tf.reduce_sum(loss) * inv
+                        stats.update(st)
+                        wsums.append(tf.reduce_sum(w0, axis=0))
+                    if pl:
+                        z, c, mix_z, cutoff, noise = pl_in
+                        mean_fn = ((lambda x: ctx.all_reduce("SUM", tf.reduce_sum(x)) * inv_pl)
+                                   if allreduce else None)
+                        loss, new_mean, st, w0 = self.loss.G_pl(z, c, noise, pl_mean, mix_z,
+                                                                cutoff, mean_fn=mean_fn)
+                        total += tf.reduce_sum(loss) * (gain_pl * inv_pl)
+                        stats.update(st)
+                        wsums.append(tf.reduce_sum(w0, axis=0))
+                grads = tape.gradient(total, self._G_tf)
+                return grads, self._stats_out(stats), tf.stack(wsums), new_mean
+            return tf.function(compute, jit_compile=True) if jit else compute
+
+        def g_replica(step, main, pl, compute):
+            if main:
+                zs, cs, ms, cuts = replica_inputs(step, "Gmain", g)
+            if pl:
+                pzs, pcs, pms, pcuts = replica_inputs(step, "Greg", gpl)
+                if main:  # Gboth: the path length runs on the first latents of the round
+                    pzs, pcs = [x[:gpl] for x in zs], [x[:gpl] for x in cs]
+                noises = pl_noise(step)
             pl_mean = self.pl_mean.read_value()
-            if jit:
-                grads, stats, wsum, new_mean = greg_compute_jit(z, c, mix_z, cutoff, noise,
-                                                                pl_mean)
-                if multi:
-                    # Per-replica pl_mean under XLA (reference: per-GPU pl_mean); keep replica 0's.
-                    new_mean = tf.distribute.get_replica_context().all_reduce(
-                        "MEAN", new_mean)
-            else:
-                grads, stats, wsum, new_mean = greg_compute(z, c, mix_z, cutoff, noise, pl_mean,
-                                                            use_allreduce=multi)
-            _apply(self.G_opt, grads, self.G_vars)
-            return stats, wsum, new_mean
+            acc = stats = None
+            wsums = []
+            for k in range(R):
+                main_in = pl_in = None
+                if main:
+                    main_in = tuple(after(acc, [zs[k], cs[k], ms[k]])) + (cuts[k],)
+                if pl:
+                    z, c, m, noise = after(acc, [pzs[k], pcs[k], pms[k], noises[k]])
+                    pl_in = (z, c, m, pcuts[k], noise)
+                grads, st, ws, pl_mean = compute(main_in, pl_in, pl_mean)
+                acc, stats = add_grads(acc, grads), add_stats(stats, st)
+                wsums.append(ws)
+            if pl and jit and multi:
+                pl_mean = tf.distribute.get_replica_context().all_reduce("MEAN", pl_mean)
+            _apply(self.G_opt, [_nan_to_num(x) for x in acc], self.G_vars)
+            return stats, tf.concat(wsums, axis=0), pl_mean
 
-        # --- Dmain --------------------------------------------------------------------------
-        def dmain_compute(real, real_c, z, c, mix_z, cutoff):
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(self._D_tf)
-                loss, stats, w0 = self.loss.D_main(real, real_c, z, c, mix_z, cutoff)
-                total = tf.reduce_sum(loss) / B
-            grads = [_nan_to_num(g) for g in tape.gradient(total, self._D_tf)]
-            return grads, self._stats_out(stats), tf.reduce_sum(w0, axis=0)
-        dmain_compute = compile_(dmain_compute)
+        # --- D phases: Dmain (main), Dreg (R1, gain = interval), Dboth (both, gain 1) -----------
+        def make_d_compute(main, r1, gain):
+            def compute(real, real_c, gen_in):
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(self._D_tf)
+                    wsum = None
+                    if main and r1:
+                        loss, stats, w0 = self.loss.D_both(real, real_c, *gen_in)
+                    elif main:
+                        loss, stats, w0 = self.loss.D_main(real, real_c, *gen_in)
+                    else:
+                        loss, stats = self.loss.D_r1(real, real_c)
+                        w0 = None
+                    total = tf.reduce_sum(loss) * (gain * inv)
+                if w0 is not None:
+                    wsum = tf.reduce_sum(w0, axis=0)[None]
+                grads = tape.gradient(total, self._D_tf)
+                return grads, self._stats_out(stats), wsum
+            return tf.function(compute, jit_compile=True) if jit else compute
 
-        def dmain_replica(real, real_c, step):
-            z, c, mix_z, cutoff = self._gen_inputs(step, "Dmain", B)
-            z, c = self._local(z, b), self._local(c, b)
-            mix_z = None if mix_z is None else self._local(mix_z, b)
-            grads, stats, wsum = dmain_compute(real, real_c, z, c, mix_z, cutoff)
-            _apply(self.D_opt, grads, self.D_vars)
-            return stats, wsum
-
-        # --- Dreg ---------------------------------------------------------------------------
-        gain_D = float(self.D_reg_interval or 1)
-
-        def dreg_compute(real, real_c):
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(self._D_tf)
-                loss, stats = self.loss.D_r1(real, real_c)
-                total = tf.reduce_sum(loss) * (gain_D / B)
-            grads = [_nan_to_num(g) for g in tape.gradient(total, self._D_tf)]
-            return grads, self._stats_out(stats)
-        dreg_compute = compile_(dreg_compute)
-
-        def dreg_replica(real, real_c):
-            grads, stats = dreg_compute(real, real_c)
-            _apply(self.D_opt, grads, self.D_vars)
-            return stats
+        def d_replica(real, real_c, step, main, compute):
+            reals, real_cs = rounds(real, g), rounds(real_c, g)
+            if main:
+                zs, cs, ms, cuts = replica_inputs(step, "Dmain", g)
+            acc = stats = None
+            wsums = []
+            for k in range(R):
+                x, xc = after(acc, [reals[k], real_cs[k]])
+                gen_in = None
+                if main:
+                    gen_in = tuple(after(acc, [zs[k], cs[k], ms[k]])) + (cuts[k],)
+                grads, st, ws = compute(x, xc, gen_in)
+                acc, stats = add_grads(acc, grads), add_stats(stats, st)
+                if ws is not None:
+                    wsums.append(ws)
+            _apply(self.D_opt, [_nan_to_num(x) for x in acc], self.D_vars)
+            return stats, (tf.concat(wsums, axis=0) if wsums else None)
 
         # --- cross-replica wrappers ---------------------------------------------------------
         def reduce_sum(x):
@@ -477,48 +542,61 @@ class Trainer:
                 v = tf.cast(reduce_sum(v), tf.float64)
                 if name in self.stat_acc:
                     self.stat_acc[name].assign_add(v)
-                if name == "Loss/signs/real":
+                if name == "Loss/signs/real":  # Dmain, Dreg and Dboth: ADA's r_t
                     self.ada_sum.assign_add(v[0])
                     self.ada_num.assign_add(v[2])
 
-        def update_w_avg(wsum, n):
-            if self._w_avg is None:
+        def update_w_avg(wsums, counts):
+            """One ``w_avg`` lerp per mapping call, in order: row i of ``wsums`` (summed over
+            replicas) / ``counts[i]`` samples."""
+            if self._w_avg is None or wsums is None:
                 return
-            mean = tf.cast(reduce_sum(wsum), tf.float32) / n
-            w = self._w_avg
-            w.assign(mean + (w.value - mean) * self._w_avg_beta if hasattr(w, "value")
-                     else mean + (w - mean) * self._w_avg_beta)
+            sums = tf.cast(reduce_sum(wsums), tf.float32)
+            w = tf.convert_to_tensor(_tf_var(self._w_avg))
+            for i, n in enumerate(counts):
+                mean = sums[i] / n
+                w = mean + (w - mean) * self._w_avg_beta
+            self._w_avg.assign(w)
 
-        @tf.function
-        def gmain_step(step):
-            stats, wsum = strategy.run(gmain_replica, args=(step,))
-            accumulate(stats)
-            update_w_avg(wsum, B)
+        def g_step_fn(main, pl, gain_pl):
+            compute = make_g_compute(main, pl, gain_pl)
+            counts = (([N * g] if main else []) + ([N * gpl] if pl else [])) * R
 
-        @tf.function
-        def greg_step(step):
-            stats, wsum, new_mean = strategy.run(greg_replica, args=(step,))
-            accumulate(stats)
-            update_w_avg(wsum, Bpl)
-            self.pl_mean.assign(strategy.experimental_local_results(new_mean)[0])
+            @tf.function
+            def step_fn(step):
+                stats, wsums, new_mean = strategy.run(
+                    lambda s: g_replica(s, main, pl, compute), args=(step,))
+                accumulate(stats)
+                update_w_avg(wsums, counts)
+                if pl:
+                    self.pl_mean.assign(strategy.experimental_local_results(new_mean)[0])
+            return step_fn
 
-        @tf.function
-        def dmain_step(real, real_c, step):
-            stats, wsum = strategy.run(dmain_replica, args=(real, real_c, step))
-            accumulate(stats)
-            update_w_avg(wsum, B)
+        def d_step_fn(main, r1, gain):
+            compute = make_d_compute(main, r1, gain)
+            counts = [N * g] * R if main else []
 
-        @tf.function
-        def dreg_step(real, real_c):
-            stats = strategy.run(dreg_replica, args=(real, real_c))
-            accumulate(stats)
+            @tf.function
+            def step_fn(real, real_c, step):
+                stats, wsums = strategy.run(
+                    lambda x, xc, s: d_replica(x, xc, s, main, compute),
+                    args=(real, real_c, step))
+                accumulate(stats)
+                update_w_avg(wsums, counts)
+            return step_fn
 
         @tf.function
         def ema_step(beta):
             loss_lib.update_ema(self.G, self.G_ema, beta)
 
-        self._gmain_step, self._greg_step = gmain_step, greg_step
-        self._dmain_step, self._dreg_step = dmain_step, dreg_step
+        self._phase_fns = {
+            "Gmain": g_step_fn(True, False, 0.0),
+            "Greg": g_step_fn(False, True, float(self.G_reg_interval or 1)),
+            "Gboth": g_step_fn(True, True, 1.0),
+            "Dmain": d_step_fn(True, False, 1.0),
+            "Dreg": d_step_fn(False, True, float(self.D_reg_interval or 1)),
+            "Dboth": d_step_fn(True, True, 1.0),
+        }
         self._ema_step = ema_step
 
     # -----------------------------------------------------------------------------------------
@@ -722,6 +800,23 @@ class Trainer:
     # -----------------------------------------------------------------------------------------
     # One step.
 
+    def phases_at(self, step):
+        """The phases of step ``step``, in order (reference ``training_loop``): with lazy
+        regularisation Gmain, Greg when ``step % G_reg_interval == 0``, Dmain, Dreg when
+        ``step % D_reg_interval == 0``; with an interval of None the main loss and the
+        regulariser run fused every step (Gboth/Dboth, gain 1, lr/betas not rescaled). A zero
+        ``pl_weight``/``r1_gamma`` leaves the main loss only."""
+        out = []
+        for net, interval, reg_on in (("G", self.G_reg_interval, self.pl_weight != 0),
+                                      ("D", self.D_reg_interval, self.r1_gamma != 0)):
+            if interval is None:
+                out.append(net + ("both" if reg_on else "main"))
+            else:
+                out.append(net + "main")
+                if reg_on and step % interval == 0:
+                    out.append(net + "reg")
+        return out
+
     def train_step(self):
         """One batch: the phases, G_ema, counters and the ADA adjustment."""
         step = int(self.step_var.numpy())
@@ -731,12 +826,11 @@ class Trainer:
         else:
             real, real_c = self._next_batch()
         step_t = tf.constant(step, tf.int64)
-        self._gmain_step(step_t)
-        if self.G_reg_interval and self.pl_weight != 0 and step % self.G_reg_interval == 0:
-            self._greg_step(step_t)
-        self._dmain_step(real, real_c, step_t)
-        if self.D_reg_interval and self.r1_gamma != 0 and step % self.D_reg_interval == 0:
-            self._dreg_step(real, real_c)
+        for phase in self.phases_at(step):
+            if phase.startswith("G"):
+                self._phase_fns[phase](step_t)
+            else:
+                self._phase_fns[phase](real, real_c, step_t)
         beta = loss_lib.ema_beta(self.batch, nimg, self.ema_kimg, self.ema_rampup)
         self._ema_step(tf.constant(beta, tf.float32))
         self.nimg_var.assign(nimg + self.batch)
