@@ -162,7 +162,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_with_143(stopped_run)
     assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == step
     for i in range(2):  # each worker saved its input state at that same step
         assert os.path.exists(os.path.join(ck, f"input-worker{i:03d}", f"ckpt-{step}.index"))
-    assert f"signal 15: checkpoint saved" in outs[0], outs[0][-2000:]  # the chief's log line
+    assert "signal 15: checkpoint saved" in outs[0], outs[0][-2000:]  # the chief's log line
     assert not [f for f in os.listdir(outdir) if f.startswith("network-snapshot-")]
     print(f"\nSIGTERM to worker 1 -> both stopped at step {step}, exit 143, "
           f"{stopped_run['seconds']:.1f} s after the signal")
