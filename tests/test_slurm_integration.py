@@ -266,11 +266,13 @@ def test_array_script_runs_the_real_study(slurm, tmp_path):
     check_real_study(study)
 
 
-# Measured on the tiny real study above (16 px, 3 classifier epochs, 100 test patches, 50/50):
-# AUCs 0.554 (augmented), 0.557 (baseline 25 %), 0.558 (baseline 100 %), 0.563 (TSTR); DeLong
-# p 0.956. The bootstrap 95 % CI half-width at 100 test patches is ~0.09, so the band allows run to
-# run variation of the threaded CPU training but not a broken classifier or table.
-AUC_BAND = (0.45, 0.70)
+# Measured on the tiny real study above (16 px, 3 classifier epochs, 100 test patches, 50/50), two
+# runs: baseline 0.557 / 0.557 (25 %), 0.558 / 0.558 (100 %); augmented 0.554 / 0.492; TSTR
+# 0.563 / 0.575; DeLong p 0.956 / 0.201. The threaded CPU training varies from run to run (the
+# augmented AUC moved by 0.06) and the bootstrap 95 % CI half-width at 100 test patches is ~0.09, so
+# the band is 0.40 .. 0.70: near chance, as this tiny study is; the exact check is the recomputation
+# of every AUC from the saved predictions.
+AUC_BAND = (0.40, 0.70)
 
 
 def check_real_study(study):
