@@ -15,11 +15,13 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(PY) -m histaug_tf.experiment --flagfile=configs/experiment_demo.flags
 
+# everything, including the integration tests that start a local SLURM (root; see tests/README.md)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
+# no slow tests, no services: never starts SLURM (HISTAUG_REQUIRE_SLURM=0 overrides the CI switch)
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -m "not slow and not integration" tests
+	HISTAUG_REQUIRE_SLURM=0 $(PY) -m pytest -n 2 --dist loadfile -m "not slow and not integration" tests
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -24,9 +24,10 @@ def _img(rng, label, s=S):
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def _write(path, name, counts, seed, source="real", splits=("train", "valid", "test")):
+def _write(path, name, counts, seed, source="real", splits=("train", "valid", "test"),
+           shard_size=200):
     rng = np.random.default_rng(seed)
-    with DatasetWriter(str(path), name, (S, S, 3), encoding="raw", shard_size=200) as w:
+    with DatasetWriter(str(path), name, (S, S, 3), encoding="raw", shard_size=shard_size) as w:
         for split in splits:
             n0, n1 = counts[split]
             labels = [0] * n0 + [1] * n1
@@ -140,3 +141,70 @@ def test_bad_inputs(real, synthetic, tmp_path):
     with pytest.raises(UserError, match="need --synthetic_data"):
         ct.train_classifier(str(tmp_path / "z"), real, synthetic_ratio=0.3, verbose=False)
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
+def _take(ds, n):
+    return [{k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in e.items()}
+            if isinstance(e, dict) else tuple(v.numpy() for v in e) for e in ds.take(n)]
+
+
+@pytest.mark.parametrize("case, p, q", [
+    (dict(synthetic_ratio=0.25), 1, 4),   # 1 synthetic in every 4
+    (dict(synthetic_count=30), 1, 3),     # 30 / (30 + 60 real) = 1/3
+])
+def test_the_stream_train_classifier_fits_on_mixes_synthetic_at_the_ratio(tmp_path, monkeypatch,
+                                                                         case, p, q):
+    """Measured on the real training stream (not arithmetic on options): train_classifier's own
+    call of ``training_stream`` is recorded, replayed with ``with_meta`` (the same elements, checked
+    against the replay without it), and every block of q consecutive elements holds exactly p
+    examples whose ``source`` is ``synthetic`` and whose key is in the synthetic split; the same
+    with the stream sharded over 2 workers (disjoint real keys, same share per block)."""
+    real = _write(tmp_path / "real", "real", {"train": (30, 30), "valid": (8, 8), "test": (8, 8)},
+                  0, shard_size=15)
+    syn = _write(tmp_path / "syn", "syn", {"train": (20, 20)}, 1, source="synthetic",
+                 splits=("train",), shard_size=10)
+    calls = []
+    orig = ct.training_stream
+
+    def spy(*a, **kw):
+        calls.append((a, kw))
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(ct, "training_stream", spy)
+    m = ct.train_classifier(str(tmp_path / "run"), real, synthetic_data=syn, batch_size=16,
+                            epochs=1, n_boot=10, strategy="default", verbose=False, **case)
+    assert m["effective_synthetic_ratio"] == pytest.approx(p / q)
+    (a, kw), = calls
+    assert kw["num_workers"] == 1 and kw["worker_index"] == 0
+    real_keys = {f"real/train/{i}".encode() for i in range(60)}
+    syn_keys = [f"syn/train/{i}".encode() for i in range(40)]  # file order
+    n = 120 * q  # many blocks; several passes over the real split
+    for workers in (1, 2):
+        seen_real, seen_syn = [], []
+        for w in range(workers):
+            kw_w = dict(kw, num_workers=workers, worker_index=w)
+            meta = _take(orig(*a, **dict(kw_w, with_meta=True)), n)
+            plain = _take(orig(*a, **kw_w), n)
+            # with_meta changes the element format only: same labels and images, in order
+            # (images of --synthetic_count's examples excepted: their flips/rotations are
+            # stateful random ops, drawn anew by every iterator)
+            is_syn = np.array([e["source"] == b"synthetic" for e in meta])
+            assert [int(e["label"]) for e in meta] == [int(y) for _, y in plain]
+            cmp = ~is_syn if "synthetic_count" in case else np.ones(n, bool)
+            np.testing.assert_array_equal(np.stack([e["image"] for e in meta])[cmp],
+                                          np.stack([x for x, _ in plain])[cmp])
+            keys = [e["key"] for e in meta]
+            assert all((k in syn_keys) == s for k, s in zip(keys, is_syn))
+            assert all(k in real_keys for k, s in zip(keys, is_syn) if not s)
+            per_block = is_syn.reshape(-1, q).sum(axis=1)
+            assert per_block.tolist() == [p] * (n // q), per_block
+            if "synthetic_count" in case and workers == 1:
+                # a fixed set of `synthetic_count` synthetic examples, drawn again and again
+                assert len({k for k, s in zip(keys, is_syn) if s}) == 30
+            seen_syn.append({k for k, s in zip(keys, is_syn) if s})
+            seen_real.append({k for k, s in zip(keys, is_syn) if not s})
+        if workers == 2:  # file-sharded: the workers read disjoint real examples, all of them
+            assert not seen_real[0] & seen_real[1]
+            assert seen_real[0] | seen_real[1] == real_keys
+            print(f"{case}: 2 workers draw {len(seen_syn[0] | seen_syn[1])} distinct synthetic "
+                  f"examples ({len(seen_syn[0])} + {len(seen_syn[1])})")

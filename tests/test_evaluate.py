@@ -126,11 +126,36 @@ def test_bootstrap_interval_covers_binormal_auc_at_nominal_rate():
     assert np.mean(widths) == pytest.approx(np.mean(dl_widths), rel=0.1)
 
 
-def test_bootstrap_stratified_keeps_class_counts():
+def test_bootstrap_stratified_keeps_class_counts(monkeypatch):
+    """Every replicate is 3 positives drawn from the positives and 97 negatives drawn from the
+    negatives (observed in the replicate matrices handed to the rank step), and its AUC equals a
+    brute-force Mann-Whitney double loop over those draws, reproduced with the same seeded
+    generator (positives' indices, then negatives', per chunk of 256)."""
     y = np.array([0] * 97 + [1] * 3)
     s = np.random.default_rng(0).normal(size=100)
+    pos, neg = set(s[y == 1].tolist()), set(s[y == 0].tolist())
+    seen = []
+    orig = ev.stats.rankdata
+
+    def spy(a, *args, **kw):
+        seen.append(np.array(a))
+        return orig(a, *args, **kw)
+
+    monkeypatch.setattr(ev.stats, "rankdata", spy)
     aucs = ev.bootstrap_aucs(y, s, n_boot=50, seed=1)
-    assert np.all(np.isfinite(aucs)) and aucs.shape == (50,)
+    monkeypatch.undo()
+    assert aucs.shape == (50,) and len(seen) == 1 and seen[0].shape == (50, 100)
+    for row in seen[0]:
+        assert set(row[:3].tolist()) <= pos and set(row[3:].tolist()) <= neg
+    # independent: the same draws, AUC by counting pairs
+    rng = np.random.default_rng(1)
+    xi = rng.integers(0, 3, size=(50, 3))
+    yi = rng.integers(0, 97, size=(50, 97))
+    xs, ys = s[y == 1], s[y == 0]
+    ref = [sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in xs[xi[r]] for b in ys[yi[r]])
+           / (3 * 97) for r in range(50)]
+    np.testing.assert_allclose(aucs, ref, rtol=0, atol=1e-12)
+    assert len(set(np.round(aucs, 9))) > 5  # the replicates differ
 
 
 def test_classification_metrics_against_loop():

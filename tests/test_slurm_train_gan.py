@@ -1,6 +1,6 @@
 """train_gan itself (tiny preset, 16 px, a few images) through jobs/slurm/train_gan_multinode.sbatch
-on the local single-node SLURM with 2 tasks on the CPU (see test_slurm_integration.py for the
-cluster fixture): one cluster of 2 workers, chief-only outputs, identical weights on both workers,
+on the local single-node SLURM with 2 tasks on the CPU (the session's one cluster, shared with
+test_slurm_integration.py: tests/conftest.py, tests/_slurm_cluster.py): one cluster of 2 workers, chief-only outputs, identical weights on both workers,
 a resubmission that resumes from the checkpoint, and the one-line errors for an indivisible --batch
 and for a dataset with fewer shards than workers.
 """
@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
-from test_slurm_integration import (MULTINODE, TWO_TASKS, free_port_pair, sbatch_wait,  # noqa: F401
-                                    slurm)
+from test_slurm_integration import MULTINODE, TWO_TASKS, free_port_pair, sbatch_wait
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROBE = os.path.join("tests", "_slurm_train_gan_probe.py")
 

@@ -82,20 +82,62 @@ def _unpack(elem):
 
 
 def _train_stream(data_dir, split, *, counts, balance, resolution, resize_mode, augment, seed,
-                  num_workers, worker_index, shuffle_buffer):
+                  num_workers, worker_index, shuffle_buffer, with_meta=False):
     """An infinite, shuffled, unbatched stream of (image, label) from one dataset."""
     import tensorflow as tf
     from histaug_tf.data.pipeline import make_dataset
 
     common = dict(resolution=resolution, resize_mode=resize_mode, pixel_range=(-1, 1), flips=augment,
                   rot90=augment, shuffle_buffer=shuffle_buffer, repeat=True, seed=seed,
-                  num_workers=num_workers, worker_index=worker_index)
+                  num_workers=num_workers, worker_index=worker_index, with_meta=with_meta)
     if balance != "sampling":
         return make_dataset(data_dir, split, **common)
     present = [c for c in range(len(counts)) if counts[c] > 0]
     streams = [make_dataset(data_dir, split, class_filter=c, **common) for c in present]
     return tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(present)] * len(present),
                                                 seed=seed)
+
+
+def training_stream(train_data, train_split, *, real_counts, synthetic_data, synthetic_split,
+                    syn_counts, ratio, synthetic_count, seed, balance, resolution, resize_mode,
+                    augment, num_workers, worker_index, shuffle_buffer, with_meta=False):
+    """The unbatched training stream ``train_classifier`` fits on (it batches it afterwards).
+
+    Real examples of ``train_data``, with ``synthetic_data`` mixed in at ``ratio`` (exactly p of
+    every q consecutive elements, ``pipeline.mix``); this worker's file shard of both. With
+    ``with_meta`` the same stream yields the pipeline's dicts (key, source, ...) instead of
+    (image, label): the seam tests use to measure what is really mixed in.
+    """
+    import tensorflow as tf
+    from histaug_tf.data.pipeline import make_dataset, mix
+
+    stream_kw = dict(balance=balance, resolution=resolution, resize_mode=resize_mode,
+                     augment=augment, num_workers=num_workers, worker_index=worker_index,
+                     shuffle_buffer=shuffle_buffer, with_meta=with_meta)
+    ds = _train_stream(train_data, train_split, counts=real_counts, seed=seed, **stream_kw)
+    if synthetic_data and ratio > 0:
+        if synthetic_count is None:
+            sds = _train_stream(synthetic_data, synthetic_split, counts=syn_counts, seed=seed + 1,
+                                **stream_kw)
+        else:
+            # A fixed set of `synthetic_count` examples: the first ones in file order, reshuffled.
+            sds = make_dataset(synthetic_data, synthetic_split, resolution=resolution,
+                               resize_mode=resize_mode, pixel_range=(-1, 1), flips=False,
+                               rot90=False, shuffle_buffer=0, repeat=False,
+                               num_workers=num_workers, worker_index=worker_index,
+                               with_meta=with_meta)
+            sds = sds.take(synthetic_count).repeat()
+            if shuffle_buffer:
+                sds = sds.shuffle(min(shuffle_buffer, synthetic_count), seed=seed + 2)
+            if augment:
+                aug = _augment_fn(seed + 3)
+                if with_meta:
+                    sds = sds.map(lambda d: dict(d, image=aug(d["image"], d["label"])[0]),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+                else:
+                    sds = sds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = mix(ds, sds, ratio, seed=seed + 4)
+    return ds
 
 
 def _eval_dataset(data_dir, split, *, resolution, resize_mode, batch_size):
@@ -230,7 +272,6 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
 
     from histaug_tf.classifier.models import build_model
     from histaug_tf.data.manifest import check_same_label_names, load_manifest
-    from histaug_tf.data.pipeline import mix
 
     t_start = time.time()
     if balance not in BALANCE:
@@ -318,27 +359,12 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
         keras.mixed_precision.set_global_policy("mixed_float16")
 
     # ---- training stream
-    stream_kw = dict(balance=balance, resolution=resolution, resize_mode=resize_mode,
-                     augment=augment, num_workers=num_workers, worker_index=worker_index,
-                     shuffle_buffer=shuffle_buffer)
-    ds = _train_stream(train_data, train_split, counts=real_counts, seed=seed, **stream_kw)
-    if synthetic_data and ratio > 0:
-        if synthetic_count is None:
-            sds = _train_stream(synthetic_data, synthetic_split, counts=syn_counts, seed=seed + 1,
-                                **stream_kw)
-        else:
-            # A fixed set of `synthetic_count` examples: the first ones in file order, reshuffled.
-            from histaug_tf.data.pipeline import make_dataset
-            sds = make_dataset(synthetic_data, synthetic_split, resolution=resolution,
-                               resize_mode=resize_mode, pixel_range=(-1, 1), flips=False,
-                               rot90=False, shuffle_buffer=0, repeat=False,
-                               num_workers=num_workers, worker_index=worker_index)
-            sds = sds.take(synthetic_count).repeat()
-            if shuffle_buffer:
-                sds = sds.shuffle(min(shuffle_buffer, synthetic_count), seed=seed + 2)
-            if augment:
-                sds = sds.map(_augment_fn(seed + 3), num_parallel_calls=tf.data.AUTOTUNE)
-        ds = mix(ds, sds, ratio, seed=seed + 4)
+    ds = training_stream(train_data, train_split, real_counts=real_counts,
+                         synthetic_data=synthetic_data, synthetic_split=synthetic_split,
+                         syn_counts=syn_counts, ratio=ratio, synthetic_count=synthetic_count,
+                         seed=seed, balance=balance, resolution=resolution,
+                         resize_mode=resize_mode, augment=augment, num_workers=num_workers,
+                         worker_index=worker_index, shuffle_buffer=shuffle_buffer)
     cw = tf.constant(class_w, tf.float32)
 
     def to_xyw(x, y):
