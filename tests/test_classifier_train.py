@@ -206,5 +206,6 @@ def test_the_stream_train_classifier_fits_on_mixes_synthetic_at_the_ratio(tmp_pa
         if workers == 2:  # file-sharded: the workers read disjoint real examples, all of them
             assert not seen_real[0] & seen_real[1]
             assert seen_real[0] | seen_real[1] == real_keys
-            print(f"{case}: 2 workers draw {len(seen_syn[0] | seen_syn[1])} distinct synthetic "
-                  f"examples ({len(seen_syn[0])} + {len(seen_syn[1])})")
+            if "synthetic_count" in case:  # the count is global: 15 + 15 distinct, not 30 + 30
+                assert not seen_syn[0] & seen_syn[1]
+                assert [len(s) for s in seen_syn] == [15, 15], [len(s) for s in seen_syn]

@@ -126,9 +126,13 @@ def training_stream(train_data, train_split, *, real_counts, synthetic_data, syn
                                rot90=False, shuffle_buffer=0, repeat=False,
                                num_workers=num_workers, worker_index=worker_index,
                                with_meta=with_meta)
-            sds = sds.take(synthetic_count).repeat()
+            # --synthetic_count is global: each worker takes its share of its own file shard
+            # (the first workers one more when it does not divide), so N workers together use
+            # synthetic_count distinct examples, as one worker does.
+            mine = synthetic_count // num_workers + int(worker_index < synthetic_count % num_workers)
+            sds = sds.take(mine).repeat()
             if shuffle_buffer:
-                sds = sds.shuffle(min(shuffle_buffer, synthetic_count), seed=seed + 2)
+                sds = sds.shuffle(max(1, min(shuffle_buffer, mine)), seed=seed + 2)
             if augment:
                 aug = _augment_fn(seed + 3)
                 if with_meta:
