@@ -11,7 +11,8 @@ importer must not let a small hostile file make it allocate gigabytes. Every lim
 * the plain-object conversion of kwargs / ``training_set_kwargs`` (:func:`plain`) counts every
   reference — a shared object converted once (memoised) still counts its full size each time it is
   referenced, because the result is later written out as JSON, where sharing is expanded — and
-  refuses more than :data:`MAX_PLAIN_OBJECTS` objects or nesting deeper than :data:`MAX_PLAIN_DEPTH`;
+  refuses more than :data:`MAX_PLAIN_OBJECTS` objects or nesting deeper than
+  :data:`MAX_PLAIN_DEPTH`;
   likewise a network's module tree (PyTorch ``_modules``, TF1 ``components``) may reach at most
   :data:`MAX_STATE_ENTRIES` modules and arrays, shared ones counted each time they are reached;
 * network kwargs (:func:`check_generator_kwargs`, :func:`check_discriminator_kwargs`): types and

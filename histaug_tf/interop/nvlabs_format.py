@@ -389,7 +389,8 @@ def _tf_kwargs(net, table, ignored, off, defaults, path, key):
             continue
         (kw if section is None else kw[section])[pt] = value
     fmap_base = sk.get("fmap_base", 16384)
-    if not isinstance(fmap_base, int) or isinstance(fmap_base, bool) or not 1 <= fmap_base <= 1 << 29:
+    if not isinstance(fmap_base, int) or isinstance(fmap_base, bool) \
+            or not 1 <= fmap_base <= 1 << 29:
         raise UserError(f"{path}: {key}.fmap_base={short_repr(fmap_base)}: expected an integer "
                         f"in [1, {1 << 29}]")
     for name, expect in (("fmap_decay", 1), ("fmap_min", 1)):
