@@ -224,6 +224,36 @@ def test_billion_laughs_tf1_static_kwargs(tmp_path, valid_peak):
                   "MAX_PLAIN_OBJECTS=100000", case="billion laughs depth 8, TF1 static_kwargs")
 
 
+def _pt_module_dag(data):
+    # G.synthesis: 7 levels of 10 children that are all the same module -> 10**7 paths
+    m = fx.persistent_module("FullyConnectedLayer", params={"weight": np.zeros((1, 1), np.float32)})
+    for _ in range(7):
+        m = fx.persistent_module("SynthesisNetwork", modules={f"m{i}": m for i in range(10)})
+    data["G"].args[0]["state"]["_modules"]["synthesis"] = m
+
+
+def _tf1_component_dag(data):
+    # G.mapping: 3 levels of 10 components that are all the same Network, 10**4 variables each
+    net = fx.tf1_network("x", "x", {}, {})
+    arr = fx._np_array(np.zeros(1))
+    net.state["variables"] = [(f"v{i}", arr) for i in range(10 ** 4)]
+    for _ in range(3):
+        net = fx.tf1_network("x", "x", {}, {}, components={f"c{i}": net for i in range(10)})
+    data[0].state["components"]["mapping"] = net
+
+
+@pytest.mark.parametrize("fmt", ["pytorch", "tf1"])
+def test_shared_module_tree(tmp_path, valid_peak, fmt):
+    pkl = tmp_path / f"dag_{fmt}.pkl"
+    if fmt == "pytorch":
+        write_pt(pkl, edit=_pt_module_dag)
+    else:
+        write_tf1(pkl, edit=_tf1_component_dag)
+    assert pkl.stat().st_size < 1 << 20
+    check_refused(pkl, tmp_path / "out", valid_peak, "G has more than 100000 modules and arrays",
+                  "MAX_STATE_ENTRIES=100000", case=f"shared module tree ({fmt})")
+
+
 def test_z_dim_2_26(tmp_path, valid_peak):
     pkl = tmp_path / "zdim.pkl"
     write_pt(pkl, gk=_g_kwargs(z_dim=2 ** 26))

@@ -11,7 +11,10 @@ importer must not let a small hostile file make it allocate gigabytes. Every lim
 * the plain-object conversion of kwargs / ``training_set_kwargs`` (:func:`plain`) counts every
   reference — a shared object converted once (memoised) still counts its full size each time it is
   referenced, because the result is later written out as JSON, where sharing is expanded — and
-  refuses more than :data:`MAX_PLAIN_OBJECTS` objects or nesting deeper than :data:`MAX_PLAIN_DEPTH`;
+  refuses more than :data:`MAX_PLAIN_OBJECTS` objects or nesting deeper than
+  :data:`MAX_PLAIN_DEPTH`;
+  likewise a network's module tree (PyTorch ``_modules``, TF1 ``components``) may reach at most
+  :data:`MAX_STATE_ENTRIES` modules and arrays, shared ones counted each time they are reached;
 * network kwargs (:func:`check_generator_kwargs`, :func:`check_discriminator_kwargs`): types and
   ranges (resolution <= 1024, channels <= 2048, z/w/c dims <= 2048, mapping layers <= 32, ...);
 * array shapes (:func:`check_shapes`): the arrays a network of these kwargs has, computed by
@@ -33,6 +36,7 @@ MAX_PICKLE_BYTES = 64 << 20      # an uncompressed data.pkl inside a zip
 MAX_ARRAY_BYTES = 4 << 30        # storages + tensors materialised while reading one file
 MAX_PLAIN_OBJECTS = 100_000      # objects of one plain conversion, every reference counted
 MAX_PLAIN_DEPTH = 16             # nesting depth of one plain conversion
+MAX_STATE_ENTRIES = 100_000      # modules + arrays of one network's tree, every reference counted
 MAX_RESOLUTION = 1024
 MAX_CHANNELS = 2048              # feature maps of any layer
 MAX_DIM = 2048                   # z_dim, w_dim, c_dim, embed/layer features, cmap_dim

@@ -134,8 +134,19 @@ _D_ARGS = ["c_dim", "img_resolution", "img_channels", "architecture", "channel_b
            "mapping_kwargs", "epilogue_kwargs"]
 
 
-def _state_dict(obj, path, prefix=""):
-    """Flatten a persistent module tree into ``name -> (array, is_buffer)`` like ``state_dict``."""
+def _count_entry(budget, path, key):
+    """One more module / array reached (a shared one counts each time: the tree is expanded)."""
+    budget[0] += 1
+    if budget[0] > limits.MAX_STATE_ENTRIES:
+        raise limits.LimitError(
+            f"{path}: {key} has more than {limits.MAX_STATE_ENTRIES} modules and arrays (shared "
+            f"ones counted each time; limit MAX_STATE_ENTRIES={limits.MAX_STATE_ENTRIES})")
+
+
+def _state_dict(obj, path, prefix="", key="network", budget=None):
+    """Flatten a persistent module tree into ``name -> array`` like ``state_dict``."""
+    budget = [0] if budget is None else budget
+    _count_entry(budget, path, key)
     if not isinstance(obj, PersistentObjectStub):
         raise UserError(f"{path}: {prefix or 'network'} is not a NVlabs persistent module")
     if obj.class_name not in KNOWN_PERSISTENT_CLASSES:
@@ -157,6 +168,7 @@ def _state_dict(obj, path, prefix=""):
                 continue
             if not isinstance(value, np.ndarray):
                 raise UserError(f"{path}: {prefix}{name} is not a tensor")
+            _count_entry(budget, path, key)
             out[prefix + name] = value
     for name, child in _dict_field(st, "_modules", path, where).items():
         if child is None:
@@ -165,7 +177,7 @@ def _state_dict(obj, path, prefix=""):
             raise UserError(f"{path}: {where}: malformed module name {short_repr(name)}")
         if prefix.count(".") >= 8:
             raise UserError(f"{path}: {where}: modules nested deeper than 8 levels")
-        out.update(_state_dict(child, path, prefix + name + "."))
+        out.update(_state_dict(child, path, prefix + name + ".", key, budget))
     return out
 
 
@@ -198,7 +210,7 @@ def _pt_network(obj, kind, path, key):
     else:
         kw = _merge(discriminator_defaults(), kw, f"{key} kwargs", path)
         limits.check_discriminator_kwargs(kw, path, key)
-    sd = _state_dict(obj, path)
+    sd = _state_dict(obj, path, key=key)
     params, names_map = {}, {}
     for name, value in sd.items():
         if name.endswith("resample_filter"):
@@ -331,7 +343,9 @@ _TF_D_IGNORED = {"structure", "dtype", "fmap_base", "fmap_decay", "fmap_min",
 _TF_D_OFF = {"use_pagan": False, "use_spectral_norm": False, "adaptive_dropout": 0}
 
 
-def _tf_params(net, prefix="", depth=0):
+def _tf_params(net, prefix="", depth=0, path="<pickle>", key="network", budget=None):
+    budget = [0] if budget is None else budget
+    _count_entry(budget, path, key)
     out = {}
     if not isinstance(net.variables, (list, tuple)) or not isinstance(net.components, dict):
         raise UnsafePickleError(f"TF1 network {prefix or net.name!r}: variables/components are "
@@ -344,13 +358,14 @@ def _tf_params(net, prefix="", depth=0):
         name, value = item
         if not isinstance(value, np.ndarray):
             raise UnsafePickleError(f"TF1 variable {prefix}{name} is not an array")
+        _count_entry(budget, path, key)
         out[prefix + name] = value
-    if depth >= 4:
+    if depth >= 4 and net.components:
         raise UnsafePickleError(f"TF1 components {prefix!r} nested deeper than 4 levels")
     for name, comp in net.components.items():
         if not isinstance(name, str) or not isinstance(comp, TFNetworkStub):
             raise UnsafePickleError(f"TF1 component {prefix}{short_repr(name)} is not a Network")
-        out.update(_tf_params(comp, prefix + name + "/", depth + 1))
+        out.update(_tf_params(comp, prefix + name + "/", depth + 1, path, key, budget))
     return out
 
 
@@ -374,7 +389,8 @@ def _tf_kwargs(net, table, ignored, off, defaults, path, key):
             continue
         (kw if section is None else kw[section])[pt] = value
     fmap_base = sk.get("fmap_base", 16384)
-    if not isinstance(fmap_base, int) or isinstance(fmap_base, bool) or not 1 <= fmap_base <= 1 << 29:
+    if not isinstance(fmap_base, int) or isinstance(fmap_base, bool) \
+            or not 1 <= fmap_base <= 1 << 29:
         raise UserError(f"{path}: {key}.fmap_base={short_repr(fmap_base)}: expected an integer "
                         f"in [1, {1 << 29}]")
     for name, expect in (("fmap_decay", 1), ("fmap_min", 1)):
@@ -400,7 +416,7 @@ def _tf_generator(net, path, key):
     if net.static_kwargs.get("fmap_const") is not None:
         raise UserError(f"{path}: {key} uses fmap_const, which is not supported")
     limits.check_generator_kwargs(kw, path, key)  # before the kwargs drive any loop
-    tf = _tf_params(net)
+    tf = _tf_params(net, path=path, key=key)
     if any(re.fullmatch(r"synthesis/ToRGB_lod\d+/.*", n) for n in tf):
         raise UserError(f"{path}: {key} uses the 'orig' architecture (ToRGB_lod); only StyleGAN2 "
                         "'skip' generators are supported")
@@ -461,7 +477,7 @@ def _tf_discriminator(net, path, key):
     kw, fmap_base = _tf_kwargs(net, _TF_D_KWARGS, _TF_D_IGNORED, _TF_D_OFF, d, path, key)
     kw["channel_base"] = int(fmap_base) * 2
     limits.check_discriminator_kwargs(kw, path, key)  # before the kwargs drive any loop
-    tf = _tf_params(net)
+    tf = _tf_params(net, path=path, key=key)
     if any(re.fullmatch(r"FromRGB_lod\d+/.*", n) for n in tf):
         raise UserError(f"{path}: {key} uses the 'orig' architecture (FromRGB_lod)")
     renamer = _TF1Renamer(tf, path, key)
