@@ -52,6 +52,9 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         raise UserError(f"--resolution={resolution}: must be a power of two >= 8")
     if resize not in ("crop", "resize", "pad"):
         raise UserError(f"--resize={resize}: expected crop, resize or pad")
+    if (resize == "crop" and resolution > min(h, w)) or (resize == "pad" and resolution < max(h, w)):
+        raise UserError(f"{data}: cannot {resize} {h}x{w} images to --resolution={resolution}; "
+                        f"use --resize={'pad' if resize == 'crop' else 'crop'} or --resize=resize")
     if aug not in AUG_MODES:
         raise UserError(f"--aug={aug}: expected one of {', '.join(AUG_MODES)}")
     if aug == "fixed" and p is None:
