@@ -98,6 +98,15 @@ def test_bad_flag_combinations(toy_data, tmp_path):
         resolve_options(data=toy_data, outdir=out, cond=True, class_filter=1, cfg="tiny")
     with pytest.raises(UserError, match="power of two"):
         resolve_options(data=toy_data, outdir=out, cfg="tiny", resolution=12)
+    with pytest.raises(UserError, match="cannot crop 16x16 images to --resolution=32"):
+        resolve_options(data=toy_data, outdir=out, cfg="tiny", resolution=32)
+    with pytest.raises(UserError, match="cannot pad 16x16 images to --resolution=8"):
+        resolve_options(data=toy_data, outdir=out, cfg="tiny", resolution=8, resize="pad")
+    with pytest.raises(UserError, match="--batch=6: the per-replica batch 6 is not a multiple "
+                       "of the minibatch-std group size 4"):
+        resolve_options(data=toy_data, outdir=out, cfg="tiny", batch=6)
+    with pytest.raises(UserError, match="--batch=8 is not divisible by the 3 replicas"):
+        resolve_options(data=toy_data, outdir=out, cfg="tiny", batch=8, num_replicas=3)
     with pytest.raises(UserError, match="--aug=fixed needs --p"):
         resolve_options(data=toy_data, outdir=out, cfg="tiny", aug="fixed")
     with pytest.raises(UserError, match="class_filter=5"):

@@ -190,3 +190,23 @@ def test_verify_checks_shard_sha256_before_anything(tmp_path):
     err = _one_error_line(r)
     assert shard in err and "sha256 differs from manifest" in err, err
     assert not os.path.exists(out)
+
+
+def test_rerun_with_other_resolution_or_label_set_is_refused(toy_data, tmp_path):
+    from histaug_tf.common import UserError
+    from histaug_tf.gan.launch import check_rerun, resolve_options
+    out = tmp_path / "run"
+    out.mkdir()
+    opts = resolve_options(data=toy_data, outdir=str(out), cfg="tiny")
+    path = out / "training_options.json"
+    path.write_text(json.dumps(opts, default=str))
+    check_rerun(dict(opts, kimg=5.0))  # a longer run of the same thing is fine
+    with pytest.raises(UserError, match=r"training_options.json: .*--resolution: run 16, now 8"):
+        check_rerun(resolve_options(data=toy_data, outdir=str(out), cfg="tiny", resolution=8))
+    with pytest.raises(UserError, match=r"--cfg: run \"tiny\", now \"demo\""):
+        check_rerun(resolve_options(data=toy_data, outdir=str(out), cfg="demo"))
+    other = dict(opts, label_names=["benign", "malignant"])
+    path.write_text(json.dumps(other, default=str))
+    with pytest.raises(UserError, match=r"dataset label names: run \[\"benign\", \"malignant\"\]"):
+        check_rerun(opts)
+    assert json.loads(path.read_text())["label_names"] == ["benign", "malignant"]  # untouched

@@ -68,6 +68,9 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         raise UserError(f"--flips={flips}: expected one of {', '.join(FLIP_MODES)}")
     elif mirror and flips != "x":
         raise UserError(f"--mirror (= --flips=x) conflicts with --flips={flips}; pass one of them")
+    if (resize == "crop" and resolution > min(h, w)) or (resize == "pad" and resolution < max(h, w)):
+        raise UserError(f"{data}: cannot {resize} {h}x{w} images to --resolution={resolution}; "
+                        f"use --resize={'pad' if resize == 'crop' else 'crop'} or --resize=resize")
     if aug not in AUG_MODES:
         raise UserError(f"--aug={aug}: expected one of {', '.join(AUG_MODES)}")
     if aug == "fixed" and p is None:
