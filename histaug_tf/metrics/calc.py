@@ -9,11 +9,11 @@ from histaug_tf.metrics.compute import compute_metrics, parse_metrics
 
 
 def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=None,
-                 inception_weights=None, inception_seed=0, inception_resolution=299,
-                 batch_size=64, jit_compile=False, **kwargs) -> dict:
+                 inception_weights=None, vgg16_weights=None, inception_seed=0,
+                 inception_resolution=299, batch_size=64, jit_compile=False, **kwargs) -> dict:
     """Returns ``{'metrics': {...}, 'network'|'networks'|'gen_data': ..., 'data': ..., details}``."""
     from histaug_tf.gan.generate_lib import load_generator, parse_networks_map
-    from histaug_tf.metrics.inception import get_inception
+    from histaug_tf.metrics.compute import check_metric_options
 
     if not data_dir:
         raise UserError("--data (the real dataset directory) is required")
@@ -23,9 +23,7 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
     given = [x for x in (network, networks, gen_data_dir) if x]
     if len(given) != 1:
         raise UserError("give exactly one of --network, --networks and --gen_data")
-    if inception_weights is None or inception_weights == "":
-        raise UserError("--inception_weights is required: 'imagenet' (Keras downloads the ImageNet "
-                        "weights), a weights file PATH, or 'random' (smoke tests and timing only)")
+    weights = check_metric_options(metrics, inception_weights, vgg16_weights)
     if not os.path.isdir(data_dir):
         raise UserError(f"{data_dir}: dataset directory does not exist")
     out = {"data": os.path.abspath(data_dir)}
@@ -41,13 +39,14 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
             out["networks"][str(c)] = os.path.abspath(path)
     else:
         out["gen_data"] = os.path.abspath(gen_data_dir)
-    extractor = get_inception(None if inception_weights == "random" else inception_weights,
-                              seed=inception_seed, resolution=inception_resolution,
-                              batch_size=batch_size, jit_compile=jit_compile)
     details = {}
     t0 = time.monotonic()
     out["metrics"] = compute_metrics(metrics, data_dir=data_dir, G=G, gen_data_dir=gen_data_dir,
-                                     extractor=extractor, batch_size=batch_size,
+                                     inception_weights=weights["inception_weights"],
+                                     vgg16_weights=weights["vgg16_weights"],
+                                     inception_seed=inception_seed,
+                                     inception_resolution=inception_resolution,
+                                     batch_size=batch_size,
                                      jit_compile=jit_compile, details=details, **kwargs)
     out["seconds"] = time.monotonic() - t0
     out.update(details)
