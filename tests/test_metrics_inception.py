@@ -41,34 +41,55 @@ def _global(mod, name):
 STYPE = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage"}
 
 
-def write_torch_zip(path, tensors, views=None):
-    """``tensors``: {name: array} each in its own storage; ``views``: {name: (storage_array,
-    offset, size, stride)} for tensors that are strided views of a storage (torch keeps those)."""
-    views = dict(views or {})
+def _state_pickle(tensors, views, legacy):
+    """(data.pkl bytes, storages) of an OrderedDict state dict; ``tensors``: {name: array} each
+    in its own storage; ``views``: {name: (storage_array, offset, size, stride)} for tensors that
+    are strided views of a storage (torch keeps those)."""
     storages, body = [], b""
     entries = []
     for k, v in tensors.items():
         v = np.array(v, order="C")  # C order: strides are the row-major element strides
         entries.append((k, (v.reshape(-1), 0, v.shape, tuple(s // v.itemsize for s in v.strides))))
-    entries += list(views.items())
+    entries += list(dict(views or {}).items())
     for name, (flat, offset, size, stride) in entries:
         key = str(next((i for i, s in enumerate(storages) if s is flat), len(storages)))
         if int(key) == len(storages):
             storages.append(flat)
+        # Persistent id: ('storage', type, key, location, numel) (+ view metadata in legacy files).
         pid = _tuple([_u("storage"), _global("torch", STYPE[flat.dtype]), _u(key), _u("cpu"),
-                      _i(flat.size)]) + b"Q"
+                      _i(flat.size)] + ([b"N"] if legacy else [])) + b"Q"
         hooks = _global("collections", "OrderedDict") + b")R"
         body += _u(name) + _global("torch._utils", "_rebuild_tensor_v2") + _tuple(
             [pid, _i(offset), _tuple([_i(s) for s in size]), _tuple([_i(s) for s in stride]),
              b"\x89", hooks]) + b"R" + b"s"
     meta = b"}" + _u("_metadata") + _global("collections", "OrderedDict") + b")R" + b"s" + b"b"
-    pkl = b"\x80\x02" + _global("collections", "OrderedDict") + b")R" + body + meta + b"."
+    return b"\x80\x02" + _global("collections", "OrderedDict") + b")R" + body + meta + b".", storages
+
+
+def write_torch_zip(path, tensors, views=None):
+    """The zip format: archive/data.pkl + one raw little-endian file per storage."""
+    pkl, storages = _state_pickle(tensors, views, legacy=False)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", pkl)
         z.writestr("archive/byteorder", "little")
         for i, s in enumerate(storages):
             z.writestr(f"archive/data/{i}", s.astype(s.dtype.newbyteorder("<")).tobytes())
         z.writestr("archive/version", "3\n")
+
+
+def write_torch_legacy(path, tensors, views=None):
+    """The legacy format: pickles of the magic number, protocol 1001, system info, the object and
+    the storage keys, then each storage as int64 element count + raw little-endian bytes."""
+    import pickle
+
+    pkl, storages = _state_pickle(tensors, views, legacy=True)
+    with open(path, "wb") as f:
+        for head in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+            f.write(pickle.dumps(head, protocol=2))
+        f.write(pkl)
+        f.write(pickle.dumps([str(i) for i in range(len(storages))], protocol=2))
+        for s in storages:
+            f.write(struct.pack("<q", s.size) + s.astype(s.dtype.newbyteorder("<")).tobytes())
 
 
 def random_fid_state(seed):
@@ -231,14 +252,15 @@ def fid_net(fid_file):
     return inc.FIDInception(load_state_dict(fid_file[0]), resolution=RES, batch_size=2)
 
 
-def test_torch_zip_reader_roundtrip(tmp_path):
+@pytest.mark.parametrize("writer", [write_torch_zip, write_torch_legacy])
+def test_torch_reader_roundtrip(tmp_path, writer):
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 4, 2)).astype(np.float32)
     storage = rng.normal(size=20).astype(np.float32)
     path = str(tmp_path / "sd.pth")
     # 'tr' is a transposed (strided) view at an offset of the same storage as 'row'.
-    write_torch_zip(path, {"a": a, "n": np.array(5, np.int64)},
-                    views={"row": (storage, 2, (6,), (1,)), "tr": (storage, 3, (4, 3), (1, 4))})
+    writer(path, {"a": a, "n": np.array(5, np.int64)},
+           views={"row": (storage, 2, (6,), (1,)), "tr": (storage, 3, (4, 3), (1, 4))})
     sd = load_state_dict(path)
     assert set(sd) == {"a", "n", "row", "tr"}
     np.testing.assert_array_equal(sd["a"], a)
