@@ -336,3 +336,22 @@ def test_random_weights_are_seeded_and_suffixed():
     grey = x[..., :1]
     np.testing.assert_allclose(a(grey), a(np.repeat(grey, 3, -1)), rtol=1e-6, atol=1e-7)
     assert a(x[:0]).shape == (0, 2048)
+
+
+def test_keras_imagenet_inception_is_suffixed():
+    """--inception_weights=keras_imagenet: Keras' InceptionV3 (here with Keras' own random init,
+    no download) with Keras' preprocessing, under names suffixed _kerasinc."""
+    import keras
+    import tensorflow as tf
+
+    ext = inc.KerasInceptionV3(None, resolution=75, batch_size=4)
+    assert ext.name_suffix == "_kerasinc" and ext.dim == 2048
+    u8 = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3)).astype(np.uint8)
+    ref_model = keras.applications.InceptionV3(include_top=False, pooling="avg", weights=None,
+                                               input_shape=(75, 75, 3))
+    ref_model.set_weights(ext.model.get_weights())
+    x = tf.image.resize(u8.astype(np.float32), [75, 75], method="bilinear").numpy()
+    ref = ref_model.predict(keras.applications.inception_v3.preprocess_input(x), verbose=0)
+    np.testing.assert_allclose(ext(u8.astype(np.float32) / 127.5 - 1), ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="--inception_resolution: only with --inception_weights=random"):
+        inc.get_inception("keras_imagenet", resolution=75)
