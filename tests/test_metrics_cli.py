@@ -73,7 +73,9 @@ def test_train_gan_refuses_metrics_without_weights(real_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", HISTAUG_QUIET="1")
     for extra, msg in (([], "--inception_weights is required"),
                        (["--inception_weights=random", "--metrics=fid50k_full,pr50k3_full"],
-                        "pr50k3_full: precision/recall uses VGG16")):
+                        "pr50k3_full: precision/recall uses VGG16"),
+                       (["--inception_weights=random", "--metrics=fid50k_full,kid2k"],
+                        "ask for different numbers of generated images")):
         out = tmp_path / "run"
         p = subprocess.run([sys.executable, "-m", "histaug_tf.train_gan", f"--data={real_dir}",
                             f"--outdir={out}", "--cfg=tiny", "--metrics=fid50k_full", *extra],

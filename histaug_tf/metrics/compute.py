@@ -99,12 +99,22 @@ def parse_metrics(metrics) -> list[str]:
     return [s.name for s in parse_metric_spec(metrics)]
 
 
+def _shared_num_gen(specs) -> int:
+    """The one number of generated images of ``specs`` (default 50,000); refuses different ones."""
+    nums = {s.num_gen for s in specs if s.num_gen is not None}
+    if len(nums) > 1:
+        raise UserError(f"--metrics: {', '.join(s.name for s in specs)} ask for different "
+                        "numbers of generated images; compute them in separate calls")
+    return nums.pop() if nums else DEFAULT_NUM_GEN
+
+
 def check_metric_options(metrics, inception_weights=None, vgg16_weights=None) -> dict:
     """Refuse, before any work, metrics without the weights they need. Returns the resolved
     ``{'inception_weights': ..., 'vgg16_weights': ...}`` (absolute paths; None when not needed)."""
     from histaug_tf.metrics.inception import resolve_weights
 
     specs = parse_metric_spec(metrics)
+    _shared_num_gen(specs)
     out = {"inception_weights": None, "vgg16_weights": None}
     if any(s.family == "inception" for s in specs):
         out["inception_weights"] = resolve_weights(inception_weights)
@@ -311,13 +321,7 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
         return {}
     if (G is None) == (gen_data_dir is None):
         raise UserError("give exactly one of a network (--network) and a generated dataset (--gen_data)")
-    if num_gen is None:
-        nums = {s.num_gen for s in specs if s.num_gen is not None}
-        if len(nums) > 1:
-            raise UserError(f"--metrics: {', '.join(s.name for s in specs)} ask for different "
-                            "numbers of generated images; compute them in separate calls")
-        num_gen = nums.pop() if nums else DEFAULT_NUM_GEN
-    num_gen = int(num_gen)
+    num_gen = int(num_gen if num_gen is not None else _shared_num_gen(specs))
     class_filter = _class_filter(class_filter)
     families = sorted({s.family for s in specs})
     real_manifest = load_manifest(data_dir)
