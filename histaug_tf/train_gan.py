@@ -51,10 +51,10 @@ flags.DEFINE_bool("mixed_precision", None, "float16 on the top resolutions (defa
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_list("metrics", [], "Metrics to compute at snapshots (needs histaug_tf.metrics).")
 flags.DEFINE_float("metrics_kimg", None, "Compute metrics at most every this many kimg.")
-flags.DEFINE_string("inception_weights", None, "Inception-v3 weights for --metrics: a Keras "
-                    "InceptionV3 notop weights FILE, 'imagenet' (Keras downloads them) or 'random'. "
-                    "Default: $HISTAUG_INCEPTION_WEIGHTS, else Keras' cached ImageNet file, else "
-                    "random weights with a warning.")
+flags.DEFINE_string("inception_weights", None, "For --metrics fid/kid: pytorch-fid's "
+                    "pt_inception-2015-12-05-6726825d.pth, or 'random' / 'keras_imagenet' (names "
+                    "get _random / _kerasinc). Required with --metrics.")
+flags.DEFINE_string("vgg16_weights", None, "For --metrics pr50k3_full: Keras VGG16 .h5 weights.")
 flags.DEFINE_string("resume", None, "Start from this network snapshot (.keras; transfer "
                     "learning). Ignored when --outdir already has a checkpoint.")
 flags.DEFINE_integer("freezed", 0, "Freeze-D: number of D layers (from the top) to freeze.")

@@ -195,13 +195,23 @@ def test_metrics_of_network_equal_metrics_of_its_generated_dataset(nets, tmp_pat
     real_dir = str(tmp_path / "real")
     generate_lib.generate_dataset(real_dir, network=nets["run"], num_per_class=8, seed=100,
                                   progress=False)
-    kw = dict(data_dir=real_dir, extractor=_MeanStd(), cache_dir=str(tmp_path / "cache"),
-              batch_size=5, kid_subsets=3, per_class=False)
-    from_net = compute_metrics(["fid", "kid", "pr"], G=nets["G0"], num_gen=12, seed=0,
-                               noise_mode="const", **kw)
-    from_set = compute_metrics(["fid", "kid", "pr"], gen_data_dir=gen_dir, seed=0, **kw)
+    kw = dict(data_dir=real_dir, extractor=_MeanStd(), pr_extractor=_MeanStd(),
+              cache_dir=str(tmp_path / "cache"), batch_size=5, kid_subsets=3, per_class=False)
+    names = ["fid_full", "kid", "pr"]
+    from_net = compute_metrics(names, G=nets["G0"], num_gen=12, seed=0, noise_mode="const", **kw)
+    from_set = compute_metrics(names, gen_data_dir=gen_dir, seed=0, **kw)
     assert from_net == pytest.approx(from_set, rel=1e-5, abs=1e-9)
-    assert from_net["fid"] > 0
+    # FID from the images themselves (both sets read back, features and Frechet distance here).
+    import scipy.linalg
+
+    def feats(d):
+        return _MeanStd()(np.stack([r["image"] for r in read_back(d)]).astype(np.float64) / 127.5 - 1)
+
+    fg, fr = feats(gen_dir).astype(np.float64), feats(real_dir).astype(np.float64)
+    s1, s2 = np.cov(fg, rowvar=False, bias=True), np.cov(fr, rowvar=False, bias=True)
+    ref = ((fg.mean(0) - fr.mean(0)) ** 2).sum() + np.trace(
+        s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2)))
+    assert from_net["fid_full"] == pytest.approx(ref, rel=1e-6)
 
 
 @pytest.mark.slow
@@ -217,5 +227,20 @@ def test_calc_metrics_on_a_run_directory(nets, tmp_path):
                      cache_dir=str(tmp_path / "cache"))
     assert r["num_gen"] == 12 and r["num_real"] == 12
     assert r["network"].endswith("network-snapshot-000004.keras")
-    assert set(r["metrics"]) == {"fid", "fid/normal", "fid/tumour", "kid"}
-    assert r["metrics"]["fid"] > 0
+    assert set(r["metrics"]) == {"fid12_random", "fid12_random/normal", "fid12_random/tumour",
+                                 "kid_random"}
+    # The same FID from the run's images generated here and the real set read back, through the
+    # same random-weight network (seed 0).
+    from histaug_tf.metrics.inception import FIDInception
+    from histaug_tf.metrics.stats import frechet_distance
+
+    ext = FIDInception("random", seed=0, resolution=75, batch_size=12)
+    G, _meta, _path = generate_lib.load_generator(nets["run"])
+    labels = np.random.default_rng(0).choice(2, size=12, p=[0.5, 0.5])  # 6 reals per class
+    gen = generate_lib.Synthesizer(G=G, noise_mode="const", batch_size=12)(np.arange(12), labels)
+    fg = ext(gen.astype(np.float32) / 127.5 - 1).astype(np.float64)
+    fr = ext(np.stack([x["image"] for x in read_back(real_dir)]).astype(np.float32) / 127.5 - 1
+             ).astype(np.float64)
+    ref = frechet_distance(fg.mean(0), np.cov(fg, rowvar=False, bias=True),
+                           fr.mean(0), np.cov(fr, rowvar=False, bias=True))
+    assert r["metrics"]["fid12_random"] == pytest.approx(ref, rel=1e-4)

@@ -90,40 +90,58 @@ def two_sets(tmp_path_factory):
 def test_dataset_vs_dataset_matches_references(two_sets, tmp_path):
     real_dir, real, rl, gen_dir, gen, gl = two_sets
     details = {}
-    res = compute_metrics(["fid", "kid", "pr"], data_dir=real_dir, gen_data_dir=gen_dir,
-                          extractor=QuadrantMeans(), cache_dir=str(tmp_path), batch_size=16,
+    # _full: every real image (60 < the caps); the precision/recall extractor is its own one.
+    res = compute_metrics(["fid_full", "kid_full", "pr_full"], data_dir=real_dir,
+                          gen_data_dir=gen_dir, extractor=QuadrantMeans(), pr_extractor=QuadrantMeans(),
+                          cache_dir=str(tmp_path), batch_size=16,
                           kid_subsets=3, kid_subset_size=10 ** 6, details=details)
     fr, fg = quadrant_features(to_float(real)), quadrant_features(to_float(gen))
-    assert res["fid"] == pytest.approx(fid_ref(fg, fr), rel=1e-5)
+    assert res["fid_full"] == pytest.approx(fid_ref(fg, fr), rel=1e-6)
     for c, name in enumerate(["normal", "tumour"]):
-        assert res[f"fid/{name}"] == pytest.approx(fid_ref(fg[gl == c], fr[rl == c]), rel=1e-5)
+        assert res[f"fid_full/{name}"] == pytest.approx(fid_ref(fg[gl == c], fr[rl == c]), rel=1e-6)
     assert details["num_real"] == 60 and details["num_gen"] == 45
-    assert (res["precision"], res["recall"]) == pytest.approx(pr_ref(fr, fg), abs=1e-9)
-    assert 0 < res["precision"] < 1 and 0 < res["recall"] < 1
+    assert (res["pr_full_precision"], res["pr_full_recall"]) == pytest.approx(pr_ref(fr, fg), abs=1e-9)
+    assert 0 < res["pr_full_precision"] < 1 and 0 < res["pr_full_recall"] < 1
+    assert set(res) == {"fid_full", "fid_full/normal", "fid_full/tumour", "kid_full",
+                        "pr_full_precision", "pr_full_recall"}
     # Subsets as large as both sets: KID is the plain unbiased MMD of the two sets.
     res2 = compute_metrics(["kid"], data_dir=real_dir, gen_data_dir=real_dir,
                            extractor=QuadrantMeans(), cache_dir=str(tmp_path), kid_subsets=2)
-    assert res2["kid"] == pytest.approx(mmd2_ref(fr, fr), rel=1e-5)
+    assert res2["kid"] == pytest.approx(mmd2_ref(fr, fr), rel=1e-6)
 
 
-def test_kept_real_subset_for_kid(two_sets, tmp_path):
-    _, _, _, gen_dir, gen, _ = two_sets
+def one_shard_reals(tmp_path, n=70):
     rng = np.random.default_rng(5)
-    real, rl = make_images(rng, 70, 0)
+    real, rl = make_images(rng, n, 0)
     real_dir = str(tmp_path / "one_shard")
     with DatasetWriter(real_dir, "r", real.shape[1:], shard_size=1000) as w:  # file order = order
         for i, (img, lab) in enumerate(zip(real, rl)):
             w.add("train", img, int(lab), key=f"r/{i}", group="g")
+    return real_dir, real, rl
+
+
+def test_kept_real_subset_for_kid(two_sets, tmp_path):
+    _, _, _, gen_dir, gen, _ = two_sets
+    real_dir, real, rl = one_shard_reals(tmp_path)
     details = {}
-    res = compute_metrics(["kid", "fid"], data_dir=real_dir, gen_data_dir=gen_dir,
+    res = compute_metrics(["kid", "fid", "fid_full"], data_dir=real_dir, gen_data_dir=gen_dir,
                           extractor=QuadrantMeans(), cache_dir=str(tmp_path), kid_subsets=2,
-                          max_real_features=45, seed=3, details=details)
-    # Documented: the kept rows are default_rng(seed).choice(n_real, max_real_features).
+                          seed=3, details=details)
+    # As NVlabs' max_real: without _full as many reals as generated images (45 of 70), drawn as
+    # documented, default_rng(seed).choice(n_real, 45); fid_full uses every real image.
     kept = np.random.default_rng(3).choice(70, 45, replace=False)
     fr, fg = quadrant_features(to_float(real)), quadrant_features(to_float(gen))
-    assert details["num_real_kept"] == 45 and details["num_real"] == 70
-    assert res["kid"] == pytest.approx(mmd2_ref(fg, fr[kept]), rel=1e-5)
-    assert res["fid"] == pytest.approx(fid_ref(fg, fr), rel=1e-5)  # FID uses every real image
+    assert details["num_real_used"] == {"kid": 45, "fid": 45, "fid_full": 70}
+    assert details["num_real"] == 70
+    assert res["kid"] == pytest.approx(mmd2_ref(fg, fr[kept]), rel=1e-6)
+    assert res["fid"] == pytest.approx(fid_ref(fg, fr[kept]), rel=1e-6)
+    assert res["fid_full"] == pytest.approx(fid_ref(fg, fr), rel=1e-6)
+    # --max_real_features overrides the KID / precision-recall cap (not FID's).
+    details = {}
+    compute_metrics(["kid"], data_dir=real_dir, gen_data_dir=gen_dir, max_real_features=30,
+                    extractor=QuadrantMeans(), cache_dir=str(tmp_path), kid_subsets=2, seed=3,
+                    details=details)
+    assert details["num_real_used"] == {"kid": 30}
 
 
 def test_real_statistics_cache(two_sets, tmp_path):
@@ -208,36 +226,36 @@ def test_network_side_unconditional_and_conditional(two_sets, tmp_path):
     real_dir, real, rl, _, _, _ = two_sets
     fr = quadrant_features(to_float(real))
     G = FakeG(c_dim=0)
-    res = compute_metrics(["fid", "kid"], data_dir=real_dir, G=G, num_gen=50, seed=100,
+    res = compute_metrics(["fid", "kid"], data_dir=real_dir, G=G, num_gen=60, seed=100,
                           extractor=QuadrantMeans(), cache_dir=str(tmp_path), batch_size=16,
-                          kid_subsets=2, max_real_features=None)
-    fg = quadrant_features(to_float(expected_gen_images(G, range(100, 150))))
-    assert res["fid"] == pytest.approx(fid_ref(fg, fr), rel=1e-5)
+                          kid_subsets=2)
+    fg = quadrant_features(to_float(expected_gen_images(G, range(100, 160))))
+    assert res["fid"] == pytest.approx(fid_ref(fg, fr), rel=1e-6)
     assert "fid/normal" not in res  # unconditional: no labels on the generated side
-    # KID subsets: min(60, 50) = 50 rows, all generated, a random 50 of the real: bounded check.
-    assert res["kid"] == pytest.approx(mmd2_ref(fg, fr), abs=0.05)
+    # 60 generated, 60 real: every KID subset holds both whole sets, so KID is their unbiased MMD.
+    assert res["kid"] == pytest.approx(mmd2_ref(fg, fr), rel=1e-6)
 
     Gc = FakeG(c_dim=2)
-    res = compute_metrics(["fid"], data_dir=real_dir, G=Gc, num_gen=40, seed=7,
+    res = compute_metrics(["fid_full"], data_dir=real_dir, G=Gc, num_gen=40, seed=7,
                           extractor=QuadrantMeans(), cache_dir=str(tmp_path), batch_size=16)
     # Documented: labels ~ real class frequencies, drawn with default_rng(seed).
     counts = np.bincount(rl, minlength=2)
     labels = np.random.default_rng(7).choice(2, size=40, p=counts / counts.sum())
     fg = quadrant_features(to_float(expected_gen_images(Gc, range(7, 47), labels)))
-    assert res["fid"] == pytest.approx(fid_ref(fg, fr), rel=1e-5)
+    assert res["fid_full"] == pytest.approx(fid_ref(fg, fr), rel=1e-6)
     for c, name in enumerate(["normal", "tumour"]):
-        assert res[f"fid/{name}"] == pytest.approx(fid_ref(fg[labels == c], fr[rl == c]), rel=1e-5)
+        assert res[f"fid_full/{name}"] == pytest.approx(fid_ref(fg[labels == c], fr[rl == c]), rel=1e-6)
 
     # One network per class: class k from network k.
     per = {0: FakeG(c_dim=0), 1: FakeG(c_dim=2)}
-    res = compute_metrics(["fid"], data_dir=real_dir, G=per, num_gen=40, seed=7,
+    res = compute_metrics(["fid_full"], data_dir=real_dir, G=per, num_gen=40, seed=7,
                           extractor=QuadrantMeans(), cache_dir=str(tmp_path), batch_size=16)
     imgs = np.zeros([40, 8, 8, 3], np.uint8)
     seeds = np.arange(7, 47)
     imgs[labels == 0] = expected_gen_images(per[0], seeds[labels == 0])
     imgs[labels == 1] = expected_gen_images(per[1], seeds[labels == 1], labels[labels == 1])
     fg = quadrant_features(to_float(imgs))
-    assert res["fid"] == pytest.approx(fid_ref(fg, fr), rel=1e-5)
+    assert res["fid_full"] == pytest.approx(fid_ref(fg, fr), rel=1e-6)
 
     with pytest.raises(UserError, match="no network for class"):
         compute_metrics(["fid"], data_dir=real_dir, G={1: FakeG()}, num_gen=10,
@@ -249,20 +267,82 @@ def test_network_side_unconditional_and_conditional(two_sets, tmp_path):
         compute_metrics(["fid", "is"], data_dir=real_dir, G=G, extractor=QuadrantMeans())
 
 
-def test_training_metrics_class_filter_and_count_in_name(two_sets, tmp_path):
+class NoiseRecordingG(FakeG):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.noise_modes = set()
+
+    def __call__(self, z, c, truncation_psi=1, truncation_cutoff=None, noise_mode="random"):
+        self.noise_modes.add(noise_mode)
+        return super().__call__(z, c, truncation_psi, truncation_cutoff, noise_mode)
+
+
+def test_training_metrics_generate_as_the_reference(two_sets, tmp_path):
+    """Random noise, and new random latents at every snapshot drawn from a seed derived from kimg
+    (the image count), so a rerun measures the same latents at the same snapshot."""
     from histaug_tf.metrics import training_metrics
 
     real_dir, real, rl, _, _, _ = two_sets
-    G = FakeG(c_dim=0)
-    details = {}
-    # The trainer's call: a GAN of class 1 only; 'fid30' = 30 generated images, seeds 0..29.
-    res = training_metrics(["fid30"], G=G, data_dir=real_dir,
-                           resolution=8, resize_mode="crop", class_filter=[1],
-                           extractor=QuadrantMeans(), cache_dir=str(tmp_path), details=details)
     fr = quadrant_features(to_float(real[rl == 1]))
-    fg = quadrant_features(to_float(expected_gen_images(G, range(30))))
-    assert details["num_gen"] == 30 and details["num_real"] == int((rl == 1).sum())
-    assert res == {"fid": pytest.approx(fid_ref(fg, fr), rel=1e-5)}
+    results = {}
+    for kimg in (12.5, 12.5, 40.0):
+        G = NoiseRecordingG(c_dim=0)
+        details = {}
+        # The trainer's call: a GAN of class 1 only; 30 generated images against all reals.
+        res = training_metrics(["fid30_full"], G=G, data_dir=real_dir, kimg=kimg,
+                               resolution=8, resize_mode="crop", class_filter=[1],
+                               extractor=QuadrantMeans(), cache_dir=str(tmp_path), details=details)
+        assert G.noise_modes == {"random"}
+        seeds = np.random.default_rng(int(kimg * 1000)).integers(0, 2 ** 31, 30)
+        fg = quadrant_features(to_float(expected_gen_images(G, seeds)))
+        assert details["num_gen"] == 30 and details["num_real"] == int((rl == 1).sum())
+        assert res == {"fid30_full": pytest.approx(fid_ref(fg, fr), rel=1e-6)}
+        results.setdefault(kimg, []).append(res["fid30_full"])
+    assert results[12.5][0] == results[12.5][1] != results[40.0][0]
     with pytest.raises(UserError, match="class 5 out of range"):
-        training_metrics(["fid"], G=G, data_dir=real_dir, class_filter=5,
+        training_metrics(["fid"], G=FakeG(), data_dir=real_dir, class_filter=5,
                          extractor=QuadrantMeans(), cache_dir=str(tmp_path))
+
+
+def test_names_caps_suffixes_and_refusals(two_sets, tmp_path):
+    real_dir, real, rl = one_shard_reals(tmp_path)
+    fr = quadrant_features(to_float(real))
+    G = FakeG(c_dim=0)
+
+    class RandomInc(QuadrantMeans):
+        identity = "test-random-inception"
+        name_suffix = "_random"
+
+    # pr20: 20 generated images, 20 of the 70 reals (default_rng(seed).choice), k = 3, VGG side.
+    res = compute_metrics(["pr20", "pr20_inc", "fid20"], data_dir=real_dir, G=G, seed=4,
+                          extractor=RandomInc(), pr_extractor=QuadrantMeans(),
+                          cache_dir=str(tmp_path), batch_size=8)
+    fg = quadrant_features(to_float(expected_gen_images(G, range(4, 24))))
+    kept = np.random.default_rng(4).choice(70, 20, replace=False)
+    p, r = pr_ref(fr[kept], fg)
+    assert set(res) == {"pr20_precision", "pr20_recall", "pr20_inc_random_precision",
+                        "pr20_inc_random_recall", "fid20_random"}
+    assert (res["pr20_precision"], res["pr20_recall"]) == (p, r)
+    assert (res["pr20_inc_random_precision"], res["pr20_inc_random_recall"]) == (p, r)
+    assert res["fid20_random"] == pytest.approx(fid_ref(fg, fr[kept]), rel=1e-6)
+
+    from histaug_tf.metrics.compute import parse_metric_spec
+    caps = {s.name: (s.kind, s.num_gen, s.nhood, s.family, s.max_real(50000))
+            for s in parse_metric_spec("fid50k_full,kid50k_full,pr50k3_full,pr50k3,pr10k5_inc")}
+    assert caps == {"fid50k_full": ("fid", 50000, 3, "inception", None),
+                    "kid50k_full": ("kid", 50000, 3, "inception", 1000000),
+                    "pr50k3_full": ("pr", 50000, 3, "vgg16", 200000),
+                    "pr50k3": ("pr", 50000, 3, "vgg16", 50000),
+                    "pr10k5_inc": ("pr", 10000, 5, "inception", 50000)}
+
+    # Refused before any work: no weights for the network a metric needs.
+    ex = QuadrantMeans()
+    with pytest.raises(UserError, match="pr50k3_full: precision/recall uses VGG16 .*--vgg16_weights"):
+        compute_metrics(["fid50k_full", "pr50k3_full"], data_dir=real_dir, G=G, extractor=ex,
+                        cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match="--inception_weights is required"):
+        compute_metrics(["fid50k_full"], data_dir=real_dir, G=G, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match="different numbers of generated images"):
+        compute_metrics(["fid10k", "kid2k"], data_dir=real_dir, G=G, extractor=ex,
+                        cache_dir=str(tmp_path / "c"))
+    assert ex.calls == 0 and not os.path.exists(tmp_path / "c")

@@ -111,9 +111,11 @@ def test_bad_flag_combinations(toy_data, tmp_path):
         resolve_options(data=toy_data, outdir=out, cfg="tiny", aug="fixed")
     with pytest.raises(UserError, match="class_filter=5"):
         resolve_options(data=toy_data, outdir=out, cfg="tiny", class_filter=5)
-    with pytest.raises(UserError, match="--inception_weights=.*no such file"):
+    with pytest.raises(UserError, match="missing.pth: Inception weights file not found"):
         resolve_options(data=toy_data, outdir=out, cfg="tiny", metrics=["fid"],
-                        inception_weights=str(tmp_path / "missing.h5"))
+                        inception_weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(UserError, match="--inception_weights is required"):
+        resolve_options(data=toy_data, outdir=out, cfg="tiny", metrics=["fid50k_full"])
     assert not os.path.exists(out)
     o = resolve_options(data=toy_data, outdir=out, cfg="tiny", class_filter=1, batch=4, gamma=0.5)
     assert (o["c_dim"], o["batch"], o["gamma"], o["resolution"]) == (0, 4, 0.5, 16)
@@ -124,7 +126,7 @@ def test_metrics_hook_passes_inception_weights(toy_data, tmp_path, monkeypatch):
     import histaug_tf.metrics as metrics_pkg
     from histaug_tf.gan.launch import _metrics_hook, resolve_options
 
-    weights = tmp_path / "w.h5"
+    weights = tmp_path / "w.pth"
     weights.write_bytes(b"not read here")
     o = resolve_options(data=toy_data, outdir=str(tmp_path / "run"), cfg="tiny", metrics=["fid"],
                         inception_weights=str(weights))
@@ -132,3 +134,4 @@ def test_metrics_hook_passes_inception_weights(toy_data, tmp_path, monkeypatch):
     monkeypatch.setattr(metrics_pkg, "training_metrics", lambda **kw: seen.update(kw) or {"fid": 1.0})
     assert _metrics_hook(o)(None, None, 1.0) == {"fid": 1.0}
     assert seen["inception_weights"] == str(weights) and seen["metrics"] == ["fid"]
+    assert seen["kimg"] == 1.0  # the per-snapshot generator seed derives from it

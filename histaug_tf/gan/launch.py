@@ -36,7 +36,7 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
                     shuffle_buffer=10000, checkpoint_ticks=1, noise_mode="random",
                     input_sharding="file", num_replicas=1, ema_kimg=None, lr=None,
                     style_mixing=None, pl_weight=None, grid=(8, 4), tensorboard=True,
-                    inception_weights=None, verify=False):
+                    inception_weights=None, vgg16_weights=None, verify=False):
     """Validate the flags and resolve the preset. Returns the options dict
     (written to ``training_options.json``). ``num_replicas`` is the strategy's replica count.
     Reads only the dataset's manifest (and with ``verify`` every shard, for its sha256)."""
@@ -128,11 +128,10 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         ema_rampup = None  # reference: no EMA ramp-up when resuming from a snapshot
     if freezed and int(freezed) < 0:
         raise UserError(f"--freezed={freezed}: must be >= 0")
-    if inception_weights and inception_weights not in ("imagenet", "random"):
-        if not os.path.isfile(inception_weights):
-            raise UserError(f"--inception_weights={inception_weights}: no such file (expected a "
-                            "Keras InceptionV3 notop weights file, 'imagenet' or 'random')")
-        inception_weights = os.path.abspath(inception_weights)
+    if metrics:  # refuse metrics without the weights they need, before training starts
+        from histaug_tf.metrics.compute import check_metric_options
+        w = check_metric_options(metrics, inception_weights, vgg16_weights)
+        inception_weights, vgg16_weights = w["inception_weights"], w["vgg16_weights"]
     return dict(
         data=os.path.abspath(data), outdir=os.path.abspath(outdir), cfg=cfg,
         resolution=resolution, resize=resize, mirror=bool(mirror), flips=flips, cond=bool(cond),
@@ -149,6 +148,7 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         shuffle_buffer=int(shuffle_buffer), checkpoint_ticks=int(checkpoint_ticks),
         noise_mode=noise_mode, input_sharding=input_sharding, ema_rampup=ema_rampup,
         grid=list(grid), tensorboard=bool(tensorboard), inception_weights=inception_weights or None,
+        vgg16_weights=vgg16_weights or None,
         preset=preset)
 
 
@@ -398,5 +398,6 @@ def _metrics_hook(opts):
         del snapshot_path  # the hook's signature is the trainer's; the metrics need G only
         return fn(metrics=opts["metrics"], G=G_ema, data_dir=opts["data"],
                   resolution=opts["resolution"], resize_mode=opts["resize"],
-                  class_filter=opts["class_filter"], inception_weights=opts.get("inception_weights"))
+                  class_filter=opts["class_filter"], inception_weights=opts.get("inception_weights"),
+                  vgg16_weights=opts.get("vgg16_weights"), kimg=kimg)
     return hook

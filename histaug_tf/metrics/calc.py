@@ -20,8 +20,9 @@ def _check_network_labels(real: dict, meta: dict, path: str) -> None:
 
 
 def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=None,
-                 inception_weights=None, inception_seed=0, inception_resolution=299,
-                 batch_size=64, jit_compile=False, verify=False, **kwargs) -> dict:
+                 inception_weights=None, vgg16_weights=None, inception_seed=0,
+                 inception_resolution=299, batch_size=64, jit_compile=False, verify=False,
+                 **kwargs) -> dict:
     """Returns ``{'metrics': {...}, 'network'|'networks'|'gen_data': ..., 'data': ..., details}``.
 
     The real and generated sides must have the same label names (a generated dataset's manifest,
@@ -31,7 +32,7 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
     from histaug_tf.data.manifest import (check_same_label_names, explain_read_error,
                                           is_read_error, load_manifest)
     from histaug_tf.gan.generate_lib import load_generator, parse_networks_map
-    from histaug_tf.metrics.inception import get_inception
+    from histaug_tf.metrics.compute import check_metric_options
 
     if not data_dir:
         raise UserError("--data (the real dataset directory) is required")
@@ -41,9 +42,7 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
     given = [x for x in (network, networks, gen_data_dir) if x]
     if len(given) != 1:
         raise UserError("give exactly one of --network, --networks and --gen_data")
-    if inception_weights is None or inception_weights == "":
-        raise UserError("--inception_weights is required: 'imagenet' (Keras downloads the ImageNet "
-                        "weights), a weights file PATH, or 'random' (smoke tests and timing only)")
+    weights = check_metric_options(metrics, inception_weights, vgg16_weights)
     if not os.path.isdir(data_dir):
         raise UserError(f"{data_dir}: dataset directory does not exist")
     # ---- every input is checked before any feature is computed or cached
@@ -65,14 +64,15 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
     else:
         check_same_label_names(real, load_manifest(gen_data_dir, check=check))
         out["gen_data"] = os.path.abspath(gen_data_dir)
-    extractor = get_inception(None if inception_weights == "random" else inception_weights,
-                              seed=inception_seed, resolution=inception_resolution,
-                              batch_size=batch_size, jit_compile=jit_compile)
     details = {}
     t0 = time.monotonic()
     try:
         out["metrics"] = compute_metrics(metrics, data_dir=data_dir, G=G,
-                                         gen_data_dir=gen_data_dir, extractor=extractor,
+                                         gen_data_dir=gen_data_dir,
+                                         inception_weights=weights["inception_weights"],
+                                         vgg16_weights=weights["vgg16_weights"],
+                                         inception_seed=inception_seed,
+                                         inception_resolution=inception_resolution,
                                          batch_size=batch_size, jit_compile=jit_compile,
                                          details=details, **kwargs)
     except Exception as e:  # noqa: BLE001 - only read errors are translated, the rest re-raised

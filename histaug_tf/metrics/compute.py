@@ -1,23 +1,34 @@
 """FID, KID and precision/recall of a generator (or a generated dataset) against a real dataset,
-streaming features through an Inception-v3 extractor, with cached real statistics.
+as NVlabs StyleGAN2-ADA computes them (metrics/*.py), with cached real statistics.
 
 The entry point for the trainer and ``calc_metrics`` is ``compute_metrics(...) -> dict``.
-Differences from NVlabs StyleGAN2-ADA (metrics/*.py), all deliberate:
-  * features come from Keras' InceptionV3 (see ``inception.py``) — absolute values are not
-    comparable with published FIDs;
-  * precision/recall use the same Inception pool features (the reference uses VGG16 fc2);
-  * the real features kept for KID and precision/recall are a seeded random subset of at most
-    ``max_real_features`` (default 50,000) images; FID and its per-class variants use all of them;
-  * per-class FID (``fid/<label name>``): generated images of class k against real images of
-    class k, from the same pass (generated labels are drawn from the real class frequencies, as
-    NVlabs draws them from the dataset). With few images per class it is biased upwards.
+
+Metric names follow NVlabs: ``fid50k_full``, ``kid50k_full``, ``pr50k3_full``, ``fid50k``,
+``kid50k``, ``pr50k3`` (also ``fid``/``kid``/``pr`` = 50k, and any count: ``fid2k``, ``pr500``).
+The number is the count of generated images; ``pr..k3`` is the neighbourhood size; real images used
+(a seeded random subset when the dataset is larger): ``fid..k_full`` all, ``kid..k_full`` up to
+1,000,000, ``pr..k_full`` up to 200,000, without ``_full`` as many as generated images (NVlabs
+``max_real``).
+
+Features: FID and KID use the FID Inception (``inception.py``, 2048-d pool3); precision/recall use
+VGG16 fc2 (``vgg.py``, 4096-d), as NVlabs; ``pr..._inc`` asks for precision/recall on the Inception
+features instead. Each value is reported under its metric name; an extractor that is not the
+literature's adds a suffix (``_random``: random Inception weights, ``_kerasinc``: Keras' ImageNet
+InceptionV3), so such numbers are never mistaken for comparable ones. Precision/recall report
+``<name>_precision`` and ``<name>_recall``.
+
+Per-class FID (``<name>/<label name>``): generated images of class k against real images of
+class k, from the same pass (generated labels are drawn from the real class frequencies, as NVlabs
+draws them from the dataset). With few images per class it is biased upwards.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import time
 
 import numpy as np
@@ -26,7 +37,29 @@ from histaug_tf.common import Progress, UserError, save_npz_atomic
 from histaug_tf.metrics import stats as stats_lib
 
 KNOWN_METRICS = ("fid", "kid", "pr")
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
+DEFAULT_NUM_GEN = 50000
+FULL_MAX_REAL = {"fid": None, "kid": 1000000, "pr": 200000}  # NVlabs metric_main.py
+_NAME_RE = re.compile(r"(fid|kid|pr)(?:(\d+)(?:(k)(\d+)?)?)?(_full)?(_inc)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    name: str             # as asked, lower case, e.g. 'fid50k_full'
+    kind: str             # 'fid' | 'kid' | 'pr'
+    num_gen: int | None   # generated images from the name (None: not in the name)
+    full: bool
+    nhood: int = 3        # precision/recall k
+    inception_pr: bool = False
+
+    @property
+    def family(self) -> str:
+        """Which extractor: 'inception' or 'vgg16'."""
+        return "vgg16" if self.kind == "pr" and not self.inception_pr else "inception"
+
+    def max_real(self, num_gen: int):
+        """Real images this metric uses at most (None: all), as NVlabs' ``max_real``."""
+        return FULL_MAX_REAL[self.kind] if self.full else num_gen
 
 
 def default_cache_dir() -> str:
@@ -38,34 +71,59 @@ def default_cache_dir() -> str:
     return os.path.join(root, "stats")
 
 
-def parse_metric_spec(metrics) -> tuple[list[str], int | None]:
-    """``'fid,kid'`` or ``['fid2k', 'pr']`` → (['fid', 'kid' ...], num_gen or None).
-
-    A name may carry the number of generated images as NVlabs' names do: ``fid50k``, ``kid2k``,
-    ``pr500``; all metrics of one call share it (the largest given).
-    """
-    import re
-
+def parse_metric_spec(metrics) -> list[MetricSpec]:
+    """``'fid50k_full,pr50k3_full'`` or a list of names -> ``[MetricSpec, ...]`` (duplicates dropped)."""
     if isinstance(metrics, str):
         metrics = metrics.split(",")
-    out, nums = [], []
+    out = []
     for m in metrics:
         m = m.strip().lower()
         if not m or m == "none":
             continue
-        g = re.fullmatch(r"(fid|kid|pr)(?:(\d+)(k?))?", m)
-        if not g:
-            raise UserError(f"--metrics: unknown metric {m!r} (known: {', '.join(KNOWN_METRICS)}, "
-                            "optionally with the number of generated images, e.g. fid10k)")
-        if g.group(2):
-            nums.append(int(g.group(2)) * (1000 if g.group(3) else 1))
-        if g.group(1) not in out:
-            out.append(g.group(1))
-    return out, (max(nums) if nums else None)
+        g = _NAME_RE.fullmatch(m)
+        if not g or (g.group(4) and g.group(1) != "pr") or (g.group(6) and g.group(1) != "pr"):
+            raise UserError(f"--metrics: unknown metric {m!r} (known: fid50k_full, kid50k_full, "
+                            "pr50k3_full, pr50k3_inc, fid50k, ...; fid/kid/pr with any count, "
+                            "e.g. fid10k)")
+        num = int(g.group(2)) * (1000 if g.group(3) else 1) if g.group(2) else None
+        spec = MetricSpec(m, g.group(1), num, bool(g.group(5)),
+                          int(g.group(4)) if g.group(4) else 3, bool(g.group(6)))
+        if spec.nhood < 1:
+            raise UserError(f"--metrics: {m}: the neighbourhood size must be >= 1")
+        if spec.name not in [s.name for s in out]:
+            out.append(spec)
+    return out
 
 
 def parse_metrics(metrics) -> list[str]:
-    return parse_metric_spec(metrics)[0]
+    return [s.name for s in parse_metric_spec(metrics)]
+
+
+def _shared_num_gen(specs) -> int:
+    """The one number of generated images of ``specs`` (default 50,000); refuses different ones."""
+    nums = {s.num_gen for s in specs if s.num_gen is not None}
+    if len(nums) > 1:
+        raise UserError(f"--metrics: {', '.join(s.name for s in specs)} ask for different "
+                        "numbers of generated images; compute them in separate calls")
+    return nums.pop() if nums else DEFAULT_NUM_GEN
+
+
+def check_metric_options(metrics, inception_weights=None, vgg16_weights=None) -> dict:
+    """Refuse, before any work, metrics without the weights they need. Returns the resolved
+    ``{'inception_weights': ..., 'vgg16_weights': ...}`` (absolute paths; None when not needed)."""
+    from histaug_tf.metrics.inception import resolve_weights
+
+    specs = parse_metric_spec(metrics)
+    _shared_num_gen(specs)
+    out = {"inception_weights": None, "vgg16_weights": None}
+    if any(s.family == "inception" for s in specs):
+        out["inception_weights"] = resolve_weights(inception_weights)
+    vgg = [s.name for s in specs if s.family == "vgg16"]
+    if vgg:
+        from histaug_tf.metrics.vgg import resolve_vgg16_weights
+
+        out["vgg16_weights"] = resolve_vgg16_weights(vgg16_weights, vgg[0])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,23 +230,45 @@ def dataset_feature_stats(data_dir: str, extractor, split: str = "train", *, res
 # Generated statistics.
 # ------------------------------------------------------------------------------------------------
 
-def generator_feature_stats(synth, extractor, num: int, labels=None, *, seed_start: int = 0,
-                            capture_all: bool = True, batch_size: int = 64,
-                            progress: bool = False) -> stats_lib.FeatureStats:
-    """Features of ``num`` images ``synth(seeds, labels)`` with seeds ``seed_start + i``."""
+def generator_feature_stats(synth, extractors: dict, seeds, labels=None, *,
+                            capture_all=True, batch_size: int = 64,
+                            progress: bool = False) -> dict:
+    """Features of the images ``synth(seeds, labels)`` through every extractor of
+    ``{family: extractor}`` (one generation pass) -> ``{family: FeatureStats}``.
+    ``capture_all``: bool, or ``{family: bool}``."""
     from histaug_tf.gan.generate_lib import uint8_to_float
 
-    st = stats_lib.FeatureStats(capture_all=capture_all)
-    seeds = np.arange(seed_start, seed_start + num, dtype=np.int64)
+    if not isinstance(capture_all, dict):
+        capture_all = {f: capture_all for f in extractors}
+    out = {f: stats_lib.FeatureStats(capture_all=capture_all[f]) for f in extractors}
+    seeds = np.asarray(seeds, np.int64).reshape(-1)
+    num = seeds.shape[0]
     bar = Progress(num, label="features generated", quiet=None if progress else True)
     for i in range(0, num, batch_size):
         s = seeds[i:i + batch_size]
         lab = None if labels is None else labels[i:i + batch_size]
         images = uint8_to_float(synth(s, lab))
-        st.append(extractor(images), labels=lab)
+        for f, ext in extractors.items():
+            out[f].append(ext(images), labels=lab)
         bar.update(len(s))
     bar.close()
-    return st
+    return out
+
+
+def _subset_stats(st: stats_lib.FeatureStats, max_rows, seed: int) -> stats_lib.FeatureStats:
+    """A FeatureStats of (a seeded random ``max_rows`` of) the kept rows of ``st``; ``st`` itself
+    when it kept every row and ``max_rows`` does not cut."""
+    rows = st.features()
+    if max_rows is None or rows.shape[0] <= max_rows:
+        if rows.shape[0] == st.count:
+            return st
+        idx = np.arange(rows.shape[0])
+    else:
+        idx = np.sort(np.random.default_rng(seed).choice(rows.shape[0], int(max_rows),
+                                                         replace=False))
+    sub = stats_lib.FeatureStats(capture_all=True)
+    sub.append(rows[idx], labels=st.row_labels()[idx])
+    return sub
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,51 +279,66 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
                     split: str = "train", gen_split: str = "train", num_gen: int | None = None,
                     truncation_psi: float = 1.0, truncation_cutoff=None, noise_mode: str = "random",
                     resolution: int | None = None, resize_mode: str = "crop", class_filter=None,
-                    extractor=None, inception_weights=None, inception_seed: int = 0,
+                    extractor=None, pr_extractor=None, inception_weights=None,
+                    vgg16_weights=None, inception_seed: int = 0, inception_resolution: int = 299,
                     batch_size: int = 64, jit_compile: bool = False,
                     cache_dir: str | None = None, use_cache: bool = True, seed: int = 0,
-                    per_class: bool = True, max_real_features: int | None = 50000,
-                    kid_subsets: int = 100, kid_subset_size: int = 1000, pr_k: int = 3,
+                    gen_seed: int | None = None, per_class: bool = True,
+                    max_real_features: int | None = None,
+                    kid_subsets: int = 100, kid_subset_size: int = 1000,
                     progress: bool = False, details: dict | None = None) -> dict:
     """Metrics of generated images against the real dataset ``data_dir/split``.
 
     The generated side is either ``G`` — a generator (conditional or not) or ``{class: G}`` with one
-    network per class — producing ``num_gen`` images with seeds ``seed .. seed+num_gen-1``, or a
-    dataset directory ``gen_data_dir`` (all of its ``gen_split``).
+    network per class — producing ``num_gen`` images, or a dataset directory ``gen_data_dir``
+    (all of its ``gen_split``).
 
-    metrics: any of 'fid', 'kid', 'pr' (list or comma string); a name may carry the number of
-      generated images (``fid10k``), used when ``num_gen`` is None (default 50,000).
+    metrics: names as in the module docstring (list or comma string). All metrics of one call
+      share the number of generated images: ``num_gen``, else the names' (default 50,000).
+    seeds: generated image i has latent seed ``seed + i`` and labels ~ ``default_rng(seed)``; with
+      ``gen_seed`` (the trainer's per-snapshot seed) the latent seeds are
+      ``default_rng(gen_seed).integers(0, 2**31, num_gen)`` and the labels the next draw of that
+      generator. ``seed`` also picks the real subsets (so the real statistics stay cached).
     resolution: the size real images are mapped to (``resize_mode``) before the extractor;
       default: the generator's resolution (or the generated dataset's image size).
     class_filter: only these labels of the real (and generated-dataset) images, e.g. for a GAN
       trained on one class; labels of a conditional G are then drawn among these classes.
-    extractor: any callable ``images[-1,1] -> [N, D]`` with ``identity`` and ``dim`` attributes;
-      default: ``InceptionFeatures(inception_weights)`` (None = seeded random weights, for tests).
+    extractor / pr_extractor: callables ``images[-1,1] -> [N, D]`` with ``identity`` and ``dim``
+      (and optionally ``name_suffix``) for the Inception / VGG16 features; default: built from
+      ``inception_weights`` / ``vgg16_weights`` (refused when missing).
+    max_real_features: overrides the real-image cap of KID and precision/recall.
 
-    Returns a flat dict of floats: ``fid``, ``fid/<label>`` (labelled both sides, ``per_class``),
-    ``kid``, ``precision``, ``recall``. ``details`` (a dict, if given) receives the counts, the
-    extractor identity, cache use and timings.
+    Returns a flat dict of floats keyed by metric name (+ extractor suffix): ``fid50k_full``,
+    ``fid50k_full/<label>`` (labelled both sides, ``per_class``), ``kid50k_full``,
+    ``pr50k3_full_precision``, ``pr50k3_full_recall``. ``details`` (a dict, if given) receives the
+    counts, the extractor identities, cache use and timings.
     """
     from histaug_tf.data.manifest import load_manifest, split_info
-    from histaug_tf.gan.generate_lib import Synthesizer
-    from histaug_tf.metrics.inception import get_inception
 
     t0 = time.monotonic()
-    wanted, spec_num = parse_metric_spec(metrics)
-    if not wanted:
+    specs = parse_metric_spec(metrics)
+    if not specs:
         return {}
     if (G is None) == (gen_data_dir is None):
         raise UserError("give exactly one of a network (--network) and a generated dataset (--gen_data)")
-    num_gen = int(num_gen if num_gen is not None else (spec_num or 50000))
+    num_gen = int(num_gen if num_gen is not None else _shared_num_gen(specs))
     class_filter = _class_filter(class_filter)
-    need_rows = "kid" in wanted or "pr" in wanted
+    families = sorted({s.family for s in specs})
     real_manifest = load_manifest(data_dir)
     label_names = list(real_manifest["label_names"])
     real_info = split_info(real_manifest, split)
 
-    # ---- check the generated side and settle the resolution before any heavy work ----
+    # ---- check the options and the generated side before any heavy work ----
+    need = {"inception_weights": None, "vgg16_weights": None}
+    if ("inception" in families and extractor is None) or ("vgg16" in families and pr_extractor is None):
+        need = check_metric_options([s.name for s in specs if
+                                     (s.family == "inception" and extractor is None)
+                                     or (s.family == "vgg16" and pr_extractor is None)],
+                                    inception_weights, vgg16_weights)
     synth = labels = None
     if G is not None:
+        from histaug_tf.gan.generate_lib import Synthesizer
+
         if num_gen < 2:
             raise UserError(f"--num_gen={num_gen}: must be >= 2")
         synth = Synthesizer(G=None if isinstance(G, dict) else G,
@@ -252,6 +347,12 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
                             noise_mode=noise_mode, batch_size=batch_size, jit_compile=jit_compile)
         if resolution is None:
             resolution = synth.resolution
+        if gen_seed is None:
+            gen_seeds = np.arange(seed, seed + num_gen, dtype=np.int64)
+            label_rng = np.random.default_rng(seed)
+        else:
+            label_rng = np.random.default_rng(int(gen_seed))
+            gen_seeds = label_rng.integers(0, 2 ** 31, size=num_gen, dtype=np.int64)
         classes = synth.classes
         if classes is not None:
             counts = np.asarray(real_info["class_counts"], np.float64)
@@ -268,63 +369,115 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
                                 f"(per-class networks given for {classes})")
             if counts.sum() <= 0:
                 raise UserError(f"{data_dir}: split '{split}' has no labelled images to match")
-            labels = np.random.default_rng(seed).choice(len(counts), size=num_gen,
-                                                        p=counts / counts.sum())
-    elif resolution is None:
-        resolution = int(load_manifest(gen_data_dir)["image_shape"][0])
-    if extractor is None:
-        extractor = get_inception(inception_weights, seed=inception_seed, batch_size=batch_size,
-                                  jit_compile=jit_compile)
+            labels = label_rng.choice(len(counts), size=num_gen, p=counts / counts.sum())
+    else:
+        gen_manifest = load_manifest(gen_data_dir)
+        if resolution is None:
+            resolution = int(gen_manifest["image_shape"][0])
+        ginfo_m = split_info(gen_manifest, gen_split)
+        num_gen = int(ginfo_m["num_examples"]) if class_filter is None else int(
+            sum((ginfo_m.get("class_counts") or [])[c] for c in class_filter
+                if c < len(ginfo_m.get("class_counts") or [])))
+    extractors = {}
+    if "inception" in families:
+        if extractor is None:
+            from histaug_tf.metrics.inception import get_inception
 
-    real_stats, rinfo = dataset_feature_stats(
-        data_dir, extractor, split, resolution=resolution, resize_mode=resize_mode,
-        max_keep=max_real_features, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
-        use_cache=use_cache, progress=progress, class_filter=class_filter)
+            extractor = get_inception(need["inception_weights"], seed=inception_seed,
+                                      resolution=inception_resolution, batch_size=batch_size,
+                                      jit_compile=jit_compile)
+        extractors["inception"] = extractor
+    if "vgg16" in families:
+        if pr_extractor is None:
+            from histaug_tf.metrics.vgg import get_vgg16
+
+            pr_extractor = get_vgg16(need["vgg16_weights"], batch_size=batch_size,
+                                     jit_compile=jit_compile)
+        extractors["vgg16"] = pr_extractor
+
+    # ---- real statistics, per extractor: all images' moments + the rows the metrics need ----
+    n_real_total = int(real_info["num_examples"]) if class_filter is None else int(
+        sum((real_info.get("class_counts") or [])[c] for c in class_filter
+            if c < len(real_info.get("class_counts") or [])))
+
+    def real_cap(spec):
+        cap = spec.max_real(num_gen)
+        if spec.kind != "fid" and max_real_features is not None:
+            cap = int(max_real_features)
+        return None if cap is None or cap >= n_real_total else int(cap)
+
+    real_stats, rinfo, keep = {}, {}, {}
+    for fam in families:
+        fam_specs = [s for s in specs if s.family == fam]
+        rows_needed = [s for s in fam_specs if s.kind != "fid" or real_cap(s) is not None]
+        if not rows_needed:
+            keep[fam] = 0
+        else:
+            caps = [real_cap(s) for s in rows_needed]
+            keep[fam] = None if any(c is None for c in caps) else max(caps)
+        real_stats[fam], rinfo[fam] = dataset_feature_stats(
+            data_dir, extractors[fam], split, resolution=resolution, resize_mode=resize_mode,
+            max_keep=keep[fam], seed=seed, batch_size=batch_size, cache_dir=cache_dir,
+            use_cache=use_cache, progress=progress, class_filter=class_filter)
     t_real = time.monotonic()
 
+    gen_rows = {fam: any(s.kind != "fid" for s in specs if s.family == fam) for fam in families}
     if synth is not None:
-        gen_stats = generator_feature_stats(synth, extractor, num_gen, labels, seed_start=seed,
-                                            capture_all=need_rows, batch_size=batch_size,
+        gen_stats = generator_feature_stats(synth, extractors, gen_seeds, labels,
+                                            capture_all=gen_rows, batch_size=batch_size,
                                             progress=progress)
         gen_info = {"source": "network", "num": num_gen}
     else:
-        gen_stats, ginfo = dataset_feature_stats(
-            gen_data_dir, extractor, gen_split, resolution=resolution, resize_mode=resize_mode,
-            max_keep=None, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
-            use_cache=use_cache, progress=progress, class_filter=class_filter)
-        gen_info = {"source": "dataset", "num": gen_stats.count, **ginfo}
+        gen_stats, gen_info = {}, {"source": "dataset", "num": num_gen}
+        for fam in families:
+            gen_stats[fam], gi = dataset_feature_stats(
+                gen_data_dir, extractors[fam], gen_split, resolution=resolution,
+                resize_mode=resize_mode, max_keep=None if gen_rows[fam] else 0, seed=seed,
+                batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
+                progress=progress, class_filter=class_filter)
+            gen_info[f"cache_{fam}"] = gi
     t_gen = time.monotonic()
 
-    out = {}
-    if "fid" in wanted:
-        out["fid"] = stats_lib.frechet_distance(*gen_stats.mean_cov(), *real_stats.mean_cov())
-        if per_class:
-            for c in gen_stats.labels():
-                if c in real_stats.class_count and c >= 0 and gen_stats.class_count[c] >= 2 \
-                        and real_stats.class_count[c] >= 2:
-                    name = label_names[c] if c < len(label_names) else f"class{c}"
-                    out[f"fid/{name}"] = stats_lib.frechet_distance(
-                        *gen_stats.mean_cov(c), *real_stats.mean_cov(c))
-    if need_rows:
-        real_rows, gen_rows = real_stats.features(), gen_stats.features()
-        if "kid" in wanted:
-            out["kid"] = stats_lib.kernel_inception_distance(
-                real_rows, gen_rows, num_subsets=kid_subsets, max_subset_size=kid_subset_size,
-                seed=seed)
-        if "pr" in wanted:
-            p, r = stats_lib.precision_recall(real_rows, gen_rows, k=pr_k)
-            out["precision"], out["recall"] = p, r
+    out, num_real_used = {}, {}
+    for spec in specs:
+        fam = spec.family
+        suffix = getattr(extractors[fam], "name_suffix", "")
+        if spec.kind == "pr" and spec.family == "inception":
+            suffix = suffix if spec.name.endswith("_inc") else "_inc" + suffix
+        key = spec.name + suffix
+        cap = real_cap(spec)
+        real = real_stats[fam] if spec.kind == "fid" and cap is None else \
+            _subset_stats(real_stats[fam], cap, seed)
+        gen = gen_stats[fam]
+        num_real_used[key] = real.count if spec.kind == "fid" else int(real.features().shape[0])
+        if spec.kind == "fid":
+            out[key] = stats_lib.frechet_distance(*gen.mean_cov(), *real.mean_cov())
+            if per_class:
+                for c in gen.labels():
+                    if c in real.class_count and c >= 0 and gen.class_count[c] >= 2 \
+                            and real.class_count[c] >= 2:
+                        name = label_names[c] if c < len(label_names) else f"class{c}"
+                        out[f"{key}/{name}"] = stats_lib.frechet_distance(
+                            *gen.mean_cov(c), *real.mean_cov(c))
+        elif spec.kind == "kid":
+            out[key] = stats_lib.kernel_inception_distance(
+                real.features(), gen.features(), num_subsets=kid_subsets,
+                max_subset_size=kid_subset_size, seed=seed)
+        else:
+            p, r = stats_lib.precision_recall(real.features(), gen.features(), k=spec.nhood)
+            out[f"{key}_precision"], out[f"{key}_recall"] = p, r
     t_end = time.monotonic()
     if details is not None:
         details.update({
-            "extractor": extractor.identity,
+            "extractor": extractors[families[0]].identity if len(families) == 1 else None,
+            "extractors": {f: e.identity for f, e in extractors.items()},
             "resolution": resolution,
             "resize_mode": resize_mode,
-            "num_real": real_stats.count,
-            "num_real_kept": int(real_stats.features().shape[0]) if need_rows else None,
-            "num_gen": gen_stats.count,
+            "num_real": real_stats[families[0]].count,
+            "num_real_used": num_real_used,
+            "num_gen": gen_stats[families[0]].count,
             "generated": gen_info,
-            "real_cache": rinfo,
+            "real_cache": rinfo[families[0]] if len(families) == 1 else rinfo,
             "seconds_real_features": t_real - t0,
             "seconds_generated_features": t_gen - t_real,
             "seconds_total": t_end - t0,
@@ -332,35 +485,24 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
     return out
 
 
-_warned_random = []
+def snapshot_seed(kimg: float) -> int:
+    """The generator seed of the training metrics at ``kimg``: the image count, so a rerun of the
+    same run draws the same latents and labels at the same snapshot."""
+    return int(round(float(kimg) * 1000))
 
 
-def training_metrics(metrics, G, data_dir, *, resolution=None,
+def training_metrics(metrics, G, data_dir, *, kimg: float = 0.0, resolution=None,
                      resize_mode="crop", class_filter=None, num_gen=None,
-                     inception_weights=None, batch_size=64, **kwargs) -> dict:
-    """``compute_metrics`` for the trainer's ``--metrics`` at snapshots: the same definitions,
-    with ``noise_mode='const'`` and seed 0 so successive snapshots are measured on the same latents.
-
-    ``inception_weights``: as ``calc_metrics --inception_weights``; when None, the environment
-    variable ``HISTAUG_INCEPTION_WEIGHTS``, else Keras' cached ImageNet file
-    (``~/.keras/models/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5``) if present
-    (nothing is downloaded), else seeded random weights with a warning — such numbers track one
-    run's progress but mean nothing across setups.
-    """
-    w = inception_weights or os.environ.get("HISTAUG_INCEPTION_WEIGHTS") or None
-    if w is None:
-        keras_file = os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"),
-                                  "models", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")
-        if os.path.isfile(keras_file):
-            w = keras_file
-    if w == "random":
-        w = None
-    if w is None and not _warned_random:
-        _warned_random.append(True)
-        logging.warning("metrics: no Inception weights given (HISTAUG_INCEPTION_WEIGHTS or "
-                        "inception_weights=); using seeded RANDOM weights: the values only "
-                        "compare snapshots of this setup")
-    kwargs.setdefault("noise_mode", "const")
+                     inception_weights=None, vgg16_weights=None, batch_size=64,
+                     **kwargs) -> dict:
+    """``compute_metrics`` for the trainer's ``--metrics`` at snapshots, generating as NVlabs does:
+    random per-layer noise, and new random latents (and labels) at every snapshot — drawn from
+    ``gen_seed = snapshot_seed(kimg)`` so reruns agree. The weights are the trainer's
+    ``--inception_weights`` / ``--vgg16_weights``; without them the metrics are refused
+    (``train_gan`` checks this before training starts)."""
+    kwargs.setdefault("noise_mode", "random")
+    kwargs.setdefault("gen_seed", snapshot_seed(kimg))
     return compute_metrics(metrics, G=G, data_dir=data_dir, resolution=resolution,
                            resize_mode=resize_mode, class_filter=class_filter, num_gen=num_gen,
-                           inception_weights=w, batch_size=batch_size, **kwargs)
+                           inception_weights=inception_weights, vgg16_weights=vgg16_weights,
+                           batch_size=batch_size, **kwargs)

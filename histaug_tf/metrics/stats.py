@@ -114,6 +114,11 @@ class FeatureStats:
             return x
         return x[self._row_labels[0] == label]
 
+    def row_labels(self) -> np.ndarray:
+        """The labels of the kept rows (-1: appended without labels), aligned with ``features()``."""
+        self.features()  # joins the batches
+        return self._row_labels[0] if self._row_labels else np.zeros([0], np.int64)
+
     def labels(self) -> list[int]:
         return sorted(self.class_count)
 
