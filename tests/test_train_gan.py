@@ -105,7 +105,7 @@ def test_bad_flag_combinations(toy_data, tmp_path):
     with pytest.raises(UserError, match="--batch=6: the per-replica batch 6 is not a multiple "
                        "of the minibatch-std group size 4"):
         resolve_options(data=toy_data, outdir=out, cfg="tiny", batch=6)
-    with pytest.raises(UserError, match="--batch=8 is not divisible by the 3 replicas"):
+    with pytest.raises(UserError, match="--batch=8 is not divisible by 3 replicas"):
         resolve_options(data=toy_data, outdir=out, cfg="tiny", batch=8, num_replicas=3)
     with pytest.raises(UserError, match="--aug=fixed needs --p"):
         resolve_options(data=toy_data, outdir=out, cfg="tiny", aug="fixed")

@@ -160,7 +160,7 @@ def _check_batch(preset, cfg, num_replicas):
     if batch <= 0:
         raise UserError(f"--batch={batch}: must be positive")
     if batch % n:
-        raise UserError(f"--batch={batch} is not divisible by the {n} replicas; use a multiple "
+        raise UserError(f"--batch={batch} is not divisible by {n} replicas; use a multiple "
                         f"of {n}")
     rb = batch // n
     group = preset["D_kwargs"].get("epilogue_kwargs", {}).get("mbstd_group_size")
