@@ -388,8 +388,10 @@ class Trainer:
         gradient is that of the round's mean loss times the phase gain, averaged over replicas
         (reference: ``loss.mean().mul(gain).backward()`` per round, DDP's mean over GPUs); the
         gradients of the rounds are summed, passed through ``nan_to_num`` and applied in one
-        optimizer step. Rounds run in sequence (each waits for the previous round's gradients),
-        so only one round's activations are alive at a time.
+        optimizer step. Rounds 1..R-1 run in a ``tf.while_loop`` (one traced round, iterations in
+        sequence), so only one round's activations are alive at a time and the graph does not
+        grow with R; only the non-XLA multi-replica path-length phases, whose global pl mean is a
+        collective that cannot run inside a loop, unroll the rounds (each waiting for the last).
 
         Sample layout: a phase's latents are drawn for the global batch (stateless RNG) in the
         order [replica][round][sample]; the real batch is sliced the same way. With one round
@@ -404,10 +406,6 @@ class Trainer:
         inv_pl = 1.0 / max(gpl * N, 1)
         res = int(self.G.img_resolution)
         ch = int(self.G.img_channels)
-
-        def rounds(x, n):
-            """The replica's [R*n, ...] slice -> R round slices [n, ...] (None stays None)."""
-            return [None if x is None else x[k * n:(k + 1) * n] for k in range(R)]
 
         def after(prev, xs):
             """``xs`` made to wait for ``prev`` (the previous round's results), so that rounds
@@ -427,19 +425,19 @@ class Trainer:
             return dict(stats) if acc is None else {k: acc[k] + v for k, v in stats.items()}
 
         def replica_inputs(step, phase, n):
-            """This replica's R rounds of ``n`` latents, labels, mixing latents, and the R
-            (replica-shared) cutoffs of ``phase``."""
+            """This replica's R*n latents, labels, mixing latents, and the R (replica-shared)
+            cutoffs of ``phase``, stacked [R]."""
             z, c, mix_z, _ = self._gen_inputs(step, phase, B)
             per = R * n
             z, c = self._local(z[:N * per], per), self._local(c[:N * per], per)
             mix_z = None if mix_z is None else self._local(mix_z[:N * per], per)
-            cutoffs = [self._cutoff(step, phase, k) for k in range(R)]
-            return rounds(z, n), rounds(c, n), rounds(mix_z, n), cutoffs
+            cutoffs = tf.stack([self._cutoff(step, phase, k) for k in range(R)])
+            return z, c, mix_z, cutoffs
 
         def pl_noise(step):
             noise = tf.random.stateless_normal([B // self.pl_batch_shrink, res, res, ch],
                                                self._seed(step, "Greg", 4), alg="philox")
-            return rounds(self._local(noise[:N * R * gpl], R * gpl), gpl)
+            return self._local(noise[:N * R * gpl], R * gpl)
 
         # --- G phases: Gmain (main), Greg (pl, gain = interval), Gboth (both, gain 1) -----------
         def make_g_compute(main, pl, gain_pl):
@@ -469,31 +467,79 @@ class Trainer:
                 return grads, self._stats_out(stats), tf.stack(wsums), new_mean
             return tf.function(compute, jit_compile=True) if jit else compute
 
+        def run_rounds(round_in, compute, pl_mean, loop):
+            """Rounds 0..R-1 of ``compute(round_in(k), pl_mean) -> (grads, stats, wsum,
+            new_pl_mean)``, returning the summed gradients (None stays None), summed stats, the
+            rounds' wsums stacked [R, ...] (or None) and the last pl_mean. Round 0 is traced as
+            is; with ``loop`` rounds 1..R-1 run in a ``tf.while_loop`` (one traced body, the
+            iterations in sequence, so neither the graph nor the live activations grow with R);
+            without, they are unrolled, each waiting for the previous round's gradients."""
+            grads, stats, wsum, pl_mean = compute(round_in(0), pl_mean)
+            wsums = [wsum]
+            if R > 1 and loop:
+                idx = [i for i, x in enumerate(grads) if x is not None]
+                ta = tf.zeros([])  # placeholder loop variable when there is no wsum
+                if wsum is not None:
+                    ta = tf.TensorArray(wsum.dtype, size=R, element_shape=wsum.shape)
+                    ta = ta.write(0, wsum)
+
+                def body(k, acc, st, ta, pm):
+                    gr, s_, w, pm = compute(round_in(k), pm)
+                    acc = [a_ + gr[i] for a_, i in zip(acc, idx)]
+                    st = {n: st[n] + s_[n] for n in st}
+                    return k + 1, acc, st, (ta.write(k, w) if w is not None else ta), pm
+
+                _, acc, stats, ta, pl_mean = tf.while_loop(
+                    lambda k, *_: k < R, body,
+                    (tf.constant(1), [grads[i] for i in idx], stats, ta, pl_mean),
+                    parallel_iterations=1)
+                grads = list(grads)
+                for a_, i in zip(acc, idx):
+                    grads[i] = a_
+                return grads, stats, (ta.stack() if wsum is not None else None), pl_mean
+            for k in range(1, R):
+                grads_k, st, wsum, pl_mean = compute(after(grads, round_in(k)), pl_mean)
+                grads, stats = add_grads(grads, grads_k), add_stats(stats, st)
+                wsums.append(wsum)
+            return grads, stats, (None if wsum is None else tf.stack(wsums)), pl_mean
+
+        def stacked(x, n):
+            """The replica's [R*n, ...] slice as [R, n, ...] (None stays None)."""
+            return None if x is None else tf.reshape(x, [R, n] + x.shape.as_list()[1:])
+
+        def picker(xs):
+            """round_in(k): round k of each [R, ...] input (k a Python int or a tensor)."""
+            return lambda k: [None if x is None else tf.gather(x, k) for x in xs]
+
         def g_replica(step, main, pl, compute):
+            xs = [None] * 9
             if main:
-                zs, cs, ms, cuts = replica_inputs(step, "Gmain", g)
+                z, c, mix_z, cuts = replica_inputs(step, "Gmain", g)
+                xs[:4] = [stacked(z, g), stacked(c, g), stacked(mix_z, g), cuts]
             if pl:
-                pzs, pcs, pms, pcuts = replica_inputs(step, "Greg", gpl)
+                z, c, mix_z, cuts = replica_inputs(step, "Greg", gpl)
                 if main:  # Gboth: the path length runs on the first latents of the round
-                    pzs, pcs = [x[:gpl] for x in zs], [x[:gpl] for x in cs]
-                noises = pl_noise(step)
-            pl_mean = self.pl_mean.read_value()
-            acc = stats = None
-            wsums = []
-            for k in range(R):
-                main_in = pl_in = None
-                if main:
-                    main_in = tuple(after(acc, [zs[k], cs[k], ms[k]])) + (cuts[k],)
-                if pl:
-                    z, c, m, noise = after(acc, [pzs[k], pcs[k], pms[k], noises[k]])
-                    pl_in = (z, c, m, pcuts[k], noise)
-                grads, st, ws, pl_mean = compute(main_in, pl_in, pl_mean)
-                acc, stats = add_grads(acc, grads), add_stats(stats, st)
-                wsums.append(ws)
+                    z, c = xs[0][:, :gpl], xs[1][:, :gpl]
+                else:
+                    z, c = stacked(z, gpl), stacked(c, gpl)
+                noise = stacked(pl_noise(step), gpl)
+                xs[4:] = [z, c, stacked(mix_z, gpl), cuts, noise]
+            pick = picker(xs)
+
+            def compute_round(ins, pl_mean):
+                main_in = tuple(ins[:4]) if main else None
+                pl_in = tuple(ins[4:]) if pl else None
+                grads, st, ws, new_mean = compute(main_in, pl_in, pl_mean)
+                return grads, st, ws, new_mean
+
+            # collectives (the non-XLA multi-replica pl mean) cannot run inside a while loop
+            loop = not (pl and multi and not jit)
+            grads, stats, wsums, pl_mean = run_rounds(pick, compute_round,
+                                                      self.pl_mean.read_value(), loop)
             if pl and jit and multi:
                 pl_mean = tf.distribute.get_replica_context().all_reduce("MEAN", pl_mean)
-            _apply(self.G_opt, [_nan_to_num(x) for x in acc], self.G_vars)
-            return stats, tf.concat(wsums, axis=0), pl_mean
+            _apply(self.G_opt, [_nan_to_num(x) for x in grads], self.G_vars)
+            return stats, tf.reshape(wsums, [-1, wsums.shape[-1]]), pl_mean
 
         # --- D phases: Dmain (main), Dreg (R1, gain = interval), Dboth (both, gain 1) -----------
         def make_d_compute(main, r1, gain):
@@ -516,22 +562,19 @@ class Trainer:
             return tf.function(compute, jit_compile=True) if jit else compute
 
         def d_replica(real, real_c, step, main, compute):
-            reals, real_cs = rounds(real, g), rounds(real_c, g)
+            xs = [stacked(real, g), stacked(real_c, g), None, None, None, None]
             if main:
-                zs, cs, ms, cuts = replica_inputs(step, "Dmain", g)
-            acc = stats = None
-            wsums = []
-            for k in range(R):
-                x, xc = after(acc, [reals[k], real_cs[k]])
-                gen_in = None
-                if main:
-                    gen_in = tuple(after(acc, [zs[k], cs[k], ms[k]])) + (cuts[k],)
-                grads, st, ws = compute(x, xc, gen_in)
-                acc, stats = add_grads(acc, grads), add_stats(stats, st)
-                if ws is not None:
-                    wsums.append(ws)
-            _apply(self.D_opt, [_nan_to_num(x) for x in acc], self.D_vars)
-            return stats, (tf.concat(wsums, axis=0) if wsums else None)
+                z, c, mix_z, cuts = replica_inputs(step, "Dmain", g)
+                xs[2:] = [stacked(z, g), stacked(c, g), stacked(mix_z, g), cuts]
+            pick = picker(xs)
+
+            def compute_round(ins, pl_mean):
+                grads, st, ws = compute(ins[0], ins[1], tuple(ins[2:]) if main else None)
+                return grads, st, ws, pl_mean
+
+            grads, stats, wsums, _ = run_rounds(pick, compute_round, tf.constant(0.0), True)
+            _apply(self.D_opt, [_nan_to_num(x) for x in grads], self.D_vars)
+            return stats, (None if wsums is None else tf.reshape(wsums, [-1, wsums.shape[-1]]))
 
         # --- cross-replica wrappers ---------------------------------------------------------
         def reduce_sum(x):
