@@ -247,7 +247,7 @@ def test_resume_after_sigkill(real, tmp_path):
     assert "| toy | 50 % | 2 |" in proc.stdout  # the table is printed
     # a write cut by the kill leaves at most a hidden temporary file, never a partial result file
     assert {p.name for p in out.iterdir() if not p.name.startswith(".tmp-")} == {
-        "cells", "results.csv", "results.md", "roc.png"}
+        "cells", "results.csv", "results.md", "roc.png", "report.html"}
 
 
 def test_per_class_gans(real, tmp_path, monkeypatch):
