@@ -81,6 +81,21 @@ def run_main(main_fn):
 
 
 @contextlib.contextmanager
+def file_lock(path):
+    """Hold an exclusive ``fcntl`` lock on ``path`` (created if missing) for the ``with`` body:
+    one process at a time across processes of one machine or a shared POSIX file system."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def atomic_path(path, suffix: str = ""):
     """Yield a temporary path next to ``path``; on success rename it over ``path``, on any error
     remove it. So ``path`` is either complete or untouched, never half written. The file gets the

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import fcntl
 import io
 import json
 import math
@@ -46,7 +45,7 @@ import numpy as np
 from absl import logging
 
 from histaug_tf.classifier import evaluate as ev
-from histaug_tf.common import UserError, write_json_atomic, write_text_atomic
+from histaug_tf.common import UserError, file_lock, write_json_atomic, write_text_atomic
 
 
 @dataclasses.dataclass
@@ -123,17 +122,6 @@ def run_stage(module: str, args: list, log_path: str) -> None:
             tail = lines[-1] if lines else ""
         raise UserError(f"{log_path}: stage {module} failed with exit code {rc}: {tail}")
     logging.info("done: %s (%.0fs)", module, time.time() - t0)
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- step records
@@ -227,7 +215,7 @@ def prepare_dataset(cfg: StudyConfig, entry: str) -> str:
     step = "prepare-" + os.path.basename(os.path.normpath(d))
     flags = {"dataset": cfg.prepare, "prepare_args": cfg.prepare_args, "out": os.path.abspath(d)}
     from histaug_tf.data.manifest import verify_shards
-    with _file_lock(os.path.join(cfg.outdir, ".prepare.lock")):  # SLURM array tasks share it
+    with file_lock(os.path.join(cfg.outdir, ".prepare.lock")):  # SLURM array tasks share it
         # verified once, after it was written (or when a run that wrote it stopped before its
         # record): later steps trust the manifest's sizes
         if not check_step(cfg, steps, step, d, flags, _has_manifest(d),

@@ -15,8 +15,6 @@ slurm-wlm/munge absent and not installable) skips those tests; any other up.sh f
 
 Every up.sh run appends "start"/"end" lines (pid, time) to ``<shared>/slurm-up.log``.
 """
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -109,14 +107,7 @@ def shared_dir(config) -> str:
     return os.path.dirname(base) if hasattr(config, "workerinput") else base
 
 
-@contextlib.contextmanager
-def locked(path):
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+from histaug_tf.common import file_lock as locked  # noqa: E402  (one lock for tests and study)
 
 
 def _read(path):
