@@ -75,9 +75,26 @@ def run_main(main_fn):
         except UserError as e:
             msg = " ".join(str(e).split("\n"))
             print(f"error: {msg}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            exit_now(1)
 
     return wrapped
+
+
+def exit_now(code: int):
+    """Flush stdout/stderr and end the process with ``code`` without the interpreter's teardown.
+
+    Used after a failure has been reported: by then every ``with`` block (temporary files, locks,
+    worker pools) has been unwound. The teardown itself is what can hang: a failed ``tf.data``
+    read leaves parallel-map/prefetch threads whose destructors ran into a deadlock at interpreter
+    exit on a loaded CI machine (the error line was printed, the process then never ended). A
+    report that was printed must also end the process.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream must not hide the exit code
+            pass
+    os._exit(code)
 
 
 @contextlib.contextmanager
