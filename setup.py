@@ -31,7 +31,7 @@ setup(
         # CUDA-enabled TensorFlow wheels (Linux x86_64).
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         # Importing NVlabs pickles needs nothing extra: tensor storages are parsed without torch
-        # (see README, "Importing NVlabs models").
+        # (see docs/importing.md).
         "import": [],
     },
 )

@@ -8,7 +8,7 @@ Dmain, Dreg every 16, G EMA, ADA bookkeeping) on random in-memory reals (the inp
 benchmarked by the data developer). After a warm-up step (tracing / XLA compilation, reported as
 ``warmup_s``) it times ``--steps`` steps starting at step 1, so that 16 steps contain the same
 4 path-length and 1 R1 phases per 16 steps as a long run. Augmentation: the bgc pipe at a fixed
-p (default 0.2), as in the NVlabs reference measurement quoted in README.
+p (default 0.2), as in the NVlabs reference measurement quoted in docs/speed.md.
 """
 import argparse
 import json

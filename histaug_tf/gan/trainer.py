@@ -1,4 +1,4 @@
-"""The StyleGAN2-ADA training loop: a custom loop under tf.distribute (run directory and scale-out: docs/architecture.md, README).
+"""The StyleGAN2-ADA training loop: a custom loop under tf.distribute (run directory and scale-out: docs/architecture.md, docs/training.md).
 
 One ``Trainer`` owns G, D, G_ema, the two Adam optimizers, the augment pipe, the input iterator,
 the checkpoint and the run directory. Each step runs the reference's phases in order
