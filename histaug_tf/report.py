@@ -100,7 +100,7 @@ def _first_patches(data_dir: str, resolution, resize_mode: str, label: int, n: i
 
 
 def _cell_patches(outdir: str, rec: dict) -> str:
-    from histaug_tf.gan.generate_lib import image_grid
+    from histaug_tf.data.images import image_grid
     cdir = os.path.join(outdir, rec["dir"])
     subset = sorted(glob.glob(os.path.join(cdir, "subsets", "*", "manifest.json")))
     synthetic = os.path.join(cdir, "synthetic", "manifest.json")

@@ -116,7 +116,6 @@ def test_train_early_stops_keeps_best_checkpoint_and_metrics(real, tmp_path):
 
 
 def test_augmented_and_tstr(real, synthetic, tmp_path):
-    from histaug_tf.classifier.tstr import tstr
     m = ct.train_classifier(str(tmp_path / "aug"), real, synthetic_data=synthetic,
                             synthetic_count=60, batch_size=32, epochs=1, n_boot=50,
                             strategy="default", verbose=False)
@@ -127,8 +126,9 @@ def test_augmented_and_tstr(real, synthetic, tmp_path):
                              synthetic_ratio=0.5, balance="sampling", batch_size=32, epochs=1,
                              n_boot=50, strategy="default", verbose=False)
     assert m2["effective_synthetic_ratio"] == 0.5
-    t = tstr(str(tmp_path / "tstr"), synthetic, real, batch_size=32, epochs=1, n_boot=50,
-             strategy="default", verbose=False)
+    # TSTR as the study runs it: trained on the synthetic set, validated and tested on the real one
+    t = ct.train_classifier(str(tmp_path / "tstr"), synthetic, val_data=real, test_data=real,
+                            batch_size=32, epochs=1, n_boot=50, strategy="default", verbose=False)
     assert t["num_examples"] == 120 and t["num_real_train"] == 100
 
 

@@ -198,7 +198,8 @@ def test_metrics_of_network_equal_metrics_of_its_generated_dataset(nets, tmp_pat
     kw = dict(data_dir=real_dir, extractor=_MeanStd(), pr_extractor=_MeanStd(),
               cache_dir=str(tmp_path / "cache"), batch_size=5, kid_subsets=3, per_class=False)
     names = ["fid_full", "kid", "pr"]
-    from_net = compute_metrics(names, G=nets["G0"], num_gen=12, seed=0, noise_mode="const", **kw)
+    from_net = compute_metrics(names, generator=generate_lib.Synthesizer(
+        G=nets["G0"], noise_mode="const", batch_size=5), num_gen=12, seed=0, **kw)
     from_set = compute_metrics(names, gen_data_dir=gen_dir, seed=0, **kw)
     assert from_net == pytest.approx(from_set, rel=1e-5, abs=1e-9)
     # FID from the images themselves (both sets read back, features and Frechet distance here).

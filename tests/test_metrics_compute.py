@@ -222,11 +222,19 @@ def expected_gen_images(G, seeds, labels=None):
     return np.clip(np.floor(x * 127.5 + 128), 0, 255).astype(np.uint8)
 
 
+def gen(G, noise_mode="random"):
+    """The generated side as the callers build it: a Synthesizer over one network or {class: net}."""
+    from histaug_tf.gan.generate_lib import Synthesizer
+    return Synthesizer(G=None if isinstance(G, dict) else G,
+                       per_class=G if isinstance(G, dict) else None, noise_mode=noise_mode,
+                       batch_size=16)
+
+
 def test_network_side_unconditional_and_conditional(two_sets, tmp_path):
     real_dir, real, rl, _, _, _ = two_sets
     fr = quadrant_features(to_float(real))
     G = FakeG(c_dim=0)
-    res = compute_metrics(["fid", "kid"], data_dir=real_dir, G=G, num_gen=60, seed=100,
+    res = compute_metrics(["fid", "kid"], data_dir=real_dir, generator=gen(G), num_gen=60, seed=100,
                           extractor=QuadrantMeans(), cache_dir=str(tmp_path), batch_size=16,
                           kid_subsets=2)
     fg = quadrant_features(to_float(expected_gen_images(G, range(100, 160))))
@@ -236,7 +244,7 @@ def test_network_side_unconditional_and_conditional(two_sets, tmp_path):
     assert res["kid"] == pytest.approx(mmd2_ref(fg, fr), rel=1e-6)
 
     Gc = FakeG(c_dim=2)
-    res = compute_metrics(["fid_full"], data_dir=real_dir, G=Gc, num_gen=40, seed=7,
+    res = compute_metrics(["fid_full"], data_dir=real_dir, generator=gen(Gc), num_gen=40, seed=7,
                           extractor=QuadrantMeans(), cache_dir=str(tmp_path), batch_size=16)
     # Documented: labels ~ real class frequencies, drawn with default_rng(seed).
     counts = np.bincount(rl, minlength=2)
@@ -248,7 +256,7 @@ def test_network_side_unconditional_and_conditional(two_sets, tmp_path):
 
     # One network per class: class k from network k.
     per = {0: FakeG(c_dim=0), 1: FakeG(c_dim=2)}
-    res = compute_metrics(["fid_full"], data_dir=real_dir, G=per, num_gen=40, seed=7,
+    res = compute_metrics(["fid_full"], data_dir=real_dir, generator=gen(per), num_gen=40, seed=7,
                           extractor=QuadrantMeans(), cache_dir=str(tmp_path), batch_size=16)
     imgs = np.zeros([40, 8, 8, 3], np.uint8)
     seeds = np.arange(7, 47)
@@ -258,13 +266,13 @@ def test_network_side_unconditional_and_conditional(two_sets, tmp_path):
     assert res["fid_full"] == pytest.approx(fid_ref(fg, fr), rel=1e-6)
 
     with pytest.raises(UserError, match="no network for class"):
-        compute_metrics(["fid"], data_dir=real_dir, G={1: FakeG()}, num_gen=10,
+        compute_metrics(["fid"], data_dir=real_dir, generator=gen({1: FakeG()}), num_gen=10,
                         extractor=QuadrantMeans(), cache_dir=str(tmp_path))
     with pytest.raises(UserError, match="c_dim=3"):
-        compute_metrics(["fid"], data_dir=real_dir, G=FakeG(c_dim=3), num_gen=10,
+        compute_metrics(["fid"], data_dir=real_dir, generator=gen(FakeG(c_dim=3)), num_gen=10,
                         extractor=QuadrantMeans(), cache_dir=str(tmp_path))
     with pytest.raises(UserError, match="unknown metric"):
-        compute_metrics(["fid", "is"], data_dir=real_dir, G=G, extractor=QuadrantMeans())
+        compute_metrics(["fid", "is"], data_dir=real_dir, generator=gen(G), extractor=QuadrantMeans())
 
 
 class NoiseRecordingG(FakeG):
@@ -289,7 +297,7 @@ def test_training_metrics_generate_as_the_reference(two_sets, tmp_path):
         G = NoiseRecordingG(c_dim=0)
         details = {}
         # The trainer's call: a GAN of class 1 only; 30 generated images against all reals.
-        res = training_metrics(["fid30_full"], G=G, data_dir=real_dir, kimg=kimg,
+        res = training_metrics(["fid30_full"], generator=gen(G), data_dir=real_dir, kimg=kimg,
                                resolution=8, resize_mode="crop", class_filter=[1],
                                extractor=QuadrantMeans(), cache_dir=str(tmp_path), details=details)
         assert G.noise_modes == {"random"}
@@ -300,7 +308,7 @@ def test_training_metrics_generate_as_the_reference(two_sets, tmp_path):
         results.setdefault(kimg, []).append(res["fid30_full"])
     assert results[12.5][0] == results[12.5][1] != results[40.0][0]
     with pytest.raises(UserError, match="class 5 out of range"):
-        training_metrics(["fid"], G=FakeG(), data_dir=real_dir, class_filter=5,
+        training_metrics(["fid"], generator=gen(FakeG()), data_dir=real_dir, class_filter=5,
                          extractor=QuadrantMeans(), cache_dir=str(tmp_path))
 
 
@@ -314,7 +322,7 @@ def test_names_caps_suffixes_and_refusals(two_sets, tmp_path):
         name_suffix = "_random"
 
     # pr20: 20 generated images, 20 of the 70 reals (default_rng(seed).choice), k = 3, VGG side.
-    res = compute_metrics(["pr20", "pr20_inc", "fid20"], data_dir=real_dir, G=G, seed=4,
+    res = compute_metrics(["pr20", "pr20_inc", "fid20"], data_dir=real_dir, generator=gen(G), seed=4,
                           extractor=RandomInc(), pr_extractor=QuadrantMeans(),
                           cache_dir=str(tmp_path), batch_size=8)
     fg = quadrant_features(to_float(expected_gen_images(G, range(4, 24))))
@@ -338,11 +346,11 @@ def test_names_caps_suffixes_and_refusals(two_sets, tmp_path):
     # Refused before any work: no weights for the network a metric needs.
     ex = QuadrantMeans()
     with pytest.raises(UserError, match="pr50k3_full: precision/recall uses VGG16 .*--vgg16_weights"):
-        compute_metrics(["fid50k_full", "pr50k3_full"], data_dir=real_dir, G=G, extractor=ex,
+        compute_metrics(["fid50k_full", "pr50k3_full"], data_dir=real_dir, generator=gen(G), extractor=ex,
                         cache_dir=str(tmp_path / "c"))
     with pytest.raises(UserError, match="--inception_weights is required"):
-        compute_metrics(["fid50k_full"], data_dir=real_dir, G=G, cache_dir=str(tmp_path / "c"))
+        compute_metrics(["fid50k_full"], data_dir=real_dir, generator=gen(G), cache_dir=str(tmp_path / "c"))
     with pytest.raises(UserError, match="different numbers of generated images"):
-        compute_metrics(["fid10k", "kid2k"], data_dir=real_dir, G=G, extractor=ex,
+        compute_metrics(["fid10k", "kid2k"], data_dir=real_dir, generator=gen(G), extractor=ex,
                         cache_dir=str(tmp_path / "c"))
     assert ex.calls == 0 and not os.path.exists(tmp_path / "c")

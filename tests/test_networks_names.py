@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from histaug_tf.gan import nvlabs_names as N
+from histaug_tf.interop import nvlabs_names as N
 from histaug_tf.gan.networks import Discriminator, Generator
 
 RNG = np.random.default_rng(5)

@@ -130,8 +130,15 @@ def test_metrics_hook_passes_inception_weights(toy_data, tmp_path, monkeypatch):
     weights.write_bytes(b"not read here")
     o = resolve_options(data=toy_data, outdir=str(tmp_path / "run"), cfg="tiny", metrics=["fid"],
                         inception_weights=str(weights))
+    from histaug_tf.gan import generate_lib
+
     seen = {}
     monkeypatch.setattr(metrics_pkg, "training_metrics", lambda **kw: seen.update(kw) or {"fid": 1.0})
-    assert _metrics_hook(o)(None, None, 1.0) == {"fid": 1.0}
+    monkeypatch.setattr(generate_lib, "Synthesizer", lambda **kw: ("synth", kw))
+    G_ema = object()
+    assert _metrics_hook(o)(G_ema, None, 1.0) == {"fid": 1.0}
     assert seen["inception_weights"] == str(weights) and seen["metrics"] == ["fid"]
     assert seen["kimg"] == 1.0  # the per-snapshot generator seed derives from it
+    # the metrics draw from G_ema with random noise, as NVlabs' metrics during training
+    tag, kw = seen["generator"]
+    assert tag == "synth" and kw["G"] is G_ema and kw["noise_mode"] == "random"

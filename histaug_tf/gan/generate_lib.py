@@ -18,6 +18,7 @@ import re
 import numpy as np
 
 from histaug_tf.common import UserError, file_sha256, save_png
+from histaug_tf.data.images import image_grid, to_uint8
 
 NOISE_MODES = ("const", "random", "none")
 
@@ -28,17 +29,6 @@ def z_from_seeds(seeds, z_dim: int) -> np.ndarray:
         return np.zeros([0, z_dim], np.float32)
     return np.stack([np.random.RandomState(int(s) % (1 << 32)).randn(z_dim) for s in seeds]
                     ).astype(np.float32)
-
-
-def to_uint8(images) -> np.ndarray:
-    """[-1, 1] float images to uint8 (NVlabs: ``(x * 127.5 + 128).clamp(0, 255)`` then truncation)."""
-    x = np.asarray(images, np.float32)
-    return np.clip(np.floor(x * 127.5 + 128.0), 0, 255).astype(np.uint8)
-
-
-def uint8_to_float(images) -> np.ndarray:
-    """uint8 to [-1, 1] float32 (``x / 127.5 - 1``), the pipeline's ``pixel_range=(-1, 1)``."""
-    return np.asarray(images, np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 class Synthesizer:
@@ -195,18 +185,6 @@ def label_names_from_metadata(meta: dict):
 # ------------------------------------------------------------------------------------------------
 # Writing a synthetic dataset.
 # ------------------------------------------------------------------------------------------------
-
-def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
-    """uint8 [N, H, W, C] → one uint8 [rows*H, cols*W, C] image (row-major, black padding)."""
-    n, h, w, c = images.shape
-    cols = cols or int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    grid = np.zeros([rows * h, cols * w, c], np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
-    return grid
-
 
 def _run_name(snapshot_path: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(snapshot_path))) or "run"

@@ -383,6 +383,7 @@ def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
 def _metrics_hook(opts):
     """``fn(G_ema, snapshot_path, kimg) -> {name: value}`` calling
     ``histaug_tf.metrics.training_metrics(...)`` when the metrics package provides it."""
+    from histaug_tf.gan.generate_lib import Synthesizer
     from histaug_tf.metrics import training_metrics as fn
 
     state = {"last": None}
@@ -396,7 +397,9 @@ def _metrics_hook(opts):
                 return {}
             state["last"] = bucket
         del snapshot_path  # the hook's signature is the trainer's; the metrics need G only
-        return fn(metrics=opts["metrics"], G=G_ema, data_dir=opts["data"],
+        # NVlabs' metrics during training: random per-layer noise, no truncation.
+        gen = Synthesizer(G=G_ema, noise_mode="random", batch_size=64)
+        return fn(metrics=opts["metrics"], generator=gen, data_dir=opts["data"],
                   resolution=opts["resolution"], resize_mode=opts["resize"],
                   class_filter=opts["class_filter"], inception_weights=opts.get("inception_weights"),
                   vgg16_weights=opts.get("vgg16_weights"), kimg=kimg)

@@ -17,7 +17,7 @@ Facts followed (NVlabs/stylegan2-ada-pytorch ``training/networks.py``):
 
 Every layer creates its variables in ``build()`` from its constructor arguments alone (no input
 shapes needed), so a parent can build the whole tree eagerly and variable paths are stable
-(``synthesis/b64/conv0/affine/weight``); see ``histaug_tf.gan.nvlabs_names``.
+(``synthesis/b64/conv0/affine/weight``); see ``histaug_tf.interop.nvlabs_names``.
 
 Mixed precision follows the reference: variables are float32, blocks cast activations to float16
 themselves. Keras' automatic input casting is therefore switched off for these layers.

@@ -2,7 +2,7 @@
 
 A NHWC port of NVlabs/stylegan2-ada-pytorch ``training/networks.py`` with the same variables
 (same shapes up to the Keras layout, stored unscaled), so NVlabs weights map 1:1 (see
-``histaug_tf.gan.nvlabs_names``) and the same weights give the same images.
+``histaug_tf.interop.nvlabs_names``) and the same weights give the same images.
 
 Call contract::
 

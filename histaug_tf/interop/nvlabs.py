@@ -9,7 +9,7 @@ The pickle is read by :mod:`histaug_tf.interop.safe_pickle` (only the globals th
 embedded source code is never executed; torch is not needed). The configuration (resolution,
 channels, mapping layers, c_dim, channel base/max, architecture, num_fp16_res, conv_clamp, ...)
 comes from the pickle's ``init_kwargs`` (PyTorch) or ``static_kwargs`` (TF1); the weights are
-assigned through the name table of :mod:`histaug_tf.gan.nvlabs_names` (PyTorch names; TF1 files are
+assigned through the name table of :mod:`histaug_tf.interop.nvlabs_names` (PyTorch names; TF1 files are
 first put in the PyTorch layout by :mod:`histaug_tf.interop.nvlabs_format`). Every variable of our
 networks must receive a value and every array of the pickle must land in a variable.
 
@@ -99,7 +99,7 @@ def keras_kwargs(weights: NetworkWeights, path="<pickle>", force_fp32=False):
 def build_network(weights: NetworkWeights, path="<pickle>", force_fp32=False, name=None):
     """Build our network for ``weights`` and assign every array (strict both ways)."""
     from histaug_tf.gan import networks as N
-    from histaug_tf.gan import nvlabs_names
+    from histaug_tf.interop import nvlabs_names
 
     kwargs = keras_kwargs(weights, path, force_fp32)
     cls = N.Generator if weights.kind == "generator" else N.Discriminator

@@ -2,7 +2,7 @@
 (``inception.py``, pytorch-fid's inception-2015-12-05 weights), precision/recall on VGG16 fc2
 (``vgg.py``); see ``compute.py`` for names (fid50k_full, kid50k_full, pr50k3_full, ...).
 
-``compute_metrics(metrics=['fid50k_full'], G=..., data_dir=..., inception_weights=PATH) -> dict``
+``compute_metrics(metrics=['fid50k_full'], generator=Synthesizer(G), data_dir=..., inception_weights=PATH) -> dict``
 is the one call the trainer and ``calc_metrics`` use; ``stats`` holds the formulas on feature
 arrays; ``fid_features(images_uint8, weights_path)`` the FID features. TensorFlow is imported only
 when features are computed.

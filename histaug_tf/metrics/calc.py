@@ -22,6 +22,7 @@ def _check_network_labels(real: dict, meta: dict, path: str) -> None:
 def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=None,
                  inception_weights=None, vgg16_weights=None, inception_seed=0,
                  inception_resolution=299, batch_size=64, jit_compile=False, verify=False,
+                 truncation_psi=1.0, truncation_cutoff=None, noise_mode="random",
                  **kwargs) -> dict:
     """Returns ``{'metrics': {...}, 'network'|'networks'|'gen_data': ..., 'data': ..., details}``.
 
@@ -31,7 +32,7 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
     """
     from histaug_tf.data.manifest import (check_same_label_names, explain_read_error,
                                           is_read_error, load_manifest)
-    from histaug_tf.gan.generate_lib import load_generator, parse_networks_map
+    from histaug_tf.gan.generate_lib import Synthesizer, load_generator, parse_networks_map
     from histaug_tf.metrics.compute import check_metric_options
 
     if not data_dir:
@@ -64,10 +65,17 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
     else:
         check_same_label_names(real, load_manifest(gen_data_dir, check=check))
         out["gen_data"] = os.path.abspath(gen_data_dir)
+    generator = None
+    if G is not None:
+        generator = Synthesizer(G=None if isinstance(G, dict) else G,
+                                per_class=G if isinstance(G, dict) else None,
+                                truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                                noise_mode=noise_mode, batch_size=batch_size,
+                                jit_compile=jit_compile)
     details = {}
     t0 = time.monotonic()
     try:
-        out["metrics"] = compute_metrics(metrics, data_dir=data_dir, G=G,
+        out["metrics"] = compute_metrics(metrics, data_dir=data_dir, generator=generator,
                                          gen_data_dir=gen_data_dir,
                                          inception_weights=weights["inception_weights"],
                                          vgg16_weights=weights["vgg16_weights"],

@@ -236,7 +236,7 @@ def generator_feature_stats(synth, extractors: dict, seeds, labels=None, *,
     """Features of the images ``synth(seeds, labels)`` through every extractor of
     ``{family: extractor}`` (one generation pass) -> ``{family: FeatureStats}``.
     ``capture_all``: bool, or ``{family: bool}``."""
-    from histaug_tf.gan.generate_lib import uint8_to_float
+    from histaug_tf.data.images import uint8_to_float
 
     if not isinstance(capture_all, dict):
         capture_all = {f: capture_all for f in extractors}
@@ -275,9 +275,9 @@ def _subset_stats(st: stats_lib.FeatureStats, max_rows, seed: int) -> stats_lib.
 # The entry point.
 # ------------------------------------------------------------------------------------------------
 
-def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: str | None = None,
+def compute_metrics(metrics=("fid",), *, data_dir: str, generator=None,
+                    gen_data_dir: str | None = None,
                     split: str = "train", gen_split: str = "train", num_gen: int | None = None,
-                    truncation_psi: float = 1.0, truncation_cutoff=None, noise_mode: str = "random",
                     resolution: int | None = None, resize_mode: str = "crop", class_filter=None,
                     extractor=None, pr_extractor=None, inception_weights=None,
                     vgg16_weights=None, inception_seed: int = 0, inception_resolution: int = 299,
@@ -289,9 +289,13 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
                     progress: bool = False, details: dict | None = None) -> dict:
     """Metrics of generated images against the real dataset ``data_dir/split``.
 
-    The generated side is either ``G`` — a generator (conditional or not) or ``{class: G}`` with one
-    network per class — producing ``num_gen`` images, or a dataset directory ``gen_data_dir``
-    (all of its ``gen_split``).
+    The generated side is either ``generator`` producing ``num_gen`` images, or a dataset directory
+    ``gen_data_dir`` (all of its ``gen_split``). ``generator`` is a callable
+    ``generator(seeds, labels) -> uint8 [N, H, W, C]`` with the attributes ``resolution``,
+    ``classes`` (None when it takes no labels, else the class indices it can draw) and
+    ``per_class`` (None for one network for all classes) — e.g. ``gan.generate_lib.Synthesizer``,
+    built by the caller with the truncation and noise mode it wants. The metrics know nothing of
+    GANs.
 
     metrics: names as in the module docstring (list or comma string). All metrics of one call
       share the number of generated images: ``num_gen``, else the names' (default 50,000).
@@ -302,7 +306,7 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
     resolution: the size real images are mapped to (``resize_mode``) before the extractor;
       default: the generator's resolution (or the generated dataset's image size).
     class_filter: only these labels of the real (and generated-dataset) images, e.g. for a GAN
-      trained on one class; labels of a conditional G are then drawn among these classes.
+      trained on one class; labels of a conditional generator are then drawn among these classes.
     extractor / pr_extractor: callables ``images[-1,1] -> [N, D]`` with ``identity`` and ``dim``
       (and optionally ``name_suffix``) for the Inception / VGG16 features; default: built from
       ``inception_weights`` / ``vgg16_weights`` (refused when missing).
@@ -319,7 +323,7 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
     specs = parse_metric_spec(metrics)
     if not specs:
         return {}
-    if (G is None) == (gen_data_dir is None):
+    if (generator is None) == (gen_data_dir is None):
         raise UserError("give exactly one of a network (--network) and a generated dataset (--gen_data)")
     num_gen = int(num_gen if num_gen is not None else _shared_num_gen(specs))
     class_filter = _class_filter(class_filter)
@@ -336,15 +340,10 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
                                      or (s.family == "vgg16" and pr_extractor is None)],
                                     inception_weights, vgg16_weights)
     synth = labels = None
-    if G is not None:
-        from histaug_tf.gan.generate_lib import Synthesizer
-
+    if generator is not None:
         if num_gen < 2:
             raise UserError(f"--num_gen={num_gen}: must be >= 2")
-        synth = Synthesizer(G=None if isinstance(G, dict) else G,
-                            per_class=G if isinstance(G, dict) else None,
-                            truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                            noise_mode=noise_mode, batch_size=batch_size, jit_compile=jit_compile)
+        synth = generator
         if resolution is None:
             resolution = synth.resolution
         if gen_seed is None:
@@ -360,7 +359,7 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, G=None, gen_data_dir: st
                 raise UserError(f"{data_dir}: class_counts do not match label_names")
             if class_filter is not None:
                 counts = np.where(np.isin(np.arange(len(counts)), class_filter), counts, 0)
-            if not isinstance(G, dict) and len(classes) != len(label_names):
+            if synth.per_class is None and len(classes) != len(label_names):
                 raise UserError(f"the network is conditional with c_dim={len(classes)}, but "
                                 f"{data_dir} has {len(label_names)} classes {label_names}")
             missing = [c for c in range(len(label_names)) if counts[c] > 0 and c not in classes]
@@ -491,18 +490,18 @@ def snapshot_seed(kimg: float) -> int:
     return int(round(float(kimg) * 1000))
 
 
-def training_metrics(metrics, G, data_dir, *, kimg: float = 0.0, resolution=None,
+def training_metrics(metrics, generator, data_dir, *, kimg: float = 0.0, resolution=None,
                      resize_mode="crop", class_filter=None, num_gen=None,
                      inception_weights=None, vgg16_weights=None, batch_size=64,
                      **kwargs) -> dict:
     """``compute_metrics`` for the trainer's ``--metrics`` at snapshots, generating as NVlabs does:
-    random per-layer noise, and new random latents (and labels) at every snapshot — drawn from
-    ``gen_seed = snapshot_seed(kimg)`` so reruns agree. The weights are the trainer's
-    ``--inception_weights`` / ``--vgg16_weights``; without them the metrics are refused
-    (``train_gan`` checks this before training starts)."""
-    kwargs.setdefault("noise_mode", "random")
+    new random latents (and labels) at every snapshot — drawn from ``gen_seed =
+    snapshot_seed(kimg)`` so reruns agree — through ``generator``, which the trainer builds with
+    random per-layer noise. The weights are the trainer's ``--inception_weights`` /
+    ``--vgg16_weights``; without them the metrics are refused (``train_gan`` checks this before
+    training starts)."""
     kwargs.setdefault("gen_seed", snapshot_seed(kimg))
-    return compute_metrics(metrics, G=G, data_dir=data_dir, resolution=resolution,
+    return compute_metrics(metrics, generator=generator, data_dir=data_dir, resolution=resolution,
                            resize_mode=resize_mode, class_filter=class_filter, num_gen=num_gen,
                            inception_weights=inception_weights, vgg16_weights=vgg16_weights,
                            batch_size=batch_size, **kwargs)
