@@ -39,6 +39,20 @@ def _fp16_resolution(img_resolution_log2, num_fp16_res):
     return max(2 ** (img_resolution_log2 + 1 - int(num_fp16_res)), 8)
 
 
+def assert_shape(x, shape, what):
+    """The static shape of ``x`` must match ``shape`` (None = any), as the reference's
+    ``misc.assert_shape`` at block boundaries. Checked while tracing (no cost in the compiled
+    step); a mismatch is a ValueError naming the block and both shapes."""
+    if x is None:
+        return
+    actual = tuple(x.shape)
+    ok = len(actual) == len(shape) and all(
+        e is None or a is None or int(a) == int(e) for a, e in zip(actual, shape))
+    if not ok:
+        want = "[" + ", ".join("N" if e is None else str(e) for e in shape) + "]"
+        raise ValueError(f"{what}: expected shape {want}, got {list(actual)}")
+
+
 def _check_resolution(img_resolution):
     r = int(img_resolution)
     if r < 4 or r & (r - 1):
@@ -100,6 +114,10 @@ class MappingNetwork(_Layer):
                                          trainable=False, aggregation="mean")
 
     def call(self, z, c=None, truncation_psi=1, truncation_cutoff=None, update_emas=False):
+        if self.z_dim > 0:
+            assert_shape(z, [None, self.z_dim], f"{self.name} z")
+        if self.c_dim > 0 and c is not None:
+            assert_shape(c, [None, self.c_dim], f"{self.name} c")
         x = None
         if self.z_dim > 0:
             x = normalize_2nd_moment(tf.cast(z, tf.float32))
@@ -196,6 +214,11 @@ class SynthesisBlock(_Layer):
 
     def call(self, x, img, ws, noise_mode="random", fused_modconv=False, force_fp32=False):
         dtype = tf.float16 if self.use_fp16 and not force_fp32 else tf.float32
+        r, h = self.resolution, self.resolution // 2
+        assert_shape(ws, [None, self.num_conv + self.num_torgb, self.w_dim], f"{self.name} ws")
+        if self.in_channels != 0:
+            assert_shape(x, [None, h, h, self.in_channels], f"{self.name} input")
+        assert_shape(img, [None, h, h, self.img_channels], f"{self.name} input image")
         w_idx = 0
         if self.in_channels == 0:
             x = tf.cast(self.const, dtype)[None]
@@ -213,6 +236,8 @@ class SynthesisBlock(_Layer):
             y = self.torgb(x, ws[:, w_idx], fused_modconv=fused_modconv)
             y = tf.cast(y, tf.float32)
             img = img + y if img is not None else y
+        assert_shape(x, [None, r, r, self.out_channels], f"{self.name} output")
+        assert_shape(img, [None, r, r, self.img_channels], f"{self.name} output image")
         return x, img
 
     def get_config(self):
@@ -401,6 +426,11 @@ class DiscriminatorBlock(_Layer):
 
     def call(self, x, img, force_fp32=False):
         dtype = tf.float16 if self.use_fp16 and not force_fp32 else tf.float32
+        r = self.resolution
+        if self.in_channels != 0:
+            assert_shape(x, [None, r, r, self.in_channels], f"{self.name} input")
+        if self.fromrgb is not None:
+            assert_shape(img, [None, r, r, self.img_channels], f"{self.name} input image")
         if x is not None:
             x = tf.cast(x, dtype)
         if self.fromrgb is not None:
@@ -414,6 +444,7 @@ class DiscriminatorBlock(_Layer):
         else:
             x = self.conv0(x)
             x = self.conv1(x)
+        assert_shape(x, [None, r // 2, r // 2, self.out_channels], f"{self.name} output")
         return x
 
     def get_config(self):
@@ -459,6 +490,10 @@ class DiscriminatorEpilogue(_Layer):
                 self._build_child(child)
 
     def call(self, x, cmap=None):
+        r = self.resolution
+        assert_shape(x, [None, r, r, self.in_channels], f"{self.name} input")
+        if self.cmap_dim > 0:
+            assert_shape(cmap, [None, self.cmap_dim], f"{self.name} cmap")
         x = tf.cast(x, tf.float32)
         if self.mbstd is not None:
             x = self.mbstd(x)
@@ -549,6 +584,8 @@ class Discriminator(keras.Model):
     def call(self, img, c=None, force_fp32=False):
         x = None
         img = tf.convert_to_tensor(img)
+        r = self.img_resolution
+        assert_shape(img, [None, r, r, self.img_channels], f"{self.name} img")
         for block in self.blocks:
             x = block(x, img, force_fp32=force_fp32)
             img = None
