@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 from histaug_tf.gan.networks import Discriminator, Generator, count_params  # noqa: E402
 from histaug_tf.gan.presets import get_preset  # noqa: E402
+from histaug_tf.ops.upfirdn2d import xla_function  # noqa: E402
 
 DEFAULT_RES = {"tiny": 32, "demo": 32, "cifar": 32}
 
@@ -49,11 +50,13 @@ def bench(preset, res, batch, iters, jit, c_dim=0):
     c = tf.one_hot(tf.range(batch) % max(c_dim, 1), c_dim) if c_dim else None
     real = tf.random.uniform([batch, res, res, G.img_channels], -1, 1)
 
-    @tf.function(jit_compile=jit)
+    compile_ = xla_function if jit else tf.function
+
+    @compile_
     def g_forward(z, c):
         return G(z, c, noise_mode="random")
 
-    @tf.function(jit_compile=jit)
+    @compile_
     def gd_step(z, c, real):
         with tf.GradientTape(persistent=True) as tape:
             fake = G(z, c)

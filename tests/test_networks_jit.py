@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from histaug_tf.gan.networks import Generator, Discriminator
+from histaug_tf.ops.upfirdn2d import xla_function
 
 RNG = np.random.default_rng(11)
 
@@ -28,9 +29,8 @@ def test_jit_on_and_off_agree(res, c_dim):
     z, c = inputs(2, 8, c_dim)
     img = G(z, c, truncation_psi=0.7, noise_mode="const")
     logits = D(img, c)
-    gj = tf.function(lambda z, c: G(z, c, truncation_psi=0.7, noise_mode="const"),
-                     jit_compile=True)
-    dj = tf.function(lambda x, c: D(x, c), jit_compile=True)
+    gj = xla_function(lambda z, c: G(z, c, truncation_psi=0.7, noise_mode="const"))
+    dj = xla_function(lambda x, c: D(x, c))
     assert img.shape == (2, res, res, 3) and logits.shape == (2, 1)
     np.testing.assert_allclose(gj(z, c).numpy(), img.numpy(), atol=1e-4)
     np.testing.assert_allclose(dj(img, c).numpy(), logits.numpy(), atol=1e-4)
@@ -74,7 +74,7 @@ def test_second_order_gradients_r1_and_path_length():
 
     for fn, args, model in ((r1, (x, c), D), (pl, (z, c, y), G)):
         pen, grads = fn(*args)
-        pen_j, grads_j = tf.function(fn, jit_compile=True)(*args)
+        pen_j, grads_j = xla_function(fn)(*args)
         # every weight reaches the penalty (some biases only shift the output: no gradient)
         for v, g in zip(model.trainable_variables, grads):
             assert g is not None or not v.path.endswith("weight"), v.path

@@ -112,16 +112,18 @@ def _cases():
     return _CASES
 
 
-# impl=None picks 'conv' eagerly and 'slices' under XLA; the other two cover the remaining pairs.
-@pytest.mark.parametrize("jit,impl", [(False, None), (True, None), (False, "slices"), (True, "conv")],
-                         ids=["eager-auto", "xla-auto", "eager-slices", "xla-conv"])
+# impl=None is 'conv' eagerly and 'slices' in xla_function; the rest cover the remaining pairs.
+@pytest.mark.parametrize("jit,impl", [(False, None), (True, None), (False, "slices"), (True, "conv"),
+                                      (False, "ref"), (True, "ref")],
+                         ids=["eager-auto", "xla-auto", "eager-slices", "xla-conv", "eager-ref",
+                              "xla-ref"])
 def test_upfirdn2d_matches_numpy(jit, impl):
     for cfg, x, want in _cases():
         kw = dict(up=cfg["up"], down=cfg["down"], padding=cfg["padding"], flip_filter=cfg["flip_filter"],
                   gain=cfg["gain"], impl=impl)
         fn = lambda x_: U.upfirdn2d(x_, tf.constant(cfg["f"], tf.float32), **kw)
         if jit:
-            fn = tf.function(fn, jit_compile=True)
+            fn = U.xla_function(fn)
         got = fn(tf.constant(x, tf.float32)).numpy()
         assert got.shape == want.shape, (cfg, got.shape, want.shape)
         _assert_close(got, want)
@@ -193,16 +195,27 @@ def test_float16_and_dynamic_batch():
     assert fn(x).shape == (2, 8, 8, 4)
 
 
-def test_impl_selection_follows_xla_context():
+def test_impl_selection_is_explicit(monkeypatch):
+    """xla_function traces use 'slices', everything else 'conv', an explicit impl always wins."""
     seen = []
-    U_in = U._in_xla_context
-    tf.function(lambda: seen.append(U_in()) or tf.zeros([]), jit_compile=True)()
-    tf.function(lambda: seen.append(U_in()) or tf.zeros([]))()
-    seen.append(U_in())
-    assert seen == [True, False, False]
+    for name in ("_fir_conv", "_fir_1d", "_fir_2d", "_fir_ref"):
+        real = getattr(U, name)
+        monkeypatch.setattr(U, name, lambda *a, _n=name, _r=real, **k: seen.append(_n) or _r(*a, **k))
+    x = tf.zeros([1, 8, 8, 2])
+    f2 = tf.ones([3, 3]) / 9.0
+    run = lambda t: U.upfirdn2d(t, f2)
+    U.xla_function(run)(x)
+    tf.function(run)(x)
+    run(x)
+    U.xla_function(lambda t: U.upfirdn2d(t, f2, impl="ref"))(x)
+    with U.default_impl("ref"):
+        run(x)
+    assert seen == ["_fir_2d", "_fir_conv", "_fir_conv", "_fir_ref", "_fir_ref"]
+    with pytest.raises(ValueError, match="impl must be one of"):
+        U.upfirdn2d(x, f2, impl="fast")
 
 
-@pytest.mark.parametrize("impl", ["slices", "conv"])
+@pytest.mark.parametrize("impl", ["slices", "conv", "ref"])
 def test_gradient_matches_finite_differences(impl):
     rng = np.random.default_rng(5)
     for cfg in CONFIGS[:6]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from histaug_tf.common import UserError, file_sha256, save_png
 from histaug_tf.data.images import image_grid, to_uint8
+from histaug_tf.ops.upfirdn2d import xla_function
 
 NOISE_MODES = ("const", "random", "none")
 
@@ -71,7 +72,9 @@ class Synthesizer:
             def run(z, c):
                 img = net(z, c, **kwargs)
                 return tf.cast(img, tf.float32)
-            return tf.function(run, jit_compile=jit_compile, reduce_retracing=True)
+            if jit_compile:
+                return xla_function(run, reduce_retracing=True)
+            return tf.function(run, reduce_retracing=True)
 
         self._fns = {id(n): make_fn(n) for n in nets}
 

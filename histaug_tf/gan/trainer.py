@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from histaug_tf.common import UserError, save_png, write_text_atomic
 from histaug_tf.gan import loss as loss_lib
+from histaug_tf.ops.upfirdn2d import xla_function
 
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
 _PHASE_ID = {name: i for i, name in enumerate(PHASES)}
@@ -465,7 +466,7 @@ class Trainer:
                         wsums.append(tf.reduce_sum(w0, axis=0))
                 grads = tape.gradient(total, self._G_tf)
                 return grads, self._stats_out(stats), tf.stack(wsums), new_mean
-            return tf.function(compute, jit_compile=True) if jit else compute
+            return xla_function(compute) if jit else compute
 
         def run_rounds(round_in, compute, pl_mean, loop):
             """Rounds 0..R-1 of ``compute(round_in(k), pl_mean) -> (grads, stats, wsum,
@@ -559,7 +560,7 @@ class Trainer:
                     wsum = tf.reduce_sum(w0, axis=0)[None]
                 grads = tape.gradient(total, self._D_tf)
                 return grads, self._stats_out(stats), wsum
-            return tf.function(compute, jit_compile=True) if jit else compute
+            return xla_function(compute) if jit else compute
 
         def d_replica(real, real_c, step, main, compute):
             xs = [stacked(real, g), stacked(real_c, g), None, None, None, None]

@@ -16,24 +16,61 @@ A 2-D filter has shape ``[fh, fw]`` (``f[y, x]``); a 1-D filter of ``n`` taps is
 multiply-add), so everything runs eagerly, inside ``tf.function``, under
 ``tf.function(jit_compile=True)`` (XLA), and has gradients of any order.
 
-Two implementations of the FIR step, chosen automatically (``impl=None``):
+Three implementations of the FIR step, picked by ``impl``:
 
+* ``'ref'`` -- the readable reference: the (outer-product) 2-D filter in one depthwise
+  convolution at stride 1, then every ``down``-th output kept. Slow; the one to read.
+* ``'conv'`` -- ``tf.nn.depthwise_conv2d``, two 1-D passes for separable filters, strided when it
+  can. The default eagerly and in plain ``tf.function``, where it was 5-20x faster than the op-by-op
+  slices.
 * ``'slices'`` -- a sum of shifted (and, when decimating, strided) slices of the input, each times
-  one filter tap. XLA fuses it into one loop and computes only the outputs that survive decimation.
-  Used when tracing inside ``tf.function(jit_compile=True)``: on CPU it was 20-70x faster than
-  XLA's depthwise/grouped convolution (benchmarks/bench_upfirdn2d.py).
-* ``'conv'`` -- ``tf.nn.depthwise_conv2d`` (one or two 1-D passes for separable filters). Used
-  eagerly and in plain ``tf.function``, where it was 5-20x faster than the op-by-op slices.
+  one filter tap. XLA fuses it into one loop and computes only the outputs that survive decimation:
+  on CPU 20-70x faster than XLA's depthwise/grouped convolution (benchmarks/bench_upfirdn2d.py).
 
-Both give the same result (tests check both against NumPy) and have gradients of any order.
+``impl=None`` takes the default of the enclosing ``default_impl(...)`` block, else ``'conv'``. A
+function compiled with XLA is made with ``xla_function(fn)``, whose traces run in
+``default_impl('slices')``: the choice is explicit where the compilation is asked for, not guessed
+from the graph. All three give the same result (tests check each against NumPy) and have gradients
+of any order.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
+
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # XLA-context detection (as tf.image does)
 
-__all__ = ["setup_filter", "upfirdn2d", "filter2d", "upsample2d", "downsample2d"]
+__all__ = ["setup_filter", "upfirdn2d", "filter2d", "upsample2d", "downsample2d", "default_impl",
+           "xla_function", "IMPLS"]
+
+IMPLS = ("ref", "conv", "slices")
+_default = threading.local()  # tracing runs in the calling thread
+
+
+@contextlib.contextmanager
+def default_impl(impl):
+    """Inside this block ``upfirdn2d(..., impl=None)`` uses ``impl`` (one of :data:`IMPLS`)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    prev = getattr(_default, "impl", None)
+    _default.impl = impl
+    try:
+        yield
+    finally:
+        _default.impl = prev
+
+
+def xla_function(fn, **tf_function_kwargs):
+    """``tf.function(fn, jit_compile=True)`` whose traces use the ``'slices'`` FIR, the fast one
+    under XLA. Every place that compiles networks with XLA goes through this."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with default_impl("slices"):
+            return fn(*args, **kwargs)
+
+    return tf.function(traced, jit_compile=True, **tf_function_kwargs)
 
 
 def _parse_scaling(scaling):
@@ -159,14 +196,16 @@ def _fir_2d(x, f, downx, downy):
     return y
 
 
-def _in_xla_context():
-    """True while tracing inside ``tf.function(jit_compile=True)`` (or another XLA context)."""
-    if tf.executing_eagerly():
-        return False
-    try:
-        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-    except Exception:  # pragma: no cover - private API changed
-        return False
+def _fir_ref(x, f, downx, downy):
+    """The reference FIR step: correlate every channel with the 2-D filter (a 1-D one becomes its
+    outer product), VALID, stride 1; then keep every (downy, downx)-th output."""
+    if f.shape.rank == 1:
+        f = f[:, None] * f[None, :]
+    c = x.shape[-1]
+    assert c is not None, "upfirdn2d needs a static channel count"
+    kernel = tf.tile(f[:, :, None, None], [1, 1, c, 1])        # [fh, fw, C, 1]
+    y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID")
+    return y[:, ::downy, ::downx, :]
 
 
 def _fir_conv(x, f, downx, downy):
@@ -199,7 +238,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl=Non
             ``[x0, x1, y0, y1]``; negative values crop.
         flip_filter: False = convolution, True = correlation.
         gain: overall gain (applied to the filter as ``gain ** (f.ndim / 2)``).
-        impl: ``'slices'``, ``'conv'`` or None (``'slices'`` under XLA, ``'conv'`` otherwise).
+        impl: ``'ref'``, ``'conv'``, ``'slices'`` or None (the enclosing :func:`default_impl`,
+            else ``'conv'``; :func:`xla_function` traces use ``'slices'``).
 
     Returns:
         tensor ``[N, (H*upy + pady0 + pady1 - fh) // downy + 1, (W*upx + padx0 + padx1 - fw)
@@ -223,8 +263,11 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl=Non
     if not flip_filter:  # correlation with the flipped kernel == convolution
         f = tf.reverse(f, axis=list(range(f.shape.rank)))
     if impl is None:
-        impl = "slices" if _in_xla_context() else "conv"
-    assert impl in ("slices", "conv"), impl
+        impl = getattr(_default, "impl", None) or "conv"
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "ref":
+        return _fir_ref(x, f, downx, downy)
     if f.shape.rank == 2 and int(f.shape[0]) == 1 and int(f.shape[1]) == 1:
         return (x * f[0, 0])[:, ::downy, ::downx, :]
     if impl == "conv":
