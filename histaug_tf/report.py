@@ -224,9 +224,3 @@ def report_index(path: str) -> dict:
             "images": len(re.findall(r'<img src="data:image/png;base64,', text)),
             "missing": re.findall(r'<p class="missing">\(([^)]*)\)', text)}
 
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-    from histaug_tf.study import load_cells
-    print(write_report(sys.argv[1], load_cells(sys.argv[1])))
-    print(json.dumps(report_index(os.path.join(sys.argv[1], "report.html")), indent=1))
