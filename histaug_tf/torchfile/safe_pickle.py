@@ -45,6 +45,7 @@ import collections
 import functools
 import hashlib
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -352,14 +353,6 @@ def _load_storage_from_bytes(payload, *, ctx=None):
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-def _remaining(f):
-    """Bytes from the position of seekable ``f`` to its end."""
-    pos = f.tell()
-    end = f.seek(0, io.SEEK_END)
-    f.seek(pos)
-    return end - pos
-
-
 class _PendingTensors:
     """Tensors of pending storages (legacy stream): each allocated (and charged) when rebuilt,
     filled when its storage's bytes are read; a storage never read leaves the load refused."""
@@ -389,10 +382,20 @@ def _load_torch_legacy(f, ctx):
     sys_info = _Unpickler(f, ctx).load()
     little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
     storages = {}  # key -> pending _Storage (one per key, as torch shares them)
+    pos = f.tell()
+    end = f.seek(0, io.SEEK_END)
+    f.seek(pos)
 
     def pending(key, stype, numel):
         st = storages.get(key)
         if st is None:
+            nbytes = numel * np.dtype(stype.dtype).itemsize
+            left = end - f.tell()  # (at least what is left: the unpickler may have read ahead)
+            if nbytes > left:  # its bytes follow in this stream: refused before tensors of it
+                raise UnsafePickleError(  # are allocated
+                    f"torch storage {limits.short_repr(key)} declares {numel} x "
+                    f"{np.dtype(stype.dtype).itemsize} = {nbytes} bytes, more than the {left} "
+                    "bytes left in the stream")
             st = storages[key] = _Storage(None, stype.bfloat16, numel, stype.dtype)
         elif st.numel != numel or st.dtype != np.dtype(stype.dtype):
             raise UnsafePickleError(f"torch storage {limits.short_repr(key)} referenced with two "
@@ -423,8 +426,6 @@ def _load_torch_legacy(f, ctx):
             dt = st.dtype.newbyteorder("<" if little else ">")
             nbytes = numel * dt.itemsize
             ctx.charge(nbytes, f"torch storage {limits.short_repr(key)}")
-            if nbytes > _remaining(f):  # before a buffer of nbytes is asked for
-                raise UnsafePickleError("truncated torch storage")
             raw = f.read(nbytes)
             if len(raw) != nbytes:
                 raise UnsafePickleError("truncated torch storage")
@@ -530,7 +531,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *, ctx=None):
     if len(size) != len(stride) or any(s < 0 for s in size) or any(s < 0 for s in stride):
         raise UnsafePickleError("malformed tensor size/stride")
     out_dtype = np.dtype(np.float32) if storage.bfloat16 else storage.dtype
-    n = int(np.prod(size)) if size else 1
+    n = math.prod(size)  # Python ints: no int64 wrap-around on hostile sizes
     if n == 0:
         return np.zeros(size, dtype=out_dtype)
     # checked against the declared numel (the data of a pending storage is not read yet)
