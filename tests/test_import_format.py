@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from histaug_tf.common import UserError
-from histaug_tf.interop import safe_pickle
+from histaug_tf.torchfile import safe_pickle
 from histaug_tf.interop.nvlabs_format import read_network_pkl
 
 import test_import_fixtures as fx

@@ -343,7 +343,7 @@ def test_build_in_hostile_load_does_not_persist(tmp_path, module, name, state):
 def test_each_load_gets_its_own_stand_ins():
     # a pickle that is just a resolved global returns the stand-in itself: never the shared table
     # entry, and never the one another load got
-    from histaug_tf.interop import safe_pickle
+    from histaug_tf.torchfile import safe_pickle
 
     for module, name in (("torch", "FloatStorage"), ("dnnlib.tflib.network", "Network"),
                          ("torch._utils", "_rebuild_tensor_v2")):
@@ -356,7 +356,7 @@ def test_each_load_gets_its_own_stand_ins():
 # Unit checks of the limits.
 
 def test_array_byte_cap(tmp_path, monkeypatch):
-    from histaug_tf.interop import limits
+    from histaug_tf.torchfile import limits
     from histaug_tf.interop.nvlabs_format import read_network_pkl
 
     pkl = tmp_path / "net.pkl"

@@ -16,7 +16,7 @@ APPS = {"histaug_tf.gan.launch", "histaug_tf.gan.generate_lib", "histaug_tf.metr
 LAYERS = [  # (layer, module prefixes), ground first
     ("common", ["histaug_tf.common", "histaug_tf"]),
     ("ops", ["histaug_tf.ops"]),
-    ("data", ["histaug_tf.data", "histaug_tf.distribute"]),
+    ("data", ["histaug_tf.data", "histaug_tf.distribute", "histaug_tf.torchfile"]),
     ("metrics/classifier", ["histaug_tf.metrics", "histaug_tf.classifier"]),
     ("gan", ["histaug_tf.gan"]),
     ("interop", ["histaug_tf.interop"]),

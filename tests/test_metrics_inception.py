@@ -11,7 +11,7 @@ import pytest
 
 from histaug_tf.common import UserError
 from histaug_tf.metrics import inception as inc
-from histaug_tf.metrics.torch_state import load_state_dict
+from histaug_tf.torchfile.state_dict import load_state_dict
 
 RES = 139  # the smallest-ish input whose last blocks are 3x3 (border != centre in the pools)
 

@@ -1,13 +1,10 @@
-"""Hard limits for reading NVlabs network pickles, checked before anything large is allocated.
+"""Hard limits for importing NVlabs network pickles, checked before anything large is allocated.
 
-A network pickle is untrusted input. Besides never running its code (:mod:`.safe_pickle`), the
-importer must not let a small hostile file make it allocate gigabytes. Every limit here is checked
-*before* the allocation it guards:
+A network pickle is untrusted input. Besides never running its code and the byte limits of reading
+it (:mod:`histaug_tf.torchfile.safe_pickle`, :mod:`histaug_tf.torchfile.limits`: zip entry sizes,
+``MAX_PICKLE_BYTES``, ``MAX_ARRAY_BYTES``), the importer must not let a small hostile file make it
+build huge networks. Every limit here is checked *before* the allocation it guards:
 
-* zip entries (the zip ``torch.save`` format, top level or embedded in a storage): a ``data.pkl``
-  may inflate to at most :data:`MAX_PICKLE_BYTES`; a storage entry must declare exactly the size
-  its reference claims (``numel x itemsize``), and all array data materialised during one load
-  (storages and the tensors copied out of them) may total at most :data:`MAX_ARRAY_BYTES`;
 * the plain-object conversion of kwargs / ``training_set_kwargs`` (:func:`plain`) counts every
   reference — a shared object converted once (memoised) still counts its full size each time it is
   referenced, because the result is later written out as JSON, where sharing is expanded — and
@@ -21,8 +18,8 @@ importer must not let a small hostile file make it allocate gigabytes. Every lim
   arithmetic from the kwargs, must be exactly the arrays in the file — so the memory a network
   build takes is bounded by what the file actually holds, and no network is built otherwise.
 
-Each violation raises :class:`LimitError` (a ``UserError``) whose one-line message names the file
-and the limit.
+Each violation raises :class:`LimitError` (a ``UserError``, the one class of both modules) whose
+one-line message names the file and the limit.
 """
 from __future__ import annotations
 
@@ -30,10 +27,8 @@ import math
 
 import numpy as np
 
-from histaug_tf.common import UserError
+from histaug_tf.torchfile.limits import LimitError, short_repr  # noqa: F401 (this module's API too)
 
-MAX_PICKLE_BYTES = 64 << 20      # an uncompressed data.pkl inside a zip
-MAX_ARRAY_BYTES = 4 << 30        # storages + tensors materialised while reading one file
 MAX_PLAIN_OBJECTS = 100_000      # objects of one plain conversion, every reference counted
 MAX_PLAIN_DEPTH = 16             # nesting depth of one plain conversion
 MAX_STATE_ENTRIES = 100_000      # modules + arrays of one network's tree, every reference counted
@@ -42,22 +37,6 @@ MAX_CHANNELS = 2048              # feature maps of any layer
 MAX_DIM = 2048                   # z_dim, w_dim, c_dim, embed/layer features, cmap_dim
 MAX_MAPPING_LAYERS = 32
 MAX_IMG_CHANNELS = 16
-MAX_REPR = 60                    # characters of a hostile value quoted in a message
-
-
-class LimitError(UserError):
-    """A hard limit of the importer was exceeded (or a field has the wrong type)."""
-
-
-def short_repr(v, n=MAX_REPR):
-    """``repr`` of at most ``n`` characters, safe on huge or deeply shared containers."""
-    if isinstance(v, (dict, list, tuple, set, frozenset)):
-        return f"<{type(v).__name__} of {len(v)} items>"
-    try:
-        s = repr(v) if not isinstance(v, (str, bytes)) or len(v) <= 4 * n else repr(v[:n])
-    except Exception:  # noqa: BLE001 - a repr that fails is described by its type
-        s = f"<{type(v).__name__}>"
-    return s if len(s) <= n else s[: n - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------

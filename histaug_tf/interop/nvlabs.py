@@ -5,7 +5,7 @@
     img = nets['G_ema'](z, c, truncation_psi=0.7, noise_mode='const')   # NHWC in [-1, 1]
     logits = nets['D'](img, c)
 
-The pickle is read by :mod:`histaug_tf.interop.safe_pickle` (only the globals these formats need;
+The pickle is read by :mod:`histaug_tf.torchfile.safe_pickle` (only the globals these formats need;
 embedded source code is never executed; torch is not needed). The configuration (resolution,
 channels, mapping layers, c_dim, channel base/max, architecture, num_fp16_res, conv_clamp, ...)
 comes from the pickle's ``init_kwargs`` (PyTorch) or ``static_kwargs`` (TF1); the weights are

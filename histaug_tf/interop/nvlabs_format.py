@@ -32,8 +32,8 @@ import numpy as np
 from histaug_tf.common import UserError
 from histaug_tf.interop import limits
 from histaug_tf.interop.limits import short_repr
-from histaug_tf.interop.safe_pickle import (PersistentObjectStub, TFNetworkStub, UnsafePickleError,
-                                            safe_load)
+from histaug_tf.torchfile.safe_pickle import (PersistentObjectStub, TFNetworkStub,
+                                              UnsafePickleError, safe_load)
 
 __all__ = ["NetworkWeights", "read_network_pkl", "generator_defaults", "discriminator_defaults",
            "filter_taps", "KNOWN_PERSISTENT_CLASSES"]

@@ -11,7 +11,8 @@ block (Mixed_7c) max-pools instead. The 1008-class head is not used. Input: uint
 pool of Mixed_7c, 2048-d.
 
 Weights come from pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (a PyTorch state dict),
-read by ``torch_state.load_state_dict`` — no torch at run time, no code from the file is run.
+read by ``torchfile.state_dict.load_state_dict`` — no torch at run time, no code from the file is
+run.
 
 ``fid_features(images_uint8, weights_path) -> np.float64 [N, 2048]`` is the one-call API.
 
@@ -288,7 +289,7 @@ class FIDInception(_BatchedExtractor):
             path = os.fspath(weights)
             if not os.path.isfile(path):
                 raise UserError(f"{path}: Inception weights file not found (expected {WEIGHTS_HELP})")
-            from histaug_tf.metrics.torch_state import load_state_dict
+            from histaug_tf.torchfile.state_dict import load_state_dict
 
             state, wid, suffix = load_state_dict(path), "sha256-" + file_sha256(path)[:16], ""
             check_state_dict(state, path)

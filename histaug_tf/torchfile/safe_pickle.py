@@ -1,4 +1,5 @@
-"""A restricted unpickler for NVlabs StyleGAN2-ADA network pickles (TF1 and PyTorch).
+"""A restricted unpickler for NVlabs StyleGAN2-ADA network pickles (TF1 and PyTorch) and for
+``torch.save`` files (zip or legacy stream), e.g. state dicts (:mod:`.state_dict`).
 
 NVlabs' own loaders execute the Python source embedded in these pickles (``build_module_src`` of
 ``dnnlib.tflib.network.Network``; ``module_src`` of ``torch_utils.persistence`` objects) and resolve
@@ -10,15 +11,18 @@ any global the pickle names. A pickle from the internet must never run code here
   with :class:`UnsafePickleError` *before* anything is called;
 * never executes, compiles or imports embedded source code: it is kept only as its SHA-256 and
   length, for provenance;
-* reads PyTorch tensor storages itself (the legacy ``torch.save`` stream that
-  ``TypedStorage.__reduce__`` embeds, and the zip format), so ``torch`` is not needed;
+* reads PyTorch tensor storages itself (the legacy ``torch.save`` stream, top level or as
+  ``TypedStorage.__reduce__`` embeds it, and the zip format), so ``torch`` is not needed;
 * accepts only numeric NumPy dtypes (no object arrays);
 * bounds what a small file can make it allocate (:mod:`.limits`): each zip entry's declared size is
   checked before it is inflated (a ``data.pkl`` at most ``MAX_PICKLE_BYTES``; a storage exactly
-  ``numel x itemsize``), and all storages and tensors of one load total at most ``MAX_ARRAY_BYTES``;
+  ``numel x itemsize``); a legacy storage must hold the element count its reference declared and
+  its bytes must be in the file before they are read; all storages and tensors of one load total
+  at most ``MAX_ARRAY_BYTES``;
 * gives every load fresh stand-ins (:class:`_LoadContext`): a pickle's BUILD opcode can set
   attributes only on objects of its own load (and BUILD on a stand-in global is refused), so
-  nothing it does survives into a later load in the same process.
+  nothing it does survives into a later load in the same process. A load may allow fewer globals
+  than :data:`ALLOWED_GLOBALS` (a state dict needs only ``STATE_DICT_GLOBALS``).
 
 Format facts (read from NVlabs/stylegan2-ada ``dnnlib/tflib/network.py`` and
 NVlabs/stylegan2-ada-pytorch ``torch_utils/persistence.py``, ``training/training_loop.py`` and
@@ -41,17 +45,18 @@ import collections
 import functools
 import hashlib
 import io
+import math
 import pickle
 import struct
 import zipfile
 
 import numpy as np
 
-from histaug_tf.interop import limits
+from histaug_tf.torchfile import limits
 
 __all__ = [
     "UnsafePickleError", "TFNetworkStub", "PersistentObjectStub", "EasyDictStub",
-    "safe_load", "safe_loads", "ALLOWED_GLOBALS",
+    "safe_load", "safe_loads", "load_torch_file", "ALLOWED_GLOBALS", "STATE_DICT_GLOBALS",
 ]
 
 
@@ -252,15 +257,25 @@ class _Inert:
         raise UnsafePickleError(f"BUILD of the global {self._name} is not allowed")
 
 
-class _LoadContext:
-    """Everything one load may touch: fresh stand-ins for the allowed globals, and the byte budget
-    of materialised arrays (:data:`limits.MAX_ARRAY_BYTES`)."""
+_NVLABS_REFUSAL = ("refusing to load global '{}': not one of the names NVlabs network pickles use "
+                   "(nothing in the pickle was executed)")
 
-    def __init__(self):
+
+class _LoadContext:
+    """Everything one load may touch: fresh stand-ins for the allowed globals (all of
+    :data:`ALLOWED_GLOBALS`, or the keys ``allowed``), the byte budget of materialised arrays
+    (:data:`limits.MAX_ARRAY_BYTES`), and the message that refuses any other global
+    (``refusal.format('module.name')``)."""
+
+    def __init__(self, allowed=None, refusal=_NVLABS_REFUSAL):
         self.array_bytes = 0
+        self.refusal = refusal
+        self.pending = None  # the _PendingTensors of the legacy stream being read
         self.ndarray = _NDArrayMarker()
         self.globals = {}
         for key, obj in ALLOWED_GLOBALS.items():
+            if allowed is not None and key not in allowed:
+                continue
             name = ".".join(key)
             if obj is _NDArrayMarker:
                 fresh = self.ndarray
@@ -289,11 +304,18 @@ class _LoadContext:
 
 
 class _Storage:
-    """A storage read from the file: a flat NumPy array (bfloat16 kept as its uint16 bits)."""
+    """A storage read from the file: a flat NumPy array (bfloat16 kept as its uint16 bits).
 
-    def __init__(self, data, bfloat16):
+    In a legacy stream the storages' bytes follow the pickle that refers to them: such a storage
+    is *pending* (``data`` is None) while that pickle is read, and its tensors are filled in when
+    the bytes are (:class:`_PendingTensors`); ``numel`` and ``dtype`` are what its reference
+    declared."""
+
+    def __init__(self, data, bfloat16, numel=None, dtype=None):
         self.data = data
         self.bfloat16 = bfloat16
+        self.numel = data.size if numel is None else numel
+        self.dtype = data.dtype if dtype is None else np.dtype(dtype)
 
 
 def _storage_from_persistent_id(pid, read_bytes):
@@ -304,11 +326,13 @@ def _storage_from_persistent_id(pid, read_bytes):
     if not isinstance(stype, _StorageType) or not isinstance(key, str) \
             or not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
         raise UnsafePickleError("malformed storage reference")
-    data = read_bytes(key, stype, numel)
+    storage = read_bytes(key, stype, numel)
     if view is not None:
+        if storage.data is None:  # torch >= 0.4 never writes views (its is_view is always False)
+            raise UnsafePickleError("storage views in a legacy torch.save stream are not supported")
         _vkey, offset, size = view
-        data = data[offset:offset + size]
-    return _Storage(data, stype.bfloat16)
+        storage = _Storage(storage.data[offset:offset + size], stype.bfloat16)
+    return storage
 
 
 def _load_storage_from_bytes(payload, *, ctx=None):
@@ -329,60 +353,90 @@ def _load_storage_from_bytes(payload, *, ctx=None):
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 
 
+class _PendingTensors:
+    """Tensors of pending storages (legacy stream): each allocated (and charged) when rebuilt,
+    filled when its storage's bytes are read; a storage never read leaves the load refused."""
+
+    def __init__(self):
+        self.by_storage = collections.defaultdict(list)
+
+    def add(self, storage, out, offset, size, stride):
+        self.by_storage[id(storage)].append((out, offset, size, stride))
+
+    def fill(self, storage):
+        for out, offset, size, stride in self.by_storage.pop(id(storage), ()):
+            out[...] = _strided_copy(storage, offset, size, stride)
+
+
 def _load_torch_legacy(f, ctx):
-    """The legacy (non-zip) ``torch.save`` stream: magic, protocol, sys_info, object, keys, data."""
+    """The legacy (non-zip) ``torch.save`` stream: magic, protocol, sys_info, object, keys, data.
+
+    Returns the object, its tensors as NumPy arrays (storages as :class:`_Storage`)."""
     magic = _Unpickler(f, ctx).load()
     if magic != _TORCH_MAGIC:
-        raise UnsafePickleError("embedded storage is not a torch.save stream (bad magic number)")
+        raise UnsafePickleError("not a torch.save stream (neither a zip archive nor the legacy "
+                                "magic number)")
     proto = _Unpickler(f, ctx).load()
     if proto != 1001:
         raise UnsafePickleError(f"unsupported torch.save protocol {limits.short_repr(proto)}")
     sys_info = _Unpickler(f, ctx).load()
     little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
-    refs = []
+    storages = {}  # key -> pending _Storage (one per key, as torch shares them)
+    pos = f.tell()
+    end = f.seek(0, io.SEEK_END)
+    f.seek(pos)
 
-    def read_later(key, stype, numel):
-        holder = np.empty(0, dtype=stype.dtype)
-        refs.append((key, stype, numel, holder))
-        return holder
+    def pending(key, stype, numel):
+        st = storages.get(key)
+        if st is None:
+            nbytes = numel * np.dtype(stype.dtype).itemsize
+            left = end - f.tell()  # (at least what is left: the unpickler may have read ahead)
+            if nbytes > left:  # its bytes follow in this stream: refused before tensors of it
+                raise UnsafePickleError(  # are allocated
+                    f"torch storage {limits.short_repr(key)} declares {numel} x "
+                    f"{np.dtype(stype.dtype).itemsize} = {nbytes} bytes, more than the {left} "
+                    "bytes left in the stream")
+            st = storages[key] = _Storage(None, stype.bfloat16, numel, stype.dtype)
+        elif st.numel != numel or st.dtype != np.dtype(stype.dtype):
+            raise UnsafePickleError(f"torch storage {limits.short_repr(key)} referenced with two "
+                                    "sizes or types")
+        return st
 
-    obj_unpickler = _Unpickler(f, ctx, persistent_load=lambda pid: _storage_from_persistent_id(
-        pid, read_later))
-    obj = obj_unpickler.load()
-    keys = _Unpickler(f, ctx).load()
-    if not isinstance(keys, list):
-        raise UnsafePickleError("malformed torch.save stream (storage key list)")
-    data_by_key = {}
-    for key in keys:
-        head = f.read(8)
-        if len(head) != 8:
-            raise UnsafePickleError("truncated torch storage")
-        (numel,) = struct.unpack("<q" if little else ">q", head)
-        stype = next((r[1] for r in refs if r[0] == key), None)
-        if stype is None:
-            raise UnsafePickleError("torch storage without a reference")
-        dt = np.dtype(stype.dtype).newbyteorder("<" if little else ">")
-        nbytes = numel * dt.itemsize
-        if numel < 0:
-            raise UnsafePickleError("truncated torch storage")
-        ctx.charge(nbytes, f"torch storage {limits.short_repr(key)}")
-        raw = f.read(nbytes)
-        if len(raw) != nbytes:
-            raise UnsafePickleError("truncated torch storage")
-        data_by_key[key] = np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
-    return _resolve_storage_refs(obj, refs, data_by_key)
-
-
-def _resolve_storage_refs(obj, refs, data_by_key):
-    # The only objects pickled in an embedded stream are storages: swap in the data read.
-    if isinstance(obj, _Storage):
-        for key, _stype, _numel, holder in refs:
-            if obj.data is holder:
-                if key not in data_by_key:
-                    raise UnsafePickleError(f"torch storage {key!r} missing")
-                obj.data = data_by_key[key]
-        return obj
-    raise UnsafePickleError("embedded torch.save stream does not hold a single storage")
+    outer, ctx.pending = ctx.pending, _PendingTensors()  # (a stream may embed another)
+    try:
+        obj = _Unpickler(f, ctx, persistent_load=lambda pid: _storage_from_persistent_id(
+            pid, pending)).load()
+        keys = _Unpickler(f, ctx).load()
+        if not isinstance(keys, list):
+            raise UnsafePickleError("malformed torch.save stream (storage key list)")
+        for key in keys:
+            st = storages.get(key) if isinstance(key, str) else None
+            if st is None:
+                raise UnsafePickleError("torch storage without a reference")
+            if st.data is not None:
+                raise UnsafePickleError(f"torch storage {limits.short_repr(key)} stored twice")
+            head = f.read(8)
+            if len(head) != 8:
+                raise UnsafePickleError("truncated torch storage")
+            (numel,) = struct.unpack("<q" if little else ">q", head)
+            if numel != st.numel:  # as torch: the bytes must be the storage its reference declared
+                raise UnsafePickleError(
+                    f"torch storage {limits.short_repr(key)} holds {numel} elements, its reference "
+                    f"declares {st.numel}")
+            dt = st.dtype.newbyteorder("<" if little else ">")
+            nbytes = numel * dt.itemsize
+            ctx.charge(nbytes, f"torch storage {limits.short_repr(key)}")
+            raw = f.read(nbytes)
+            if len(raw) != nbytes:
+                raise UnsafePickleError("truncated torch storage")
+            st.data = np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
+            ctx.pending.fill(st)
+        missing = [k for k, st in storages.items() if st.data is None]
+        if missing:
+            raise UnsafePickleError(f"torch storage {limits.short_repr(missing[0])} missing")
+    finally:
+        ctx.pending = outer
+    return obj
 
 
 def _read_entry(zf, info, nbytes):
@@ -416,7 +470,15 @@ def _load_torch_zip(f, ctx):
                 raise UnsafePickleError(f"zip entry {info.filename!r} is {info.file_size} bytes")
             little = _read_entry(zf, info, info.file_size).strip() != b"big"
 
+        storages = {}  # key -> _Storage (one per key, as torch shares them)
+
         def read_now(key, stype, numel):
+            st = storages.get(key)
+            if st is not None:
+                if st.numel != numel or st.dtype != np.dtype(stype.dtype).newbyteorder("="):
+                    raise UnsafePickleError(f"torch storage {limits.short_repr(key)} referenced "
+                                            "with two sizes or types")
+                return st
             name = f"{root}data/{key}"
             try:
                 info = zf.getinfo(name)
@@ -431,7 +493,9 @@ def _load_torch_zip(f, ctx):
                     "itemsize)")
             ctx.charge(nbytes, f"zip entry {name!r}")
             raw = _read_entry(zf, info, nbytes)
-            return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
+            st = storages[key] = _Storage(np.frombuffer(raw, dtype=dt).astype(
+                dt.newbyteorder("=")), stype.bfloat16)
+            return st
 
         info = zf.getinfo(pkl[0])
         if info.file_size > limits.MAX_PICKLE_BYTES:
@@ -447,31 +511,42 @@ def _bf16_to_f32(bits):
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def _strided_copy(storage, offset, size, stride):
+    """A copy of the tensor ``(offset, size, stride)`` of a read storage (bfloat16 -> float32)."""
+    data = storage.data
+    view = np.lib.stride_tricks.as_strided(
+        data[offset:], shape=size, strides=tuple(st * data.itemsize for st in stride),
+        writeable=False)
+    out = np.array(view, copy=True)
+    return _bf16_to_f32(out) if storage.bfloat16 else out
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, *, ctx=None):
     ctx = ctx or _LoadContext()
     if not isinstance(storage, _Storage):
         raise UnsafePickleError("tensor rebuilt from something that is not a storage")
     size = tuple(int(s) for s in size)
     stride = tuple(int(s) for s in stride)
+    storage_offset = int(storage_offset)
     if len(size) != len(stride) or any(s < 0 for s in size) or any(s < 0 for s in stride):
         raise UnsafePickleError("malformed tensor size/stride")
-    data = storage.data
-    n = int(np.prod(size)) if size else 1
+    out_dtype = np.dtype(np.float32) if storage.bfloat16 else storage.dtype
+    n = math.prod(size)  # Python ints: no int64 wrap-around on hostile sizes
     if n == 0:
-        out = np.zeros(size, dtype=data.dtype)
-    else:
-        last = int(storage_offset) + sum((s - 1) * st for s, st in zip(size, stride))
-        if storage_offset < 0 or last >= data.size:
-            raise UnsafePickleError("tensor extends beyond its storage")
-        if n > data.size:  # only expanded/overlapping views could; network tensors never are
-            raise UnsafePickleError("tensor has more elements than its storage")
-        ctx.charge(n * data.itemsize * (2 if storage.bfloat16 else 1), "a tensor copy")
-        view = np.lib.stride_tricks.as_strided(
-            data[int(storage_offset):], shape=size,
-            strides=tuple(st * data.itemsize for st in stride), writeable=False)
-        out = np.array(view, copy=True)
-    if storage.bfloat16:
-        out = _bf16_to_f32(out)
+        return np.zeros(size, dtype=out_dtype)
+    # checked against the declared numel (the data of a pending storage is not read yet)
+    last = storage_offset + sum((s - 1) * st for s, st in zip(size, stride))
+    if storage_offset < 0 or last >= storage.numel:
+        raise UnsafePickleError("tensor extends beyond its storage")
+    if n > storage.numel:  # only expanded/overlapping views could; network tensors never are
+        raise UnsafePickleError("tensor has more elements than its storage")
+    ctx.charge(n * storage.dtype.itemsize * (2 if storage.bfloat16 else 1), "a tensor copy")
+    if storage.data is not None:
+        return _strided_copy(storage, storage_offset, size, stride)
+    if ctx.pending is None:
+        raise UnsafePickleError("tensor of a storage that is never read")
+    out = np.empty(size, dtype=out_dtype)  # charged above; filled when the storage is read
+    ctx.pending.add(storage, out, storage_offset, size, stride)
     return out
 
 
@@ -525,6 +600,11 @@ for _name in _TORCH_STORAGES:
 # Python 2-era names that protocol 2 maps to (fix_imports) and that mean the same harmless thing.
 ALLOWED_GLOBALS[("__builtin__", "set")] = set
 ALLOWED_GLOBALS[("__builtin__", "frozenset")] = frozenset
+# What a ``torch.save``'d state dict needs (an OrderedDict of tensors); nothing else is resolved.
+STATE_DICT_GLOBALS = frozenset(
+    [("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+     ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_parameter")]
+    + [("torch", n) for n in _TORCH_STORAGES])
 # These get the load's context (its byte budget, its numpy.ndarray marker).
 _NEEDS_CTX = {_rebuild_tensor_v2, _rebuild_tensor, _load_storage_from_bytes, _np_reconstruct}
 
@@ -538,9 +618,7 @@ class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
         obj = self._ctx.globals.get((module, name))
         if obj is None:
-            raise UnsafePickleError(
-                f"refusing to load global '{module}.{name}': not one of the names NVlabs network "
-                "pickles use (nothing in the pickle was executed)")
+            raise UnsafePickleError(self._ctx.refusal.format(f"{module}.{name}"))
         return obj
 
     def persistent_load(self, pid):
@@ -611,3 +689,18 @@ def safe_load(f):
 def safe_loads(data: bytes):
     """:func:`safe_load` from bytes."""
     return safe_load(io.BytesIO(data))
+
+
+def load_torch_file(f, allowed, refusal):
+    """The object of a ``torch.save`` file (zip or legacy stream) from the seekable binary file
+    ``f``, resolving only the globals ``allowed`` (keys of :data:`ALLOWED_GLOBALS`); any other is
+    refused with ``refusal.format('module.name')``. Tensors come back as NumPy arrays.
+
+    Raises :class:`UnsafePickleError` or :class:`limits.LimitError` (messages without the file
+    name: the caller adds it)."""
+    ctx = _LoadContext(allowed, refusal)
+    head = f.read(4)
+    f.seek(-len(head), io.SEEK_CUR)
+    if head == b"PK\x03\x04":
+        return _load_torch_zip(f, ctx)
+    return _load_torch_legacy(f, ctx)
