@@ -241,13 +241,13 @@ def test_sigkill_resume_is_bit_exact_on_real_train_gan(data, tmp_path):
     # inside tick 2 (steps 5-8) of the resumed process; neither on a tick's last step, so that
     # a checkpoint is never written before the kill lands.
     _sigkill_resume(data, tmp_path, workers=1, kimg=0.072, final_step=9,
-                    plan_fn=lambda r: [(r.randint(2, 3), r.uniform(0, 0.3)),
-                                       (r.randint(6, 7), r.uniform(0, 0.3))])
+                    plan_fn=lambda r: [(r.randint(2, 3), r.uniform(0, 0.05)),
+                                       (r.randint(6, 7), r.uniform(0, 0.05))])
 
 
 def test_sigkill_resume_is_bit_exact_two_workers(data, tmp_path):
     # kimg 0.04 = 5 steps: checkpoints after steps 1 and 5; ADA moves p after step 4. Both kills
     # inside tick 1 (steps 1-4, not its last): the second one in the process resumed from the first.
     _sigkill_resume(data, tmp_path, workers=2, kimg=0.04, final_step=5,
-                    plan_fn=lambda r: [(r.randint(2, 3), r.uniform(0, 0.3)),
-                                       (r.randint(2, 3), r.uniform(0, 0.3))])
+                    plan_fn=lambda r: [(r.randint(2, 3), r.uniform(0, 0.05)),
+                                       (r.randint(2, 3), r.uniform(0, 0.05))])
