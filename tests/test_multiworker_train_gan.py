@@ -15,16 +15,15 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
+from _helpers import start_workers
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 PROBE = os.path.join(HERE, "_multiworker_probe.py")
 N, SHARD, BATCH = 16, 4, 8  # 4 shards of 4; global batch 8 = 4 per worker; one epoch = 2 steps
 
@@ -51,30 +50,11 @@ def data(tmp_path_factory):
     return root, index
 
 
-def _ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _start(data_dir, outdir, extra):
-    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
-    procs = []
-    for i in range(2):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
-        env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-                   TF_CONFIG=json.dumps({"cluster": cluster,
-                                         "task": {"type": "worker", "index": i}}))
-        args = [sys.executable, PROBE, f"--data={data_dir}", f"--outdir={outdir}",
-                "--strategy=multiworker", "--cfg=tiny", "--resolution=16", f"--batch={BATCH}",
-                "--aug=noaug", "--shuffle_buffer=16", "--snap=0", "--notensorboard", *extra]
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    return procs
+    return start_workers(PROBE, [f"--data={data_dir}", f"--outdir={outdir}",
+                                 "--strategy=multiworker", "--cfg=tiny", "--resolution=16",
+                                 f"--batch={BATCH}", "--aug=noaug", "--shuffle_buffer=16",
+                                 "--snap=0", "--notensorboard", *extra])
 
 
 def _finish(procs, timeout=600):
