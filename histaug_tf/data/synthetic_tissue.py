@@ -188,3 +188,14 @@ def render_patch(seed: int, label: int, size: int = 64) -> np.ndarray:
 def render_patches(seeds, labels, size: int = 64) -> np.ndarray:
     """Stack of ``render_patch`` images: (N, size, size, 3) uint8."""
     return np.stack([render_patch(int(s), int(c), size) for s, c in zip(seeds, labels)])
+
+
+def class_grid(n: int = 8, size: int = 32, seed: int = 0, pad: int = 2) -> np.ndarray:
+    """One row of ``n`` patches per class (row 0: class 0 "normal", row 1: class 1 "tumour") on a
+    white background: a (2 * (size + 2 pad), n * (size + 2 pad), 3) uint8 picture of the set."""
+    rows = []
+    for label in (0, 1):
+        tiles = [np.pad(render_patch(seed + i, label, size), ((pad, pad), (pad, pad), (0, 0)),
+                        constant_values=255) for i in range(n)]
+        rows.append(np.concatenate(tiles, axis=1))
+    return np.concatenate(rows, axis=0)
