@@ -30,6 +30,35 @@ def test_classes_differ_but_overlap():
     assert d0.max() > np.median(d1) and d1.min() < np.median(d0)
 
 
+def _auc(neg, pos):
+    """P(pos > neg) + P(tie) / 2 over all pairs (Mann-Whitney), a plain NumPy count."""
+    neg, pos = np.asarray(neg)[None, :], np.asarray(pos)[:, None]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def test_no_global_colour_feature_separates_the_classes():
+    # The class signal is in nuclear size and shape: how much of the patch is dark (stain amount,
+    # lymphocyte clusters) or how purple it is on average tells the classes apart only weakly,
+    # so a classifier has to learn morphology against the nuisance (the demo's data-scarcity gap).
+    def od(img):
+        return -np.log((img.astype(np.float64) + 1) / 256)
+    feats = {"mean_od": lambda x: od(x).mean(), "dark_fraction": lambda x: (od(x).sum(-1) > 1.5).mean(),
+             "h_over_e": lambda x: od(x)[..., 0].mean() / od(x)[..., 1].mean()}
+    imgs = {c: [render_patch(i, c, 32) for i in range(150)] for c in (0, 1)}
+    for name, f in feats.items():
+        auc = _auc([f(x) for x in imgs[0]], [f(x) for x in imgs[1]])
+        assert 0.5 < auc < 0.76, (name, auc)
+
+
+def test_class_grid_rows_are_the_classes():
+    from histaug_tf.data.synthetic_tissue import class_grid
+    g = class_grid(n=3, size=16, seed=5, pad=1)
+    assert g.shape == (36, 54, 3) and g.dtype == np.uint8
+    np.testing.assert_array_equal(g[1:17, 19:35], render_patch(6, 0, 16))
+    np.testing.assert_array_equal(g[19:35, 37:53], render_patch(7, 1, 16))
+    assert (g[0] == 255).all() and (g[:, 18] == 255).all()
+
+
 def test_looks_like_he():
     imgs = render_patches(range(20), [0, 1] * 10, 64).reshape(-1, 3).astype(float)
     r, g, b = imgs.mean(0)

@@ -9,12 +9,18 @@
   edges, drawn all at once with NumPy (every nucleus evaluated on the whole grid);
 * per image: stain vectors and amounts, blur (focus) and sensor noise vary.
 
-Class 1 ("tumour") patches draw a hidden malignancy score m from Beta(5, 2), class 0 from
-Beta(2, 5); ``ambiguous`` of the patches of either class draw m from U(0.35, 0.65) instead. m sets
-nuclear density, size, irregularity, darkness and how much the nuclei concentrate in the centre
-(PCAM's label is about the centre 32×32). Class 0 patches also get, now and then, a cluster of
-small dark round lymphocytes — dense and dark like a tumour, but small and regular — so that no
-single feature separates the classes and a classifier needs many examples to learn the mixture.
+Class 1 ("tumour") patches draw a hidden malignancy score m from Beta(6, 2), class 0 from
+Beta(2, 6); ``AMBIGUOUS`` (5 %) of the patches of either class draw m from U(0.35, 0.65) instead. m sets,
+in the morphology a pathologist would name: nuclear size (radius ×(2.1 + 1.5 m)), pleomorphism
+(spread of sizes, outline irregularity, elongation), hyperchromasia (nuclear darkness, weakly) and
+crowding (density and concentration in the centre, weakly: PCAM's label is about the centre).
+Class 0 patches often (55 %, class 1: 25 %) get a cluster of small dark round lymphocytes — dense
+and dark like a tumour, but small and regular — and every patch gets strong nuisance variation
+(stain hue and amount, blur, stroma gaps), so that no single global feature such as "how much
+purple" separates the classes: a classifier must learn nuclear size and shape against that
+variation, which takes many examples. Calibrated for the demo (32 px, train 2000): a small CNN
+reaches test AUC ~0.77 from 3 % of the training patches and ~0.91 from all of them (see
+docs/demo.md).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import numpy as np
 # Ruifrok & Johnston (2001) optical-density vectors of haematoxylin and eosin (RGB).
 _H_OD = np.array([0.650, 0.704, 0.286])
 _E_OD = np.array([0.072, 0.990, 0.105])
-AMBIGUOUS = 0.15
+AMBIGUOUS = 0.05
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,15 +125,15 @@ def render_patch(seed: int, label: int, size: int = 64) -> np.ndarray:
     if rng.random() < AMBIGUOUS:
         m = rng.uniform(0.35, 0.65)
     else:
-        m = rng.beta(5, 2) if label == 1 else rng.beta(2, 5)
+        m = rng.beta(6, 2) if label == 1 else rng.beta(2, 6)
 
     # Stain: per-image perturbed vectors and amounts.
-    hv = np.clip(_H_OD + rng.normal(0, 0.06, 3), 0.05, None)
-    ev = np.clip(_E_OD + rng.normal(0, 0.06, 3), 0.02, None)
+    hv = np.clip(_H_OD + rng.normal(0, 0.14, 3), 0.05, None)
+    ev = np.clip(_E_OD + rng.normal(0, 0.14, 3), 0.02, None)
     hv /= np.linalg.norm(hv)
     ev /= np.linalg.norm(ev)
-    h_amt = rng.uniform(0.7, 1.3)
-    e_amt = rng.uniform(0.6, 1.4)
+    h_amt = rng.uniform(0.55, 1.5)
+    e_amt = rng.uniform(0.4, 1.6)
 
     # Stroma: fibres along a random direction, pale gaps.
     ang = rng.uniform(0, np.pi)
@@ -138,26 +144,26 @@ def render_patch(seed: int, label: int, size: int = 64) -> np.ndarray:
     eosin = np.clip(eosin, 0.02, None)
 
     # Nuclei.
-    density = 14 + 40 * m + rng.normal(0, 5)         # per 64x64 area
+    density = 26 + 14 * m + rng.normal(0, 8)         # per 64x64 area
     n = rng.poisson(max(density, 2) * area)
-    centre_frac = np.clip(0.15 + 0.7 * m + rng.normal(0, 0.1), 0, 1)
+    centre_frac = np.clip(0.3 + 0.3 * m + rng.normal(0, 0.15), 0, 1)
     central = rng.random(n) < centre_frac
     cx = np.where(central, size / 2 + rng.normal(0, 0.16 * size, n), rng.uniform(0, size, n))
     cy = np.where(central, size / 2 + rng.normal(0, 0.16 * size, n), rng.uniform(0, size, n))
-    radius = scale * (1.9 + 2.0 * m) * rng.lognormal(0, 0.18 + 0.12 * m, n)
+    radius = scale * (2.1 + 1.5 * m) * rng.lognormal(0, 0.12 + 0.25 * m, n)
     aspect = 1 + rng.uniform(0, 0.25 + 0.6 * m, n)
     nangle = rng.uniform(0, np.pi, n)
     amps = rng.normal(0, 0.02 + 0.11 * m, (n, 3))
     phases = rng.uniform(0, 2 * np.pi, (n, 3))
-    dark = (0.55 + 0.65 * m) * rng.uniform(0.75, 1.25, n)
+    dark = (0.8 + 0.3 * m) * rng.uniform(0.7, 1.3, n)
 
     # Confuser: a cluster of small, dark, round lymphocytes (mostly in class 0).
-    if rng.random() < (0.3 if label == 0 else 0.1):
+    if rng.random() < (0.55 if label == 0 else 0.25):
         k = rng.poisson(18 * area)
         lx, ly = rng.uniform(0.2 * size, 0.8 * size, 2)
         cx = np.concatenate([cx, lx + rng.normal(0, 0.12 * size, k)])
         cy = np.concatenate([cy, ly + rng.normal(0, 0.12 * size, k)])
-        radius = np.concatenate([radius, scale * rng.uniform(1.3, 2.0, k)])
+        radius = np.concatenate([radius, scale * rng.uniform(1.4, 2.4, k)])
         aspect = np.concatenate([aspect, 1 + rng.uniform(0, 0.1, k)])
         nangle = np.concatenate([nangle, rng.uniform(0, np.pi, k)])
         amps = np.concatenate([amps, rng.normal(0, 0.02, (k, 3))])
@@ -174,7 +180,7 @@ def render_patch(seed: int, label: int, size: int = 64) -> np.ndarray:
 
     od = (h_amt * hem)[..., None] * hv + (e_amt * eosin)[..., None] * ev + 0.03
     rgb = 255.0 * np.exp(-od)
-    rgb = _blur(rgb, rng.uniform(0.0, 1.1) * scale)
+    rgb = _blur(rgb, rng.uniform(0.0, 1.5) * scale)
     rgb += rng.normal(0, rng.uniform(1.0, 4.0), rgb.shape)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
@@ -182,3 +188,14 @@ def render_patch(seed: int, label: int, size: int = 64) -> np.ndarray:
 def render_patches(seeds, labels, size: int = 64) -> np.ndarray:
     """Stack of ``render_patch`` images: (N, size, size, 3) uint8."""
     return np.stack([render_patch(int(s), int(c), size) for s, c in zip(seeds, labels)])
+
+
+def class_grid(n: int = 8, size: int = 32, seed: int = 0, pad: int = 2) -> np.ndarray:
+    """One row of ``n`` patches per class (row 0: class 0 "normal", row 1: class 1 "tumour") on a
+    white background: a (2 * (size + 2 pad), n * (size + 2 pad), 3) uint8 picture of the set."""
+    rows = []
+    for label in (0, 1):
+        tiles = [np.pad(render_patch(seed + i, label, size), ((pad, pad), (pad, pad), (0, 0)),
+                        constant_values=255) for i in range(n)]
+        rows.append(np.concatenate(tiles, axis=1))
+    return np.concatenate(rows, axis=0)
