@@ -19,9 +19,9 @@ What each result explains (docs/speed.md, "Where the time goes"):
   timed separately before the step) and ``compile_and_first_run_s`` (XLA compilation — or a
   persistent-cache load — plus one execution of each phase), and ``compile_s_est`` (that minus
   the steady-state time of the same phases).
-* ``flops``: FLOPs per phase call counted from the dot/convolution instructions of the phase's
-  XLA program (``benchmarks/hlo_flops.py``, HLO as lowered from the graph), when the phase is one
-  XLA program (null otherwise); ``gflops_per_s`` = FLOPs of the timed steps / their wall time,
+* ``flops_per_call``: FLOPs per phase call counted from the dot/convolution instructions of the
+  phase's XLA program (``benchmarks/hlo_flops.py``, HLO as lowered from the graph), when the phase
+  is one XLA program (null otherwise, e.g. with ``--jit=off``); ``gflops_per_s`` = FLOPs of the timed steps / their wall time,
   against ``matmul_peak_gflops``, a float32 1024x1024 XLA matmul timed in the same process with
   the same threads.
 * ``peak_rss_gb``: the process's peak resident memory after this configuration.
@@ -127,12 +127,7 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
         # FLOPs per phase call from the phase's XLA program (None when it is not one program)
         flops = {}
         for name, a in args_of.items():
-            try:
-                hlo = orig[name].experimental_get_compiler_ir(*a)(stage="hlo")
-            except Exception:  # noqa: BLE001 - not jit-compiled as a whole (older trainers)
-                flops[name] = None
-                continue
-            flops[name] = count_flops(hlo)["total"]
+            flops[name] = _phase_flops(orig[name], a, count_flops)
     n = steps * batch
     per_call = {k: round(float(np.mean(v)), 4) for k, v in calls.items()}
     n_calls = {k: len(v) for k, v in calls.items()}
@@ -166,6 +161,25 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
     }
 
 
+def _phase_flops(fn, args, count_flops):
+    """FLOPs of one call of a phase: of its XLA program ``fn.xla_update`` (the trainer's phase
+    after its random draws, one program), or of ``fn`` itself when it is jit-compiled; None when
+    the phase is not one XLA program."""
+    import tensorflow as tf
+
+    try:
+        upd = getattr(fn, "xla_update", None)
+        if upd is not None:
+            cfs = upd._list_all_concrete_functions_for_serialization()
+            spec_args, _ = cfs[0].structured_input_signature
+            args = tf.nest.map_structure(
+                lambda s: None if s is None else tf.zeros(s.shape, s.dtype), spec_args)
+            fn = upd
+        return count_flops(fn.experimental_get_compiler_ir(*args)(stage="hlo"))["total"]
+    except Exception:  # noqa: BLE001 - not jit-compiled as a whole (older trainers)
+        return None
+
+
 def matmul_peak_gflops(n=1024, reps=10):
     """Best achieved float32 GFLOP/s of an XLA-compiled n x n matmul in this process."""
     import tensorflow as tf
@@ -192,13 +206,17 @@ def main():
     ap.add_argument("--p", type=float, default=0.2)
     ap.add_argument("--augpipe", default="bgc")
     ap.add_argument("--threads", type=int, default=None, help="intra/inter op threads")
+    ap.add_argument("--inter_threads", type=int, default=None,
+                    help="inter-op threads (default: --threads); 0 = TensorFlow's default")
     ap.add_argument("--paper256_jit", action="store_true",
                     help="also compile paper256 with XLA (slow to compile on CPU)")
     args = ap.parse_args()
     import tensorflow as tf
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    inter = args.threads if args.inter_threads is None else args.inter_threads
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     peak0 = matmul_peak_gflops()
     results = []
     for name in [s for s in args.presets.split(",") if s]:
@@ -219,6 +237,8 @@ def main():
     out = {
         "benchmark": "train", "tensorflow": tf.__version__, "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "threads": args.threads,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         # float32 XLA matmul 1024^3, best of 10, before and after the training configurations
         "matmul_peak_gflops_before_after": [peak0, peak1],
