@@ -108,12 +108,14 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
                 t._ema_step._bench_wrapped = True
 
         install()
+        rw = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         t.train_step()  # step 0: all four phases (tracing / compilation)
         _ = t.G.trainable_variables[0].numpy()
         warm = time.perf_counter() - t0
         mode["warm"] = False
         r0 = resource.getrusage(resource.RUSAGE_SELF)
+        warm_cpu = (r0.ru_utime - rw.ru_utime) + (r0.ru_stime - rw.ru_stime)
         step_times = []
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -146,7 +148,9 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
         "warmup": {"trace_s": round(sum(trace.values()), 2),
                    "trace_s_per_phase": {k: round(v, 2) for k, v in trace.items()},
                    "compile_and_first_run_s": round(warm - sum(trace.values()), 2),
-                   "compile_s_est": round(warm - sum(trace.values()) - steady, 2)},
+                   "compile_s_est": round(warm - sum(trace.values()) - steady, 2),
+                   # process CPU seconds of the warm-up step (less sensitive to other load)
+                   "cpu_s": round(warm_cpu, 2)},
         "phase_s_per_call": per_call, "phase_calls": n_calls,
         "host_rest_s_per_step": round((dt - phase_total) / steps, 4),
         "step_s_median": round(float(np.median(step_times)), 4),
@@ -181,18 +185,20 @@ def _phase_flops(fn, args, count_flops):
 
 
 def matmul_peak_gflops(n=1024, reps=10):
-    """Best achieved float32 GFLOP/s of an XLA-compiled n x n matmul in this process."""
+    """Best achieved float32 GFLOP/s of an n x n matmul in this process: the better of an
+    XLA-compiled one and TensorFlow's own kernel (oneDNN/Eigen)."""
     import tensorflow as tf
 
     a = tf.random.stateless_normal([n, n], (1, 2))
     b = tf.random.stateless_normal([n, n], (3, 4))
-    f = tf.function(lambda x, y: tf.matmul(x, y), jit_compile=True)
-    f(a, b).numpy()
     best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
+    for jit in (True, False):
+        f = tf.function(lambda x, y: tf.matmul(x, y), jit_compile=jit)
         f(a, b).numpy()
-        best = min(best, time.perf_counter() - t0)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f(a, b).numpy()
+            best = min(best, time.perf_counter() - t0)
     return round(2 * n ** 3 / best / 1e9, 1)
 
 
@@ -240,7 +246,7 @@ def main():
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        # float32 XLA matmul 1024^3, best of 10, before and after the training configurations
+        # float32 matmul 1024^3 (XLA or TF kernel), best of 10 each, before and after the runs
         "matmul_peak_gflops_before_after": [peak0, peak1],
         "xla_flags": os.environ.get("TF_XLA_FLAGS", ""),
         "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(default)"),
