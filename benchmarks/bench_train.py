@@ -9,6 +9,22 @@ benchmarked by the data developer). After a warm-up step (tracing / XLA compilat
 ``warmup_s``) it times ``--steps`` steps starting at step 1, so that 16 steps contain the same
 4 path-length and 1 R1 phases per 16 steps as a long run. Augmentation: the bgc pipe at a fixed
 p (default 0.2), as in the NVlabs reference measurement quoted in docs/speed.md.
+
+What each result explains (docs/speed.md, "Where the time goes"):
+* ``phase_s_per_call``: wall seconds per call of each phase function (Gmain, Greg, Dmain, Dreg,
+  the G EMA update) over the timed steps, and ``host_rest_s_per_step`` — the rest of the step
+  (input batch, counters, ADA bookkeeping, Python). Phase calls run synchronously (TensorFlow's
+  eager executor returns when the function is done), so the wrappers add no synchronisation.
+* ``warmup``: the warm-up step split into ``trace_s`` (tracing every phase function to a graph,
+  timed separately before the step) and ``compile_and_first_run_s`` (XLA compilation — or a
+  persistent-cache load — plus one execution of each phase), and ``compile_s_est`` (that minus
+  the steady-state time of the same phases).
+* ``flops_per_call``: FLOPs per phase call counted from the dot/convolution instructions of the
+  phase's XLA program (``benchmarks/hlo_flops.py``, HLO as lowered from the graph), when the phase
+  is one XLA program (null otherwise, e.g. with ``--jit=off``); ``gflops_per_s`` = FLOPs of the timed steps / their wall time,
+  against ``matmul_peak_gflops``, a float32 1024x1024 XLA matmul timed in the same process with
+  the same threads.
+* ``peak_rss_gb``: the process's peak resident memory after this configuration.
 """
 import argparse
 import json
@@ -21,6 +37,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # (preset, resolution, batch) defaults
 DEFAULTS = {"tiny": (16, 8), "demo": (32, 32), "paper256": (256, 2)}
@@ -30,6 +47,7 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
     import numpy as np
     import tensorflow as tf
 
+    from hlo_flops import count_flops
     from histaug_tf.gan import augment
     from histaug_tf.gan.launch import networks_builder
     from histaug_tf.gan.presets import get_preset
@@ -57,30 +75,131 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
                     ema_kimg=preset["ema_kimg"], ema_rampup=preset["ema_rampup"],
                     augment_p=p if make_pipe else 0.0, ada_target=None, jit=jit, seed=seed,
                     log=lambda *a, **k: None, tensorboard=False)
+        calls = {}    # phase -> [seconds per call] in the timed steps
+        args_of = {}  # phase -> the arguments of its first call (for the FLOP count)
+        orig = {}     # phase -> its own function (behind the timing wrapper)
+        trace = {}    # phase -> seconds to trace it (warm-up step only)
+        mode = {"warm": True}
+
+        def timed(name, fn):
+            orig[name] = fn
+
+            def wrapper(*a):
+                if mode["warm"] and name not in args_of:
+                    args_of[name] = a
+                    t_ = time.perf_counter()
+                    fn.get_concrete_function(*a)  # tracing only; the call below compiles
+                    trace[name] = time.perf_counter() - t_
+                t_ = time.perf_counter()
+                out = fn(*a)
+                if not mode["warm"]:
+                    calls.setdefault(name, []).append(time.perf_counter() - t_)
+                return out
+            return wrapper
+
+        def install():  # (again after anything that rebuilds the functions)
+            for k, f in list(t._phase_fns.items()):
+                if not getattr(f, "_bench_wrapped", False):
+                    w = timed(k, f)
+                    w._bench_wrapped = True
+                    t._phase_fns[k] = w
+            if not getattr(t._ema_step, "_bench_wrapped", False):
+                t._ema_step = timed("EMA", t._ema_step)
+                t._ema_step._bench_wrapped = True
+
+        install()
+        rw = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         t.train_step()  # step 0: all four phases (tracing / compilation)
         _ = t.G.trainable_variables[0].numpy()
         warm = time.perf_counter() - t0
+        mode["warm"] = False
         r0 = resource.getrusage(resource.RUSAGE_SELF)
+        warm_cpu = (r0.ru_utime - rw.ru_utime) + (r0.ru_stime - rw.ru_stime)
+        step_times = []
         t0 = time.perf_counter()
         for _ in range(steps):
+            ts = time.perf_counter()
             t.train_step()
+            step_times.append(time.perf_counter() - ts)
         _ = t.G_ema.trainable_variables[0].numpy()
         dt = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        # FLOPs per phase call from the phase's XLA program (None when it is not one program)
+        flops = {}
+        for name, a in args_of.items():
+            flops[name] = _phase_flops(orig[name], a, count_flops)
     n = steps * batch
+    per_call = {k: round(float(np.mean(v)), 4) for k, v in calls.items()}
+    n_calls = {k: len(v) for k, v in calls.items()}
+    phase_total = sum(sum(v) for v in calls.values())
+    step_flops = None
+    if flops and all(flops.get(k) is not None for k in n_calls if k != "EMA"):
+        step_flops = sum(flops[k] * n_calls[k] for k in n_calls if k != "EMA")
+    # the warm-up step ran every phase once: compile estimate = its time less tracing and less
+    # the steady-state time of one call of each of those phases
+    steady = sum(np.mean(calls[k]) for k in args_of if k in calls)
     return {
         "preset": preset_name, "resolution": resolution, "batch": batch, "jit": bool(jit),
         "augment": aug_name, "steps": steps, "images": n, "seconds": round(dt, 3),
         "images_per_sec": round(n / dt, 3), "sec_per_kimg": round(dt / n * 1000, 2),
         "warmup_s": round(warm, 2),
+        "warmup": {"trace_s": round(sum(trace.values()), 2),
+                   "trace_s_per_phase": {k: round(v, 2) for k, v in trace.items()},
+                   "compile_and_first_run_s": round(warm - sum(trace.values()), 2),
+                   "compile_s_est": round(warm - sum(trace.values()) - steady, 2),
+                   # process CPU seconds of the warm-up step (less sensitive to other load)
+                   "cpu_s": round(warm_cpu, 2)},
+        "phase_s_per_call": per_call, "phase_calls": n_calls,
+        "host_rest_s_per_step": round((dt - phase_total) / steps, 4),
+        "step_s_median": round(float(np.median(step_times)), 4),
+        "flops_per_call": flops or None,
+        "gflops_per_s": None if step_flops is None else round(step_flops / dt / 1e9, 2),
         # process CPU time (user + sys): less sensitive than wall time to other load on the host
         "cpu_sec_per_kimg": round(cpu / n * 1000, 2),
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "params_G": int(sum(np.prod(v.shape) for v in t.G.trainable_variables)),
         "params_D": int(sum(np.prod(v.shape) for v in t.D.trainable_variables)),
     }
+
+
+def _phase_flops(fn, args, count_flops):
+    """FLOPs of one call of a phase: of its XLA program ``fn.xla_update`` (the trainer's phase
+    after its random draws, one program), or of ``fn`` itself when it is jit-compiled; None when
+    the phase is not one XLA program."""
+    import tensorflow as tf
+
+    try:
+        upd = getattr(fn, "xla_update", None)
+        if upd is not None:
+            cfs = upd._list_all_concrete_functions_for_serialization()
+            spec_args, _ = cfs[0].structured_input_signature
+            args = tf.nest.map_structure(
+                lambda s: None if s is None else tf.zeros(s.shape, s.dtype), spec_args)
+            fn = upd
+        return count_flops(fn.experimental_get_compiler_ir(*args)(stage="hlo"))["total"]
+    except Exception:  # noqa: BLE001 - not jit-compiled as a whole (older trainers)
+        return None
+
+
+def matmul_peak_gflops(n=1024, reps=10):
+    """Best achieved float32 GFLOP/s of an n x n matmul in this process: the better of an
+    XLA-compiled one and TensorFlow's own kernel (oneDNN/Eigen)."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_normal([n, n], (1, 2))
+    b = tf.random.stateless_normal([n, n], (3, 4))
+    best = float("inf")
+    for jit in (True, False):
+        f = tf.function(lambda x, y: tf.matmul(x, y), jit_compile=jit)
+        f(a, b).numpy()
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f(a, b).numpy()
+            best = min(best, time.perf_counter() - t0)
+    return round(2 * n ** 3 / best / 1e9, 1)
 
 
 def main():
@@ -93,13 +212,18 @@ def main():
     ap.add_argument("--p", type=float, default=0.2)
     ap.add_argument("--augpipe", default="bgc")
     ap.add_argument("--threads", type=int, default=None, help="intra/inter op threads")
+    ap.add_argument("--inter_threads", type=int, default=None,
+                    help="inter-op threads (default: --threads); 0 = TensorFlow's default")
     ap.add_argument("--paper256_jit", action="store_true",
                     help="also compile paper256 with XLA (slow to compile on CPU)")
     args = ap.parse_args()
     import tensorflow as tf
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    inter = args.threads if args.inter_threads is None else args.inter_threads
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    peak0 = matmul_peak_gflops()
     results = []
     for name in [s for s in args.presets.split(",") if s]:
         res, batch = DEFAULTS.get(name, (32, 16))
@@ -112,10 +236,20 @@ def main():
             steps = args.steps if name != "paper256" else min(args.steps, 4)
             results.append(bench_one(name, res, batch, jit, steps, args.p, args.augpipe))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    peak1 = matmul_peak_gflops()
+    for r in results:
+        if r["gflops_per_s"] is not None:
+            r["fraction_of_matmul_peak"] = round(r["gflops_per_s"] / max(peak0, peak1), 3)
     out = {
         "benchmark": "train", "tensorflow": tf.__version__, "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "threads": args.threads,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        # float32 matmul 1024^3 (XLA or TF kernel), best of 10 each, before and after the runs
+        "matmul_peak_gflops_before_after": [peak0, peak1],
+        "xla_flags": os.environ.get("TF_XLA_FLAGS", ""),
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(default)"),
         "results": results,
     }
     print(json.dumps(out))

@@ -403,6 +403,13 @@ class Trainer:
         gpl = g // self.pl_batch_shrink  # path-length samples per round (reference: per call)
         multi = N > 1
         jit = self.jit
+        # One replica with XLA: everything of a phase after its random draws is ONE XLA program
+        # (losses, gradients, nan_to_num, the Adam update, statistics, w_avg, pl_mean), and so
+        # is the G EMA update; with several replicas only the per-replica loss/gradient part is
+        # compiled. The stateless draws stay outside XLA: XLA's stateless normal is a different
+        # transform of the same Philox bits, so inside it the latents would change.
+        fused = jit and not multi
+        self.fused_phases = fused
         inv = 1.0 / (g * N)               # mean over one round on all replicas
         inv_pl = 1.0 / max(gpl * N, 1)
         res = int(self.G.img_resolution)
@@ -466,7 +473,7 @@ class Trainer:
                         wsums.append(tf.reduce_sum(w0, axis=0))
                 grads = tape.gradient(total, self._G_tf)
                 return grads, self._stats_out(stats), tf.stack(wsums), new_mean
-            return xla_function(compute) if jit else compute
+            return xla_function(compute) if jit and not fused else compute
 
         def run_rounds(round_in, compute, pl_mean, loop):
             """Rounds 0..R-1 of ``compute(round_in(k), pl_mean) -> (grads, stats, wsum,
@@ -512,7 +519,7 @@ class Trainer:
             """round_in(k): round k of each [R, ...] input (k a Python int or a tensor)."""
             return lambda k: [None if x is None else tf.gather(x, k) for x in xs]
 
-        def g_replica(step, main, pl, compute):
+        def g_inputs(step, main, pl):
             xs = [None] * 9
             if main:
                 z, c, mix_z, cuts = replica_inputs(step, "Gmain", g)
@@ -525,6 +532,9 @@ class Trainer:
                     z, c = stacked(z, gpl), stacked(c, gpl)
                 noise = stacked(pl_noise(step), gpl)
                 xs[4:] = [z, c, stacked(mix_z, gpl), cuts, noise]
+            return xs
+
+        def g_update(xs, main, pl, compute):
             pick = picker(xs)
 
             def compute_round(ins, pl_mean):
@@ -541,6 +551,9 @@ class Trainer:
                 pl_mean = tf.distribute.get_replica_context().all_reduce("MEAN", pl_mean)
             _apply(self.G_opt, [_nan_to_num(x) for x in grads], self.G_vars)
             return stats, tf.reshape(wsums, [-1, wsums.shape[-1]]), pl_mean
+
+        def g_replica(step, main, pl, compute):
+            return g_update(g_inputs(step, main, pl), main, pl, compute)
 
         # --- D phases: Dmain (main), Dreg (R1, gain = interval), Dboth (both, gain 1) -----------
         def make_d_compute(main, r1, gain):
@@ -560,13 +573,16 @@ class Trainer:
                     wsum = tf.reduce_sum(w0, axis=0)[None]
                 grads = tape.gradient(total, self._D_tf)
                 return grads, self._stats_out(stats), wsum
-            return xla_function(compute) if jit else compute
+            return xla_function(compute) if jit and not fused else compute
 
-        def d_replica(real, real_c, step, main, compute):
+        def d_inputs(real, real_c, step, main):
             xs = [stacked(real, g), stacked(real_c, g), None, None, None, None]
             if main:
                 z, c, mix_z, cuts = replica_inputs(step, "Dmain", g)
                 xs[2:] = [stacked(z, g), stacked(c, g), stacked(mix_z, g), cuts]
+            return xs
+
+        def d_update(xs, main, compute):
             pick = picker(xs)
 
             def compute_round(ins, pl_mean):
@@ -576,6 +592,9 @@ class Trainer:
             grads, stats, wsums, _ = run_rounds(pick, compute_round, tf.constant(0.0), True)
             _apply(self.D_opt, [_nan_to_num(x) for x in grads], self.D_vars)
             return stats, (None if wsums is None else tf.reshape(wsums, [-1, wsums.shape[-1]]))
+
+        def d_replica(real, real_c, step, main, compute):
+            return d_update(d_inputs(real, real_c, step, main), main, compute)
 
         # --- cross-replica wrappers ---------------------------------------------------------
         def reduce_sum(x):
@@ -606,6 +625,21 @@ class Trainer:
             compute = make_g_compute(main, pl, gain_pl)
             counts = (([N * g] if main else []) + ([N * gpl] if pl else [])) * R
 
+            if fused:
+                @xla_function
+                def update(xs):
+                    stats, wsums, new_mean = g_update(xs, main, pl, compute)
+                    accumulate(stats)
+                    update_w_avg(wsums, counts)
+                    if pl:
+                        self.pl_mean.assign(new_mean)
+
+                @tf.function
+                def fused_step(step):
+                    update(g_inputs(step, main, pl))
+                fused_step.xla_update = update  # (the benchmark's FLOP count)
+                return fused_step
+
             @tf.function
             def step_fn(step):
                 stats, wsums, new_mean = strategy.run(
@@ -620,6 +654,19 @@ class Trainer:
             compute = make_d_compute(main, r1, gain)
             counts = [N * g] * R if main else []
 
+            if fused:
+                @xla_function
+                def update(xs):
+                    stats, wsums = d_update(xs, main, compute)
+                    accumulate(stats)
+                    update_w_avg(wsums, counts)
+
+                @tf.function
+                def fused_step(real, real_c, step):
+                    update(d_inputs(real, real_c, step, main))
+                fused_step.xla_update = update
+                return fused_step
+
             @tf.function
             def step_fn(real, real_c, step):
                 stats, wsums = strategy.run(
@@ -629,7 +676,7 @@ class Trainer:
                 update_w_avg(wsums, counts)
             return step_fn
 
-        @tf.function
+        @tf.function(jit_compile=True if fused else None)
         def ema_step(beta):
             loss_lib.update_ema(self.G, self.G_ema, beta)
 

@@ -1,0 +1,88 @@
+"""The XLA-compiled step (one replica, ``jit=True``): every phase is one XLA program including
+its Adam update, and it computes the reference's update, checked against an independent
+computation — the tiny models' losses written out with plain ``tf.GradientTape`` (no code of
+``gan/loss.py``) and one Adam step in NumPy."""
+import numpy as np
+import tensorflow as tf
+
+from _training_tiny import make_tiny_trainer
+
+
+def _adam_first_step(p0, g, lr, b1=0.0, b2=0.99, eps=1e-8):
+    """Keras Adam, step 1: m = (1-b1) g, v = (1-b2) g^2, alpha = lr sqrt(1-b2) / (1-b1),
+    p -= alpha m / (sqrt(v) + eps)."""
+    m = (1 - b1) * g
+    v = (1 - b2) * g * g
+    return p0 - lr * np.sqrt(1 - b2) / (1 - b1) * m / (np.sqrt(v) + eps)
+
+
+def _grads(tape, loss, variables):
+    return [np.zeros(v.shape, np.float32) if g is None else g.numpy()
+            for g, v in zip(tape.gradient(loss, variables), variables)]
+
+
+def test_fused_step_matches_numpy_adam_for_G_and_D(tmp_path):
+    """Step 0 with jit=True on one replica (Gmain then Dmain, no regularisers): G and D after the
+    step equal one NumPy Adam step on the gradients of mean softplus(-D(G(z))) and of
+    mean softplus(D(G'(z'))) + mean softplus(-D(real)) (G' = G after its update)."""
+    batch, lr_g, lr_d = 4, 0.01, 0.02
+    t = make_tiny_trainer(str(tmp_path / "run"), batch=batch, jit=True, G_reg_interval=None,
+                          D_reg_interval=None, pl_weight=0.0, r1_gamma=0.0, G_lr=lr_g, D_lr=lr_d)
+    assert t.fused_phases
+    assert t.phases_at(0) == ["Gmain", "Dmain"]
+    G, D = t.G, t.D
+    G0 = [v.numpy().copy() for v in G.trainable_variables]
+    D0 = [v.numpy().copy() for v in D.trainable_variables]
+    step0 = tf.constant(0, tf.int64)
+    z_g, c_g, _, _ = t._gen_inputs(step0, "Gmain", batch)
+    z_d, c_d, _, _ = t._gen_inputs(step0, "Dmain", batch)
+    t._pending_batch = t._next_batch()
+    real, real_c = t._pending_batch
+
+    with tf.GradientTape() as tape:
+        logits = tf.reshape(D(G(z_g, c_g, noise_mode="const"), c_g), [-1])
+        loss_g = tf.reduce_mean(tf.nn.softplus(-logits))
+    g_grads = _grads(tape, loss_g, G.trainable_variables)
+    G1 = [_adam_first_step(p, g, lr_g) for p, g in zip(G0, g_grads)]
+
+    t.train_step()
+
+    for want, v in zip(G1, G.trainable_variables):
+        np.testing.assert_allclose(v.numpy(), want, rtol=1e-5, atol=1e-7, err_msg=v.path)
+    # D's gradient with the updated G (Dmain runs after Gmain), at D's weights before its update
+    Dvars = D.trainable_variables
+    D1 = [v.numpy().copy() for v in Dvars]
+    for v, x in zip(Dvars, D0):
+        v.assign(x)
+    with tf.GradientTape() as tape:
+        fake = tf.reshape(D(G(z_d, c_d, noise_mode="const"), c_d), [-1])
+        real_l = tf.reshape(D(real, real_c), [-1])
+        loss_d = tf.reduce_mean(tf.nn.softplus(fake)) + tf.reduce_mean(tf.nn.softplus(-real_l))
+    d_grads = _grads(tape, loss_d, Dvars)
+    assert max(float(np.abs(g).max()) for g in d_grads) > 0
+    for got, p, g, v in zip(D1, D0, d_grads, Dvars):
+        np.testing.assert_allclose(got, _adam_first_step(p, g, lr_d), rtol=1e-5, atol=1e-7,
+                                   err_msg=v.path)
+    assert int(t.G_opt.iterations.numpy()) == 1 and int(t.D_opt.iterations.numpy()) == 1
+
+
+def test_each_phase_is_one_xla_program_with_its_adam_update(tmp_path):
+    """Around the XLA program a phase function holds only its random draws: no variable is
+    written outside it; inside it, Adam updates the network's weights (``p -= ...``)."""
+    t = make_tiny_trainer(str(tmp_path / "run"), batch=4, jit=True)
+    step0 = tf.constant(0, tf.int64)
+    t._pending_batch = t._next_batch()
+    real, real_c = t._pending_batch
+    t.train_step()  # step 0: Gmain, Greg, Dmain, Dreg
+    for name, args in (("Gmain", (step0,)), ("Greg", (step0,)), ("Dmain", (real, real_c, step0)),
+                       ("Dreg", (real, real_c, step0))):
+        fn = t._phase_fns[name]
+        ops = fn.get_concrete_function(*args).graph.get_operations()
+        writes = [op.type for op in ops if "Assign" in op.type or "Apply" in op.type]
+        assert not writes, (name, writes)
+        calls = [op for op in ops if op.type in ("StatefulPartitionedCall", "PartitionedCall")]
+        assert len(calls) == 1 and calls[0].get_attr("_XlaMustCompile"), name
+        inner = fn.xla_update._list_all_concrete_functions_for_serialization()
+        assert len(inner) == 1
+        subs = [op for op in inner[0].graph.get_operations() if op.type == "AssignSubVariableOp"]
+        assert subs, name
