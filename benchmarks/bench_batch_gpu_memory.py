@@ -31,6 +31,7 @@ def child(a):
 
     from histaug_tf.gan.launch import networks_builder
     from histaug_tf.gan.presets import get_preset
+    from histaug_tf.gan.config import TrainingConfig
     from histaug_tf.gan.trainer import Trainer
 
     preset = get_preset(a.preset, a.resolution, mixed_precision=False)
@@ -41,9 +42,11 @@ def child(a):
         return tf.data.Dataset.from_tensors((x, tf.zeros([worker_batch], tf.int32))).repeat()
 
     with tempfile.TemporaryDirectory() as d:
-        t = Trainer(strategy=tf.distribute.get_strategy(), build_networks=networks_builder(preset),
-                    input_fn=input_fn, run_dir=d, batch=a.batch, batch_gpu=a.child_batch_gpu,
-                    r1_gamma=preset["gamma"], total_kimg=1, log=lambda *x, **k: None)
+        config = TrainingConfig.from_flat(outdir=d, batch=a.batch, batch_gpu=a.child_batch_gpu,
+                                          gamma=preset["gamma"], kimg=1)
+        t = Trainer(config, strategy=tf.distribute.get_strategy(),
+                    build_networks=networks_builder(preset), input_fn=input_fn,
+                    log=lambda *x, **k: None)
         before = _rss_gb()
         t0 = time.time()
         t.train_step()

@@ -51,6 +51,7 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
     from histaug_tf.gan import augment
     from histaug_tf.gan.launch import networks_builder
     from histaug_tf.gan.presets import get_preset
+    from histaug_tf.gan.config import TrainingConfig
     from histaug_tf.gan.trainer import Trainer
 
     preset = get_preset(preset_name, resolution, gpus=1, c_dim=0, img_channels=3,
@@ -68,13 +69,13 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
 
     lk = preset["loss_kwargs"]
     with tempfile.TemporaryDirectory() as run_dir:
-        t = Trainer(strategy=tf.distribute.get_strategy(), build_networks=build,
-                    input_fn=input_fn, run_dir=run_dir, batch=batch, make_augment_pipe=make_pipe,
-                    G_lr=preset["G_lr"], D_lr=preset["D_lr"], r1_gamma=preset["gamma"],
-                    pl_weight=lk["pl_weight"], style_mixing_prob=lk["style_mixing_prob"],
-                    ema_kimg=preset["ema_kimg"], ema_rampup=preset["ema_rampup"],
-                    augment_p=p if make_pipe else 0.0, ada_target=None, jit=jit, seed=seed,
-                    log=lambda *a, **k: None, tensorboard=False)
+        config = TrainingConfig.from_flat(
+            outdir=run_dir, batch=batch, G_lr=preset["G_lr"], D_lr=preset["D_lr"],
+            gamma=preset["gamma"], pl_weight=lk["pl_weight"], style_mixing=lk["style_mixing_prob"],
+            ema_kimg=preset["ema_kimg"], ema_rampup=preset["ema_rampup"], p=p, target=None,
+            jit=jit, seed=seed, tensorboard=False)
+        t = Trainer(config, strategy=tf.distribute.get_strategy(), build_networks=build,
+                    input_fn=input_fn, make_augment_pipe=make_pipe, log=lambda *a, **k: None)
         calls = {}    # phase -> [seconds per call] in the timed steps
         args_of = {}  # phase -> the arguments of its first call (for the FLOP count)
         orig = {}     # phase -> its own function (behind the timing wrapper)

@@ -88,13 +88,15 @@ def main():
     ap.add_argument("--n", type=int, default=512)
     args = ap.parse_args()
     from histaug_tf.data.pipeline import make_dataset
-    opts = json.load(open(os.path.join(args.run, "training_options.json")))
-    ds = make_dataset(opts["data"], "train", resolution=opts["resolution"],
-                      resize_mode=opts["resize"], class_filter=opts.get("class_filter"),
+    from histaug_tf.gan.config import TrainingConfig
+    dc = TrainingConfig.from_dict(json.load(open(os.path.join(args.run,
+                                                              "training_options.json")))).data
+    ds = make_dataset(dc.data, "train", resolution=dc.resolution,
+                      resize_mode=dc.resize, class_filter=dc.class_filter,
                       shuffle_buffer=4096, seed=123, batch_size=args.n)
     reals = next(iter(ds))[0].numpy()
     ref = Reference(reals)
-    counts = np.asarray(opts["class_counts"], np.float64)
+    counts = np.asarray(dc.class_counts, np.float64)
     snaps = sorted(glob.glob(os.path.join(args.run, "network-snapshot-*.keras")))
     rows = []
     for s in snaps:
@@ -103,8 +105,8 @@ def main():
         rows.append(d)
         print(json.dumps(d), file=sys.stderr, flush=True)
     # a reference floor: another sample of reals
-    reals2 = next(iter(make_dataset(opts["data"], "train", resolution=opts["resolution"],
-                                    resize_mode=opts["resize"], class_filter=opts.get("class_filter"),
+    reals2 = next(iter(make_dataset(dc.data, "train", resolution=dc.resolution,
+                                    resize_mode=dc.resize, class_filter=dc.class_filter,
                                     shuffle_buffer=4096, seed=7, batch_size=args.n)))[0].numpy()
     out = {"run": args.run, "n": len(reals), "snapshots": rows,
            "reals_vs_reals": ref.distance(reals2)}

@@ -133,23 +133,27 @@ def _pipe_factory(pipe, seed, worker_index):
 
 
 def make_tiny_trainer(run_dir, strategy=None, batch=8, kimg=0.2, tick=0.04, pipe=False,
-                      noise_mode="const", style_mixing_prob=0.0, deterministic=False,
-                      num_workers=1, worker_index=0, is_chief=True, seed=0, **kw):
+                      noise_mode="const", style_mixing=0.0, deterministic=False,
+                      num_workers=1, worker_index=0, is_chief=True, seed=0, **fields):
+    """A Trainer of the tiny stand-in networks; ``fields``: TrainingConfig fields by name
+    (``gamma``, ``p``, ``target``, ``G_reg_interval``, ...)."""
+    from histaug_tf.gan.config import TrainingConfig
     from histaug_tf.gan.trainer import Trainer
     strategy = strategy or tf.distribute.get_strategy()
-    kw.setdefault("G_reg_interval", 4)
-    kw.setdefault("D_reg_interval", 2)
-    kw.setdefault("r1_gamma", 1.0)
-    kw.setdefault("G_lr", 0.01)
-    kw.setdefault("D_lr", 0.01)
-    kw.setdefault("ema_kimg", 0.05)
-    return Trainer(strategy=strategy, build_networks=lambda: build_tiny(seed=0),
-                   input_fn=tiny_input_fn(), run_dir=run_dir, batch=batch,
-                   make_augment_pipe=_pipe_factory(pipe, seed, worker_index), total_kimg=kimg,
-                   kimg_per_tick=tick, snapshot_ticks=2, noise_mode=noise_mode,
-                   style_mixing_prob=style_mixing_prob, deterministic=deterministic,
+    fields.setdefault("G_reg_interval", 4)
+    fields.setdefault("D_reg_interval", 2)
+    fields.setdefault("gamma", 1.0)
+    fields.setdefault("G_lr", 0.01)
+    fields.setdefault("D_lr", 0.01)
+    fields.setdefault("ema_kimg", 0.05)
+    fields.setdefault("cfg", "tiny-test")
+    config = TrainingConfig.from_flat(
+        outdir=run_dir, batch=batch, kimg=kimg, tick=tick, snap=2, noise_mode=noise_mode,
+        style_mixing=style_mixing, deterministic=deterministic, seed=seed, **fields)
+    return Trainer(config, strategy=strategy, build_networks=lambda: build_tiny(seed=0),
+                   input_fn=tiny_input_fn(), make_augment_pipe=_pipe_factory(pipe, seed, worker_index),
                    num_workers=num_workers, worker_index=worker_index, is_chief=is_chief,
-                   seed=seed, log=lambda *a, **k: None, **kw)
+                   log=lambda *a, **k: None)
 
 
 def dump_weights(trainer, path):

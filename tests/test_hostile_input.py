@@ -125,8 +125,10 @@ def snapshot_run(tmp_path_factory):
     keras.utils.set_random_seed(0)
     G = Generator(**get_preset("tiny", SIZE, c_dim=2, mixed_precision=False)["G_kwargs"])
     run = tmp_path_factory.mktemp("runs") / "cond"
-    save_snapshot(str(run / snapshot_name(0)), G,
-                  metadata={"training_options": {"label_names": ["normal", "tumour"]}})
+    # the metadata train_gan writes: the typed config, label names in its data section
+    from histaug_tf.gan.config import TrainingConfig
+    opts = TrainingConfig.from_flat(label_names=["normal", "tumour"], c_dim=2).to_dict()
+    save_snapshot(str(run / snapshot_name(0)), G, metadata={"training_options": opts})
     return str(run)
 
 
@@ -152,8 +154,11 @@ def test_generate_refuses_per_class_gans_trained_on_other_labels(tmp_path):
     G = Generator(**get_preset("tiny", SIZE, c_dim=0, mixed_precision=False)["G_kwargs"])
     p0 = save_snapshot(str(tmp_path / "u0" / snapshot_name(0)), G,
                        metadata={"training_options": {"label_names": ["normal", "tumour"]}})
+    # p0 as snapshots before the typed config (flat options), p1 as train_gan writes now
+    from histaug_tf.gan.config import TrainingConfig
+    opts = TrainingConfig.from_flat(label_names=["tumour", "normal"]).to_dict()
     p1 = save_snapshot(str(tmp_path / "u1" / snapshot_name(0)), G,
-                       metadata={"training_options": {"label_names": ["tumour", "normal"]}})
+                       metadata={"training_options": opts})
     out = tmp_path / "syn"
     p = cli("generate", f"--networks=0:{p0},1:{p1}", f"--outdir={out}", "--num_per_class=2")
     line = one_error_line(p)

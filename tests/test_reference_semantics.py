@@ -37,11 +37,15 @@ def _real_networks(res=16):
 def _trainer(tmp_path, build, batch=8, batch_gpu=None, res=16, **kw):
     kw.setdefault("G_reg_interval", 4)
     kw.setdefault("D_reg_interval", 16)
-    return Trainer(strategy=tf.distribute.get_strategy(), build_networks=build,
-                   input_fn=tiny_input_fn(res=res), run_dir=str(tmp_path / "run"), batch=batch,
-                   batch_gpu=batch_gpu, r1_gamma=R1_GAMMA, pl_weight=PL_WEIGHT, pl_decay=PL_DECAY,
-                   pl_batch_shrink=2, style_mixing_prob=0.0, noise_mode="const",
-                   G_lr=0.002, D_lr=0.002, total_kimg=1, log=lambda *a, **k: None, **kw)
+    from histaug_tf.gan.config import TrainingConfig
+    pipe = kw.pop("make_augment_pipe", None)
+    config = TrainingConfig.from_flat(
+        outdir=str(tmp_path / "run"), batch=batch, batch_gpu=batch_gpu, gamma=R1_GAMMA,
+        pl_weight=PL_WEIGHT, pl_decay=PL_DECAY, pl_batch_shrink=2, style_mixing=0.0,
+        noise_mode="const", G_lr=0.002, D_lr=0.002, kimg=1, **kw)
+    return Trainer(config, strategy=tf.distribute.get_strategy(), build_networks=build,
+                   input_fn=tiny_input_fn(res=res), make_augment_pipe=pipe,
+                   log=lambda *a, **k: None)
 
 
 def _applied_gradient(opt, variables, fn):
@@ -191,8 +195,8 @@ def test_batch_gpu_rounds_equal_summed_per_round_gradients(tmp_path, jit):
     _assert_grads(got, want, "Dreg")
     # ADA's sign statistics: the 8 reals of Dmain and the 8 of Dreg
     signs = np.concatenate(signs)
-    assert t.ada_num.numpy() == 16
-    assert t.ada_sum.numpy() == signs.sum()
+    assert t.ada.sign_count.numpy() == 16
+    assert t.ada.sign_sum.numpy() == signs.sum()
 
 
 def test_batch_gpu_default_is_one_round_and_bad_values_are_one_line_errors(tmp_path):
@@ -262,8 +266,8 @@ def test_no_lazy_regularization_runs_fused_phases_every_step(tmp_path, jit):
     got = _applied_gradient(t.D_opt, t._D_tf, lambda: t._phase_fns["Dboth"](real, real_c, step))
     _assert_grads(got, want, "Dboth")
     # one forward of the reals serves Dmain and R1: their signs are reported once
-    assert t.ada_num.numpy() == B
-    assert t.ada_sum.numpy() == np.sign(real_logits.numpy()).sum()
+    assert t.ada.sign_count.numpy() == B
+    assert t.ada.sign_sum.numpy() == np.sign(real_logits.numpy()).sum()
     # the regulariser runs again at step 1 (lazily it would wait for step 4)
     t.step_var.assign(1)
     before = float(t.pl_mean.numpy())
@@ -277,7 +281,7 @@ def test_ada_rt_counts_the_signs_of_the_r1_phase(tmp_path):
     from _training_tiny import StubPipe
     B = 8
     t = _trainer(tmp_path, lambda: build_tiny(res=4), batch=B, res=4, D_reg_interval=2,
-                 make_augment_pipe=StubPipe, ada_target=0.6)  # p = 0: the pipe is the identity
+                 make_augment_pipe=StubPipe, target=0.6)  # p = 0: the pipe is the identity
     step = tf.constant(0, tf.int64)
     real, real_c = t._next_batch()
     assert t.phases_at(0)[2:] == ["Dmain", "Dreg"]
@@ -285,9 +289,9 @@ def test_ada_rt_counts_the_signs_of_the_r1_phase(tmp_path):
     t._phase_fns["Dmain"](real, real_c, step)
     signs_reg = np.sign(_D_logits(t.D, real, None).numpy())  # D moved: Dreg sees new logits
     t._phase_fns["Dreg"](real, real_c, step)
-    assert t.ada_num.numpy() == 2 * B
-    assert t.ada_sum.numpy() == signs_main.sum() + signs_reg.sum()
-    stats = t._read_stats()
+    assert t.ada.sign_count.numpy() == 2 * B
+    assert t.ada.sign_sum.numpy() == signs_main.sum() + signs_reg.sum()
+    stats = t.stats.read()
     np.testing.assert_allclose(stats["Loss/signs/real"],
                                np.concatenate([signs_main, signs_reg]).mean(), rtol=1e-6)
 
@@ -321,15 +325,15 @@ def _dihedral(a):
     (dict(), {"id"}),
 ])
 def test_mirror_is_x_flips_and_flips_modes(tmp_path, flags, expect):
-    from histaug_tf.gan.launch import make_input_fn, resolve_options
+    from histaug_tf.gan.launch import make_input_fn, resolve_config
     data, imgs = _toy_dataset(tmp_path / "toy")
-    opts = resolve_options(data=data, outdir=str(tmp_path / "o"), cfg="tiny", **flags)
+    opts = resolve_config(data=data, outdir=str(tmp_path / "o"), cfg="tiny", **flags)
     table = {}
     for a in imgs:
         for name, im in _dihedral(a).items():
             table[np.ascontiguousarray(im).tobytes()] = name
     seen = set()
-    ds = make_input_fn(opts)(1, 0, 8, 0)
+    ds = make_input_fn(opts.data)(1, 0, 8, 0)
     for x, _ in ds.take(16):  # 128 draws
         u8 = np.rint((x.numpy() + 1.0) * 127.5).astype(np.uint8)
         seen.update(table[im.tobytes()] for im in u8)
@@ -337,11 +341,11 @@ def test_mirror_is_x_flips_and_flips_modes(tmp_path, flags, expect):
 
 
 def test_flips_flag_errors(tmp_path):
-    from histaug_tf.gan.launch import resolve_options
+    from histaug_tf.gan.launch import resolve_config
     data, _ = _toy_dataset(tmp_path / "toy")
     out = str(tmp_path / "o")
     with pytest.raises(UserError, match="--mirror .*conflicts with --flips=all"):
-        resolve_options(data=data, outdir=out, cfg="tiny", mirror=True, flips="all")
+        resolve_config(data=data, outdir=out, cfg="tiny", mirror=True, flips="all")
     with pytest.raises(UserError, match="--flips=yes: expected one of none, x, xy, all"):
-        resolve_options(data=data, outdir=out, cfg="tiny", flips="yes")
-    assert resolve_options(data=data, outdir=out, cfg="tiny", mirror=True, flips="x")["flips"] == "x"
+        resolve_config(data=data, outdir=out, cfg="tiny", flips="yes")
+    assert resolve_config(data=data, outdir=out, cfg="tiny", mirror=True, flips="x").data.flips == "x"

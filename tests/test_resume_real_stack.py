@@ -191,13 +191,13 @@ def _check_same(ref, killed, final_step, workers, log):
     # the reference ran what the test claims: ADA moved p, the pipe drew random numbers, the
     # ADA accumulators hold the signs of the steps since the last adjustment
     assert int(_value(a, "step")) == final_step, story
-    p = float(_value(a, "augment_p"))
+    p = float(_value(a, "ada/p"))
     ticks = [json.loads(x) for x in open(os.path.join(ref, "stats.jsonl"))]
     assert len({t["Progress/augment"] for t in ticks}) > 1, (ticks, story)
-    assert float(_value(a, "ada_num")) > 0, story
+    assert float(_value(a, "ada/sign_count")) > 0, story
     rng = [k for k in a if k.startswith("augment_rng/")]
     assert rng, ("no augment RNG state in the checkpoint", sorted(a)[:30])
-    for need in ("G_ema/", "G_opt/", "D_opt/", "w_avg/", "pl_mean/", "ada_sum/", "nimg/", "tick/"):
+    for need in ("G_ema/", "G_opt/", "D_opt/", "w_avg/", "pl_mean/", "ada/sign_sum/", "nimg/", "tick/"):
         assert any(n.startswith(need) for n in a), (need, sorted(a)[:30])
     diff = _differing(a, b)
     assert not diff, (f"{len(diff)} of {len(a)} checkpoint tensors differ between the resumed "
@@ -208,7 +208,7 @@ def _check_same(ref, killed, final_step, workers, log):
                   for r in (ref, killed))
         assert fa == fb, f"input iterator state of worker {i} ({f}) differs\n{story}"
     log.append(f"final checkpoint ckpt-{final_step}: all {len(a)} tensors and {workers} "
-               f"iterator state(s) identical (p {p:.3f}, ada_num {float(_value(a, 'ada_num')):g})")
+               f"iterator state(s) identical (p {p:.3f}, ada_num {float(_value(a, 'ada/sign_count')):g})")
 
 
 def _sigkill_resume(data, tmp_path, *, workers, kimg, final_step, plan_fn):

@@ -40,8 +40,9 @@ def test_train_gan_end_to_end_and_resume(toy_data, tmp_path):
     assert {"training_options.json", "stats.jsonl", "checkpoints", "fakes000000.png",
             "network-snapshot-000000.keras"} <= files
     opts = json.load(open(os.path.join(out, "training_options.json")))
-    assert opts["cfg"] == "tiny" and opts["c_dim"] == 2 and opts["resolution"] == 16
-    assert opts["preset"]["G_kwargs"]["c_dim"] == 2
+    assert opts["networks"]["cfg"] == "tiny" and opts["networks"]["c_dim"] == 2
+    assert opts["data"]["resolution"] == opts["networks"]["G_kwargs"]["img_resolution"] == 16
+    assert opts["networks"]["G_kwargs"]["c_dim"] == 2
     lines = [json.loads(x) for x in open(os.path.join(out, "stats.jsonl"))]
     assert [r["nimg"] for r in lines] == [8, 24]
     snap = load_snapshot(latest_snapshot(out))
@@ -58,7 +59,7 @@ def test_train_gan_end_to_end_and_resume(toy_data, tmp_path):
 
     # transfer learning: a new run from the snapshot, with Freeze-D on the first 2 D layers
     # (reference numbering: top block fromrgb = 0, conv0 = 1, conv1 = 2, skip = 3, next block 4...)
-    from histaug_tf.gan.launch import freeze_d_variables
+    from histaug_tf.gan.networks import freeze_d_variables
     src = latest_snapshot(out)
     snap = load_snapshot(src)
     out2 = str(tmp_path / "transfer")
@@ -72,7 +73,7 @@ def test_train_gan_end_to_end_and_resume(toy_data, tmp_path):
              zip(t.D.blocks[0].conv1.trainable_variables, top.conv1.trainable_variables)]
     # the rest of D trains, starting from the snapshot's values (2 Adam steps of lr 0.0025)
     assert 0 < max(moved) < 0.05
-    assert json.load(open(os.path.join(out2, "training_options.json")))["ema_rampup"] is None
+    assert json.load(open(os.path.join(out2, "training_options.json")))["schedule"]["ema_rampup"] is None
 
 
 def _cli(*args):
@@ -92,43 +93,43 @@ def test_cli_errors_are_one_line(toy_data, tmp_path):
 
 def test_bad_flag_combinations(toy_data, tmp_path):
     from histaug_tf.common import UserError
-    from histaug_tf.gan.launch import resolve_options
+    from histaug_tf.gan.launch import resolve_config
     out = str(tmp_path / "o")
     with pytest.raises(UserError, match="--class_filter"):
-        resolve_options(data=toy_data, outdir=out, cond=True, class_filter=1, cfg="tiny")
+        resolve_config(data=toy_data, outdir=out, cond=True, class_filter=1, cfg="tiny")
     with pytest.raises(UserError, match="power of two"):
-        resolve_options(data=toy_data, outdir=out, cfg="tiny", resolution=12)
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", resolution=12)
     with pytest.raises(UserError, match="cannot crop 16x16 images to --resolution=32"):
-        resolve_options(data=toy_data, outdir=out, cfg="tiny", resolution=32)
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", resolution=32)
     with pytest.raises(UserError, match="cannot pad 16x16 images to --resolution=8"):
-        resolve_options(data=toy_data, outdir=out, cfg="tiny", resolution=8, resize="pad")
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", resolution=8, resize="pad")
     with pytest.raises(UserError, match="--batch=6: the per-replica batch 6 is not a multiple "
                        "of the minibatch-std group size 4"):
-        resolve_options(data=toy_data, outdir=out, cfg="tiny", batch=6)
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", batch=6)
     with pytest.raises(UserError, match="--batch=8 is not divisible by 3 replicas"):
-        resolve_options(data=toy_data, outdir=out, cfg="tiny", batch=8, num_replicas=3)
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", batch=8, num_replicas=3)
     with pytest.raises(UserError, match="--aug=fixed needs --p"):
-        resolve_options(data=toy_data, outdir=out, cfg="tiny", aug="fixed")
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", aug="fixed")
     with pytest.raises(UserError, match="class_filter=5"):
-        resolve_options(data=toy_data, outdir=out, cfg="tiny", class_filter=5)
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", class_filter=5)
     with pytest.raises(UserError, match="missing.pth: Inception weights file not found"):
-        resolve_options(data=toy_data, outdir=out, cfg="tiny", metrics=["fid"],
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", metrics=["fid"],
                         inception_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(UserError, match="--inception_weights is required"):
-        resolve_options(data=toy_data, outdir=out, cfg="tiny", metrics=["fid50k_full"])
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", metrics=["fid50k_full"])
     assert not os.path.exists(out)
-    o = resolve_options(data=toy_data, outdir=out, cfg="tiny", class_filter=1, batch=4, gamma=0.5)
-    assert (o["c_dim"], o["batch"], o["gamma"], o["resolution"]) == (0, 4, 0.5, 16)
+    o = resolve_config(data=toy_data, outdir=out, cfg="tiny", class_filter=1, batch=4, gamma=0.5)
+    assert (o.networks.c_dim, o.schedule.batch, o.loss.gamma, o.data.resolution) == (0, 4, 0.5, 16)
 
 
 def test_metrics_hook_passes_inception_weights(toy_data, tmp_path, monkeypatch):
     """--inception_weights reaches training_metrics (it used to fall back to the environment)."""
     import histaug_tf.metrics as metrics_pkg
-    from histaug_tf.gan.launch import _metrics_hook, resolve_options
+    from histaug_tf.gan.launch import _metrics_hook, resolve_config
 
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"not read here")
-    o = resolve_options(data=toy_data, outdir=str(tmp_path / "run"), cfg="tiny", metrics=["fid"],
+    o = resolve_config(data=toy_data, outdir=str(tmp_path / "run"), cfg="tiny", metrics=["fid"],
                         inception_weights=str(weights))
     from histaug_tf.gan import generate_lib
 

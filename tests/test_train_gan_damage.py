@@ -194,19 +194,27 @@ def test_verify_checks_shard_sha256_before_anything(tmp_path):
 
 def test_rerun_with_other_resolution_or_label_set_is_refused(toy_data, tmp_path):
     from histaug_tf.common import UserError
-    from histaug_tf.gan.launch import check_rerun, resolve_options
+    from histaug_tf.gan.launch import check_rerun, resolve_config
     out = tmp_path / "run"
     out.mkdir()
-    opts = resolve_options(data=toy_data, outdir=str(out), cfg="tiny")
+    opts = resolve_config(data=toy_data, outdir=str(out), cfg="tiny")
     path = out / "training_options.json"
-    path.write_text(json.dumps(opts, default=str))
-    check_rerun(dict(opts, kimg=5.0))  # a longer run of the same thing is fine
+    path.write_text(opts.to_json())
+    check_rerun(opts.replace(kimg=5.0))  # a longer run of the same thing is fine
     with pytest.raises(UserError, match=r"training_options.json: .*--resolution: run 16, now 8"):
-        check_rerun(resolve_options(data=toy_data, outdir=str(out), cfg="tiny", resolution=8))
+        check_rerun(resolve_config(data=toy_data, outdir=str(out), cfg="tiny", resolution=8))
     with pytest.raises(UserError, match=r"--cfg: run \"tiny\", now \"demo\""):
-        check_rerun(resolve_options(data=toy_data, outdir=str(out), cfg="demo"))
-    other = dict(opts, label_names=["benign", "malignant"])
-    path.write_text(json.dumps(other, default=str))
+        check_rerun(resolve_config(data=toy_data, outdir=str(out), cfg="demo"))
+    path.write_text(opts.replace(label_names=("benign", "malignant")).to_json())
     with pytest.raises(UserError, match=r"dataset label names: run \[\"benign\", \"malignant\"\]"):
         check_rerun(opts)
-    assert json.loads(path.read_text())["label_names"] == ["benign", "malignant"]  # untouched
+    assert json.loads(path.read_text())["data"]["label_names"] == ["benign", "malignant"]  # untouched
+    # the flat training_options.json of versions before the typed config is still compared
+    flat = {"cfg": "tiny", "resolution": 16, "cond": False, "c_dim": 0,
+            "label_names": list(opts.data.label_names), "image_shape": [16, 16, 3],
+            "class_filter": None, "kimg": 1.0}
+    path.write_text(json.dumps(flat))
+    check_rerun(opts)
+    path.write_text(json.dumps(dict(flat, class_filter=1)))
+    with pytest.raises(UserError, match=r"--class_filter: run 1, now null"):
+        check_rerun(opts)

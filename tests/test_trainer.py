@@ -9,17 +9,20 @@ import pytest
 import tensorflow as tf
 
 from _training_tiny import make_tiny_trainer
-from histaug_tf.gan.trainer import NonFiniteLossError
+from histaug_tf.gan.config import TrainingConfig
+from histaug_tf.gan.loop import NonFiniteLossError
 
 
 def test_run_dir_contract_and_tensorboard(tmp_path):
     run = str(tmp_path / "run")
-    t = make_tiny_trainer(run, kimg=0.12, tick=0.04, pipe=True, ada_target=0.6,
-                          options={"cfg": "tiny-test"})
+    t = make_tiny_trainer(run, kimg=0.12, tick=0.04, pipe=True, target=0.6, cfg="tiny-test")
     t.run()
     files = set(os.listdir(run))
     assert {"training_options.json", "stats.jsonl", "checkpoints", "fakes_init.png"} <= files
-    assert json.load(open(os.path.join(run, "training_options.json")))["cfg"] == "tiny-test"
+    # the typed config, written whole and read back equal (sections, tuples, None)
+    opts = json.load(open(os.path.join(run, "training_options.json")))
+    assert opts["networks"]["cfg"] == "tiny-test" and opts["augment"]["target"] == 0.6
+    assert TrainingConfig.from_dict(opts) == t.config
     # ticks: tick 0 after the first step, then every 0.04 kimg = 5 steps of 8, until 120 images
     lines = [json.loads(x) for x in open(os.path.join(run, "stats.jsonl"))]
     assert [r["tick"] for r in lines] == list(range(len(lines)))
@@ -34,7 +37,7 @@ def test_run_dir_contract_and_tensorboard(tmp_path):
     # checkpoint holds the whole state
     ckpt = tf.train.latest_checkpoint(os.path.join(run, "checkpoints"))
     names = [n for n, _ in tf.train.list_variables(ckpt)]
-    for part in ("G/", "D/", "G_ema/", "G_opt/", "D_opt/", "augment_p/", "step/", "nimg/",
+    for part in ("G/", "D/", "G_ema/", "G_opt/", "D_opt/", "ada/p/", "ada/sign_sum/", "ada/sign_count/", "step/", "nimg/",
                  "pl_mean/", "tick/", "w_avg/"):
         assert any(n.startswith(part) for n in names), part
     assert tf.train.load_variable(ckpt, "nimg/.ATTRIBUTES/VARIABLE_VALUE") == 120
@@ -69,8 +72,8 @@ def test_run_dir_contract_and_tensorboard(tmp_path):
 
 def test_ada_p_rises_when_overconfident_and_falls_otherwise(tmp_path):
     B, ada_kimg = 8, 0.5
-    t = make_tiny_trainer(str(tmp_path / "run"), batch=B, pipe=True, ada_target=0.6,
-                          ada_kimg=ada_kimg, D_lr=0.0, r1_gamma=0.0, kimg=10)
+    t = make_tiny_trainer(str(tmp_path / "run"), batch=B, pipe=True, target=0.6,
+                          ada_kimg=ada_kimg, D_lr=0.0, gamma=0.0, kimg=10)
     step_adjust = B * 4 / (ada_kimg * 1000)  # reference: sign(r_t - target) * B * interval / (ada_kimg*1000)
     t.D.b.assign(20.0)  # D(real) > 0 always: r_t = 1 > 0.6
     for _ in range(12):

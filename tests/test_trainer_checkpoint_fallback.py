@@ -12,8 +12,8 @@ from test_trainer_distributed import _compare, _load, _run, _wait
 
 @pytest.mark.slow
 def test_fallback_resume_matches_undamaged_run(tmp_path):
-    opts = dict(batch=8, kimg=0.24, tick=0.08, pipe=True, augment_p=0.3, ada_target=0.6,
-                ada_kimg=1.0, noise_mode="random", style_mixing_prob=0.9, deterministic=True,
+    opts = dict(batch=8, kimg=0.24, tick=0.08, pipe=True, p=0.3, target=0.6,
+                ada_kimg=1.0, noise_mode="random", style_mixing=0.9, deterministic=True,
                 deterministic_ops=True)
     full = str(tmp_path / "full")
     _wait(_run("default", full, str(tmp_path / "full.npz"), opts))

@@ -94,7 +94,7 @@ def test_multiworker_with_ada_augmentation_keeps_workers_identical(tmp_path):
     """Two workers, the real bgc pipe (seeded differently per worker) and ADA: gradients and the
     ADA statistic are all-reduced, so both workers end with identical weights and the same p,
     and p has moved (the target 0.01 is below r_t almost at once)."""
-    opts = dict(OPTS, pipe="bgc", ada_target=0.01, ada_interval=1, ada_kimg=0.5, kimg=0.064)
+    opts = dict(OPTS, pipe="bgc", target=0.01, ada_interval=1, ada_kimg=0.5, kimg=0.064)
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs = []
@@ -113,9 +113,9 @@ def test_multiworker_with_ada_augmentation_keeps_workers_identical(tmp_path):
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     """Deterministic mode with random noise, an augment pipe using stateful random ops, style
     mixing and ADA: kill at a random moment, rerun the same command, compare final weights."""
-    opts = dict(batch=8, kimg=0.24, tick=0.08, pipe=True, augment_p=0.3, ada_target=0.6,
+    opts = dict(batch=8, kimg=0.24, tick=0.08, pipe=True, p=0.3, target=0.6,
                 ada_kimg=1.0,
-                noise_mode="random", style_mixing_prob=0.9, deterministic=True,
+                noise_mode="random", style_mixing=0.9, deterministic=True,
                 deterministic_ops=True)
     full = _run("default", str(tmp_path / "full"), str(tmp_path / "full.npz"), opts)
     run_dir = str(tmp_path / "killed")

@@ -27,7 +27,7 @@ def test_fused_step_matches_numpy_adam_for_G_and_D(tmp_path):
     mean softplus(D(G'(z'))) + mean softplus(-D(real)) (G' = G after its update)."""
     batch, lr_g, lr_d = 4, 0.01, 0.02
     t = make_tiny_trainer(str(tmp_path / "run"), batch=batch, jit=True, G_reg_interval=None,
-                          D_reg_interval=None, pl_weight=0.0, r1_gamma=0.0, G_lr=lr_g, D_lr=lr_d)
+                          D_reg_interval=None, pl_weight=0.0, gamma=0.0, G_lr=lr_g, D_lr=lr_d)
     assert t.fused_phases
     assert t.phases_at(0) == ["Gmain", "Dmain"]
     G, D = t.G, t.D

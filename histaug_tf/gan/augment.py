@@ -33,7 +33,6 @@ compiles with ``tf.function(jit_compile=True)``.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import scipy.signal
@@ -41,8 +40,7 @@ import tensorflow as tf
 
 from histaug_tf.ops import upfirdn2d
 
-__all__ = ["AugmentPipe", "AdaController", "AUGPIPE_SPECS", "make_augment_pipe", "bilinear_sample",
-           "ada_adjustment"]
+__all__ = ["AugmentPipe", "AUGPIPE_SPECS", "make_augment_pipe", "bilinear_sample"]
 
 # Low-pass decomposition filters of the wavelets used (PyWavelets' dec_lo coefficients, as listed in
 # the reference).
@@ -264,7 +262,7 @@ class AugmentPipe(tf.Module):
 
     Every op is off by default; enable it with its probability multiplier (1 in the presets).
     ``p`` (a non-trainable float32 ``tf.Variable``) scales all probabilities; set it with
-    ``pipe.p.assign(...)`` or let an :class:`AdaController` adapt it.
+    ``pipe.p.assign(...)`` or let ADA adapt it (``histaug_tf.gan.ada.Ada``).
 
     Args (all as in the reference; strengths are defaults of the paper):
         xflip, rotate90, xint, xint_max; scale, rotate, aniso, xfrac, scale_std, rotate_max,
@@ -554,56 +552,3 @@ def make_augment_pipe(name="bgc", p=0.0, seed=None, **overrides):
     if name not in AUGPIPE_SPECS:
         raise ValueError(f"unknown augment pipe {name!r}; one of {', '.join(AUGPIPE_SPECS)}")
     return AugmentPipe(**dict(AUGPIPE_SPECS[name], **overrides), p=p, seed=seed)
-
-
-# ------------------------------------------------------------------ the ADA controller
-def ada_adjustment(rt, target, batch_size, interval, kimg):
-    """The reference's p step: ``sign(r_t - target) * batch_size * interval / (kimg * 1000)``."""
-    return float(np.sign(rt - target)) * batch_size * interval / (kimg * 1000)
-
-
-class AdaController(tf.Module):
-    """Adapts ``pipe.p`` toward the overfitting target r_t = E[sign(D(real))] (reference defaults).
-
-    Use: call :meth:`accumulate` with the real logits of every D step (works inside
-    ``strategy.run``: the sums are ON_READ/SUM variables, so reading them outside the replica
-    context totals every replica), and :meth:`update` every ``interval`` D steps outside the replica
-    context (eagerly or in a ``tf.function``). ``update`` sets ``p += sign(r_t - target) *
-    batch_size * interval / (kimg * 1000)``, clamps ``p >= 0``, resets the sums, and returns
-    ``(r_t, p)``. With no accumulated logits it leaves ``p`` unchanged (r_t is NaN).
-
-    Args:
-        p: the ``tf.Variable`` to adapt (``pipe.p``), or an :class:`AugmentPipe`.
-        batch_size: the GLOBAL batch size (images per D step over all replicas).
-        target: ``ada_target`` (0.6), interval: ``ada_interval`` (4), kimg: ``ada_kimg`` (500).
-    """
-
-    def __init__(self, p, batch_size, target=0.6, interval=4, kimg=500, name="ada_controller"):
-        super().__init__(name=name)
-        self.p = p.p if isinstance(p, AugmentPipe) else p
-        self.batch_size = int(batch_size)
-        self.target = float(target)
-        self.interval = int(interval)
-        self.kimg = float(kimg)
-        kw = dict(trainable=False, dtype=tf.float32, synchronization=tf.VariableSynchronization.ON_READ,
-                  aggregation=tf.VariableAggregation.SUM)
-        self.sign_sum = tf.Variable(0.0, name="sign_sum", **kw)
-        self.sign_count = tf.Variable(0.0, name="sign_count", **kw)
-
-    def accumulate(self, real_logits):
-        """Add ``sign(real_logits)`` to the running sums (call once per D step, any context)."""
-        s = tf.sign(tf.cast(real_logits, tf.float32))
-        self.sign_sum.assign_add(tf.reduce_sum(s))
-        self.sign_count.assign_add(tf.cast(tf.size(s), tf.float32))
-
-    def update(self):
-        """Apply the ADA step from the accumulated signs; returns ``(r_t, new_p)`` tensors."""
-        total = tf.convert_to_tensor(self.sign_sum)
-        count = tf.convert_to_tensor(self.sign_count)
-        rt = tf.math.divide_no_nan(total, count)
-        step = self.batch_size * self.interval / (self.kimg * 1000)
-        adjust = tf.where(count > 0, tf.sign(rt - self.target) * step, 0.0)
-        self.p.assign(tf.maximum(self.p + adjust, 0.0))
-        self.sign_sum.assign(0.0)
-        self.sign_count.assign(0.0)
-        return tf.where(count > 0, rt, math.nan), tf.convert_to_tensor(self.p)

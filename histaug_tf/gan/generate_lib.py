@@ -178,8 +178,11 @@ def parse_networks_map(spec: str) -> dict[int, str]:
 
 def label_names_from_metadata(meta: dict):
     """Label names recorded in a snapshot's metadata, if any."""
-    # top level (tests, hand-written metadata) or the trainer's training_options
-    for names in (meta.get("label_names"), (meta.get("training_options") or {}).get("label_names")):
+    # top level (tests, hand-written metadata) or the trainer's training_options (the typed
+    # config's data section; flat in versions before it)
+    opts = meta.get("training_options") or {}
+    data = opts.get("data") if isinstance(opts.get("data"), dict) else {}
+    for names in (meta.get("label_names"), data.get("label_names"), opts.get("label_names")):
         if isinstance(names, (list, tuple)):
             return [str(x) for x in names]
     return None

@@ -1,15 +1,15 @@
-"""From train_gan's flags to a running ``Trainer``: strategy, preset, data, networks, augment pipe.
+"""From train_gan's flags to a running ``Trainer``: strategy, the typed ``TrainingConfig``
+(flags, manifest and preset checked against each other, once), data, networks, augment pipe.
 
-``launch(**options)`` is the one call behind ``python -m histaug_tf.train_gan``.
+``launch(**flags)`` is the one call behind ``python -m histaug_tf.train_gan``.
 """
 from __future__ import annotations
 
 import json
 import os
 
-import numpy as np
-
 from histaug_tf.common import UserError
+from histaug_tf.gan.config import TrainingConfig
 
 AUG_MODES = ("ada", "noaug", "fixed")
 
@@ -28,7 +28,7 @@ def _pow2(n):
     return n >= 4 and (n & (n - 1)) == 0
 
 
-def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop", mirror=False,
+def resolve_config(*, data, outdir, cfg="auto", resolution=None, resize="crop", mirror=False,
                     flips=None, batch_gpu=None, cond=False, class_filter=None, batch=None,
                     kimg=None, tick=4.0, snap=50, gamma=None, aug="ada", p=None, target=0.6, augpipe="bgc", ada_kimg=500.0,
                     strategy="auto", jit=False, mixed_precision=None, seed=0, metrics=(),
@@ -37,9 +37,15 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
                     input_sharding="file", num_replicas=1, ema_kimg=None, lr=None,
                     style_mixing=None, pl_weight=None, grid=(8, 4), tensorboard=True,
                     inception_weights=None, vgg16_weights=None, verify=False):
-    """Validate the flags and resolve the preset. Returns the options dict
-    (written to ``training_options.json``). ``num_replicas`` is the strategy's replica count.
-    Reads only the dataset's manifest (and with ``verify`` every shard, for its sha256)."""
+    """Validate the flags against each other, the dataset's manifest and the preset; return the
+    run's ``TrainingConfig`` (written to ``training_options.json``). Keywords are train_gan's flags;
+    ``num_replicas`` is the strategy's replica count. Reads only the dataset's manifest (and with
+    ``verify`` every shard, for its sha256).
+
+    The resolution is decided here, once: ``--resolution`` or the dataset's (square, power of
+    two), checked against the stored size and ``--resize``; the preset's networks are built for it
+    and the input pipeline crops/resizes/pads to it (``data.resolution`` equals
+    ``G_kwargs['img_resolution']`` and ``D_kwargs['img_resolution']``)."""
     from histaug_tf.data.manifest import load_manifest
     from histaug_tf.data.pipeline import dataset_info
     from histaug_tf.gan.presets import get_preset
@@ -132,24 +138,40 @@ def resolve_options(*, data, outdir, cfg="auto", resolution=None, resize="crop",
         from histaug_tf.metrics.compute import check_metric_options
         w = check_metric_options(metrics, inception_weights, vgg16_weights)
         inception_weights, vgg16_weights = w["inception_weights"], w["vgg16_weights"]
-    return dict(
-        data=os.path.abspath(data), outdir=os.path.abspath(outdir), cfg=cfg,
-        resolution=resolution, resize=resize, mirror=bool(mirror), flips=flips, cond=bool(cond),
-        class_filter=class_filter, c_dim=c_dim, label_names=info["label_names"],
-        class_counts=counts, image_shape=[h, w, ch], batch=int(preset["batch"]),
-        batch_gpu=batch_gpu,
+    lk = preset["loss_kwargs"]
+    opt = preset["G_opt_kwargs"]
+    assert preset["G_kwargs"]["img_resolution"] == preset["D_kwargs"]["img_resolution"] == resolution
+    return TrainingConfig.from_flat(
+        outdir=os.path.abspath(outdir), preset=preset,
+        # data
+        data=os.path.abspath(data), resolution=resolution, resize=resize, flips=flips,
+        mirror=bool(mirror), class_filter=class_filter, shuffle_buffer=int(shuffle_buffer),
+        input_sharding=input_sharding, label_names=info["label_names"], class_counts=counts,
+        image_shape=[h, w, ch],
+        # networks
+        cfg=cfg, cond=bool(cond), c_dim=c_dim, G_kwargs=preset["G_kwargs"],
+        D_kwargs=preset["D_kwargs"], mixed_precision=bool(preset.get("mixed_precision", False)),
+        freezed=int(freezed or 0), noise_mode=noise_mode, resume=resume,
+        # loss and optimizers
+        gamma=float(preset["gamma"]), pl_weight=float(lk["pl_weight"]),
+        pl_batch_shrink=int(lk["pl_batch_shrink"]), pl_decay=float(lk["pl_decay"]),
+        style_mixing=float(lk["style_mixing_prob"]), G_reg_interval=preset["G_reg_interval"],
+        D_reg_interval=preset["D_reg_interval"], G_lr=float(preset["G_lr"]),
+        D_lr=float(preset["D_lr"]), betas=tuple(opt.get("betas", (0.0, 0.99))),
+        eps=float(opt.get("eps", 1e-8)),
+        # augmentation
+        aug=aug, augpipe=augpipe, p=float(p) if p is not None else 0.0,
+        target=float(target) if aug == "ada" else None, ada_kimg=float(ada_kimg),
+        # schedule
         kimg=float(preset["kimg"]), tick=float(tick), snap=int(snap) if snap else 0,
-        gamma=float(preset["gamma"]), aug=aug, p=float(p) if p is not None else 0.0,
-        target=float(target) if aug == "ada" else None, augpipe=augpipe,
-        ada_kimg=float(ada_kimg), strategy=strategy, jit=bool(jit),
-        mixed_precision=bool(preset.get("mixed_precision", False)), seed=int(seed),
-        metrics=list(metrics or []), metrics_kimg=metrics_kimg, resume=resume,
-        freezed=int(freezed or 0), deterministic=bool(deterministic),
-        shuffle_buffer=int(shuffle_buffer), checkpoint_ticks=int(checkpoint_ticks),
-        noise_mode=noise_mode, input_sharding=input_sharding, ema_rampup=ema_rampup,
-        grid=list(grid), tensorboard=bool(tensorboard), inception_weights=inception_weights or None,
-        vgg16_weights=vgg16_weights or None,
-        preset=preset)
+        checkpoint_ticks=int(checkpoint_ticks), batch=int(preset["batch"]), batch_gpu=batch_gpu,
+        ema_kimg=float(preset["ema_kimg"]), ema_rampup=ema_rampup, seed=int(seed),
+        deterministic=bool(deterministic), grid=tuple(grid), tensorboard=bool(tensorboard),
+        # distribution
+        strategy=strategy, jit=bool(jit), num_replicas=int(num_replicas),
+        # metrics
+        metrics=tuple(metrics or ()), metrics_kimg=metrics_kimg,
+        inception_weights=inception_weights or None, vgg16_weights=vgg16_weights or None)
 
 
 def _check_batch(preset, cfg, num_replicas):
@@ -180,18 +202,27 @@ RUN_IDENTITY = ("cfg", "resolution", "cond", "c_dim", "label_names", "image_chan
                 "class_filter")
 
 
-def _identity(opts):
-    out = {k: opts.get(k) for k in RUN_IDENTITY if k != "image_channels"}
-    shape = opts.get("image_shape") or [None, None, None]
-    out["image_channels"] = shape[-1]
-    return out
+def _identity(options):
+    """RUN_IDENTITY of a ``training_options.json``: the sectioned config, or the flat options
+    dict that versions before the typed config wrote."""
+    try:
+        c = TrainingConfig.from_dict(options)
+    except (ValueError, TypeError):  # flat: the keys it has
+        out = {k: options[k] for k in RUN_IDENTITY if k in options}
+        if options.get("image_shape"):
+            out["image_channels"] = options["image_shape"][-1]
+        return out
+    return {"cfg": c.networks.cfg, "resolution": c.data.resolution, "cond": c.networks.cond,
+            "c_dim": c.networks.c_dim, "label_names": list(c.data.label_names),
+            "image_channels": (list(c.data.image_shape) or [None])[-1],
+            "class_filter": c.data.class_filter}
 
 
-def check_rerun(opts):
-    """When ``--outdir`` already holds a run, its ``training_options.json`` must agree with
-    ``opts`` on ``RUN_IDENTITY``; otherwise UserError naming the file and the differences
-    (nothing in the run directory is touched)."""
-    path = os.path.join(opts["outdir"], "training_options.json")
+def check_rerun(config):
+    """When ``config.outdir`` already holds a run, its ``training_options.json`` (read back) must
+    agree with ``config`` on ``RUN_IDENTITY``; otherwise UserError naming the file and the
+    differences (nothing in the run directory is touched)."""
+    path = os.path.join(config.outdir, "training_options.json")
     if not os.path.exists(path):
         return
     try:
@@ -201,12 +232,11 @@ def check_rerun(opts):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot be read ({e}); use a new --outdir") from None
-    was, now = _identity(old), _identity(opts)
+    was, now = _identity(old), _identity(config.to_dict())
     flag = {"c_dim": "class count", "label_names": "dataset label names",
             "image_channels": "dataset image channels"}
     diff = [f"{flag.get(k, '--' + k)}: run {json.dumps(was[k])}, now {json.dumps(now[k])}"
-            for k in RUN_IDENTITY if k in old or k == "image_channels"
-            if was[k] != now[k] and not (k == "image_channels" and was[k] is None)]
+            for k in RUN_IDENTITY if k in was and was[k] != now[k]]
     if diff:
         raise UserError(f"{path}: this run was made with other options ({'; '.join(diff)}); "
                         "rerun with the run's options, or use a new --outdir")
@@ -235,57 +265,43 @@ def _resolve_batch_gpu(preset, batch, batch_gpu, replicas):
     return bg
 
 
-def make_input_fn(opts):
+def make_input_fn(data_config):
     """``input_fn(num_workers, worker_index, worker_batch, seed)`` for the Trainer: the training
-    split at the run's resolution in [-1, 1], with the random transforms of ``opts['flips']``."""
+    split of a ``DataConfig`` at its resolution in [-1, 1], with its random transforms
+    (``flips``)."""
     from histaug_tf.data.pipeline import make_dataset
+    dc = data_config
 
     def input_fn(nw, wi, worker_batch, seed):
-        common = dict(resolution=opts["resolution"], resize_mode=opts["resize"],
-                      pixel_range=(-1, 1), shuffle_buffer=opts["shuffle_buffer"], repeat=True,
-                      drop_remainder=True, seed=seed, class_filter=opts["class_filter"],
-                      **FLIP_MODES[opts["flips"]])
-        if opts["input_sharding"] == "batch" or nw == 1:
-            ds = make_dataset(opts["data"], "train", batch_size=worker_batch * nw, **common)
+        common = dict(resolution=dc.resolution, resize_mode=dc.resize,
+                      pixel_range=(-1, 1), shuffle_buffer=dc.shuffle_buffer, repeat=True,
+                      drop_remainder=True, seed=seed, class_filter=dc.class_filter,
+                      **FLIP_MODES[dc.flips])
+        if dc.input_sharding == "batch" or nw == 1:
+            ds = make_dataset(dc.data, "train", batch_size=worker_batch * nw, **common)
             if nw > 1:
                 ds = ds.map(lambda x, y: (x[wi * worker_batch:(wi + 1) * worker_batch],
                                           y[wi * worker_batch:(wi + 1) * worker_batch]))
             return ds
-        return make_dataset(opts["data"], "train", batch_size=worker_batch, num_workers=nw,
+        return make_dataset(dc.data, "train", batch_size=worker_batch, num_workers=nw,
                             worker_index=wi, **common)
     return input_fn
 
 
-def freeze_d_variables(D, freezed):
-    """Freeze-D: the variables of the first ``freezed`` D layers, numbered as the reference does
-    (NVlabs ``DiscriminatorBlock.trainable_gen``): from the top-resolution block down, each
-    block's fromrgb, conv0, conv1 and skip (those that exist) take consecutive indices; the
-    epilogue is never frozen."""
-    if not freezed:
-        return []
-    out = []
-    idx = 0
-    for block in getattr(D, "blocks", []):
-        for name in ("fromrgb", "conv0", "conv1", "skip"):
-            layer = getattr(block, name, None)
-            if layer is None:
-                continue
-            if idx < freezed:
-                out.extend(layer.trainable_variables)
-            idx += 1
-    return out
-
-
-def networks_builder(preset):
-    """``fn() -> (G, D, G_ema)``: the preset's networks, G_ema starting as a copy of G."""
+def networks_builder(networks_config):
+    """``fn() -> (G, D, G_ema)``: the networks of a ``NetworksConfig`` (or a preset dict with
+    ``G_kwargs``/``D_kwargs``), G_ema starting as a copy of G."""
     from histaug_tf.gan import networks
-    from histaug_tf.gan.trainer import copy_matching_variables
+
+    nc = networks_config
+    G_kwargs = nc["G_kwargs"] if isinstance(nc, dict) else nc.G_kwargs
+    D_kwargs = nc["D_kwargs"] if isinstance(nc, dict) else nc.D_kwargs
 
     def build():
-        G = networks.Generator(**preset["G_kwargs"])
-        D = networks.Discriminator(**preset["D_kwargs"])
-        G_ema = networks.Generator(**preset["G_kwargs"])
-        copy_matching_variables(G, G_ema)
+        G = networks.Generator(**G_kwargs)
+        D = networks.Discriminator(**D_kwargs)
+        G_ema = networks.Generator(**G_kwargs)
+        networks.copy_matching_variables(G, G_ema)
         return G, D, G_ema
 
     return build
@@ -307,72 +323,45 @@ def launch(**flags):
         stop_signal = None
     num_workers, worker_index = distribute.worker_info(strategy)
     chief = distribute.is_chief(strategy)
-    opts = resolve_options(num_replicas=strategy.num_replicas_in_sync, **flags)
-    distribute.per_replica_batch(opts["batch"], strategy)  # clear error if not divisible
-    check_rerun(opts)
-    if opts["deterministic"]:
+    config = resolve_config(num_replicas=strategy.num_replicas_in_sync, **flags)
+    distribute.per_replica_batch(config.schedule.batch, strategy)  # clear error if not divisible
+    check_rerun(config)
+    if config.schedule.deterministic:
         import keras
-        keras.utils.set_random_seed(opts["seed"])
+        keras.utils.set_random_seed(config.schedule.seed)
 
     try:
-        return _train(strategy, opts, stop_signal, num_workers, worker_index, chief)
+        return _train(strategy, config, stop_signal, num_workers, worker_index, chief)
     except tf.errors.DataLossError as e:  # a damaged input shard (checksums are checked on read)
         from histaug_tf.data.manifest import explain_read_error
-        raise explain_read_error([opts["data"]], e) from None
+        raise explain_read_error([config.data.data], e) from None
 
 
-def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
+def _train(strategy, config, stop_signal, num_workers, worker_index, chief):
     from histaug_tf import distribute
     from histaug_tf.gan import augment
     from histaug_tf.gan import snapshot as snapshot_lib
     from histaug_tf.gan.trainer import Trainer
 
-    preset = opts["preset"]
-    build_networks = networks_builder(preset)
-
+    aug = config.augment
     make_pipe = None
-    if opts["aug"] != "noaug":
+    if aug.aug != "noaug":
         make_pipe = lambda: augment.make_augment_pipe(  # noqa: E731
-            opts["augpipe"], seed=opts["seed"] + 1000 * worker_index)
-
-    input_fn = make_input_fn(opts)
-
-    snapshot_fn = lambda path, G_ema, G, D, md: snapshot_lib.save_snapshot(  # noqa: E731
-        path, G_ema, G=G, D=D, metadata=md)
-    load_fn = snapshot_lib.load_snapshot
-
-    metrics_fn = _metrics_hook(opts) if opts["metrics"] else None
-    counts = np.asarray(opts["class_counts"], np.float64)
-    class_probs = counts / counts.sum() if opts["c_dim"] else None
-    lk = preset["loss_kwargs"]
-    ticks_per_snap = opts["snap"] or None
+            aug.augpipe, seed=config.schedule.seed + 1000 * worker_index)
     trainer = Trainer(
-        strategy=strategy, build_networks=build_networks, input_fn=input_fn,
-        run_dir=opts["outdir"], batch=opts["batch"], batch_gpu=opts["batch_gpu"],
-        make_augment_pipe=make_pipe,
-        c_dim=opts["c_dim"], class_probs=class_probs,
-        G_lr=preset["G_lr"], D_lr=preset["D_lr"],
-        betas=tuple(preset["G_opt_kwargs"].get("betas", (0.0, 0.99))),
-        eps=preset["G_opt_kwargs"].get("eps", 1e-8),
-        G_reg_interval=preset["G_reg_interval"], D_reg_interval=preset["D_reg_interval"],
-        r1_gamma=opts["gamma"], pl_weight=lk["pl_weight"], pl_batch_shrink=lk["pl_batch_shrink"],
-        pl_decay=lk["pl_decay"], style_mixing_prob=lk["style_mixing_prob"],
-        ema_kimg=preset["ema_kimg"], ema_rampup=opts["ema_rampup"], augment_p=opts["p"],
-        ada_target=opts["target"], ada_kimg=opts["ada_kimg"],
-        total_kimg=opts["kimg"], kimg_per_tick=opts["tick"], snapshot_ticks=ticks_per_snap,
-        image_snapshot_ticks=ticks_per_snap, checkpoint_ticks=opts["checkpoint_ticks"],
-        seed=opts["seed"], jit=opts["jit"], noise_mode=opts["noise_mode"],
-        freeze_d_vars=(lambda D: freeze_d_variables(D, opts["freezed"])),
-        options={k: v for k, v in opts.items()}, resume_snapshot=opts["resume"],
-        snapshot_fn=snapshot_fn, load_snapshot_fn=load_fn, metrics_fn=metrics_fn,
-        num_workers=num_workers, worker_index=worker_index, is_chief=chief,
-        input_sharding=opts["input_sharding"], grid_size=tuple(opts["grid"]),
-        tensorboard=opts["tensorboard"], deterministic=opts["deterministic"],
-        stop_signal=stop_signal)
+        config, strategy=strategy, build_networks=networks_builder(config.networks),
+        input_fn=make_input_fn(config.data), make_augment_pipe=make_pipe,
+        snapshot_fn=lambda path, G_ema, G, D, md: snapshot_lib.save_snapshot(
+            path, G_ema, G=G, D=D, metadata=md),
+        load_snapshot_fn=snapshot_lib.load_snapshot,
+        metrics_fn=_metrics_hook(config) if config.metrics.metrics else None,
+        stop_signal=stop_signal, num_workers=num_workers, worker_index=worker_index,
+        is_chief=chief)
     if chief:
-        print(f"{distribute.describe(strategy)}; {opts['cfg']} at {opts['resolution']}px, "
-              f"batch {opts['batch']} (rounds of {opts['batch_gpu']} per replica), "
-              f"flips {opts['flips']}, augment {opts['aug']}", flush=True)
+        sch = config.schedule
+        print(f"{distribute.describe(strategy)}; {config.networks.cfg} at "
+              f"{config.data.resolution}px, batch {sch.batch} (rounds of {trainer.batch_gpu} per "
+              f"replica), flips {config.data.flips}, augment {aug.aug}", flush=True)
     trainer.run()
     if trainer.stopped_by_signal is not None:
         # Not finished: a non-zero status tells schedulers (and the study) to run it again.
@@ -380,27 +369,29 @@ def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
     return trainer
 
 
-def _metrics_hook(opts):
-    """``fn(G_ema, snapshot_path, kimg) -> {name: value}`` calling
-    ``histaug_tf.metrics.training_metrics(...)`` when the metrics package provides it."""
+def _metrics_hook(config):
+    """``fn(G_ema, snapshot_path, kimg) -> {name: value}`` computing ``config.metrics`` with
+    ``histaug_tf.metrics.training_metrics``."""
     from histaug_tf.gan.generate_lib import Synthesizer
     from histaug_tf.metrics import training_metrics as fn
 
+    mc, dc = config.metrics, config.data
     state = {"last": None}
 
     def hook(G_ema, snapshot_path, kimg):
         # At network snapshots; with --metrics_kimg only when another metrics_kimg has passed.
-        every = float(opts["metrics_kimg"] or 0)
+        every = float(mc.metrics_kimg or 0)
         if every > 0:
             bucket = int(kimg // every)
-            if state["last"] is not None and bucket == state["last"] and kimg < opts["kimg"]:
+            if (state["last"] is not None and bucket == state["last"]
+                    and kimg < config.schedule.kimg):
                 return {}
             state["last"] = bucket
         del snapshot_path  # the hook's signature is the trainer's; the metrics need G only
         # NVlabs' metrics during training: random per-layer noise, no truncation.
         gen = Synthesizer(G=G_ema, noise_mode="random", batch_size=64)
-        return fn(metrics=opts["metrics"], generator=gen, data_dir=opts["data"],
-                  resolution=opts["resolution"], resize_mode=opts["resize"],
-                  class_filter=opts["class_filter"], inception_weights=opts.get("inception_weights"),
-                  vgg16_weights=opts.get("vgg16_weights"), kimg=kimg)
+        return fn(metrics=list(mc.metrics), generator=gen, data_dir=dc.data,
+                  resolution=dc.resolution, resize_mode=dc.resize, class_filter=dc.class_filter,
+                  inception_weights=mc.inception_weights, vgg16_weights=mc.vgg16_weights,
+                  kimg=kimg)
     return hook

@@ -106,6 +106,14 @@ class StyleGAN2Loss:
         deterministic tests).
     """
 
+    # Every statistic the objectives below report (per sample), by name: what the trainer
+    # accumulates per tick (gan/stats.py). The reference's ``training_stats.report`` names.
+    STAT_NAMES = (
+        "Loss/G/loss", "Loss/G/reg", "Loss/pl_penalty",
+        "Loss/D/loss", "Loss/D/reg", "Loss/r1_penalty",
+        "Loss/scores/fake", "Loss/signs/fake", "Loss/scores/real", "Loss/signs/real",
+    )
+
     def __init__(self, G, D, augment_pipe=None, r1_gamma=10.0, style_mixing_prob=0.9,
                  pl_weight=2.0, pl_batch_shrink=2, pl_decay=0.01, noise_mode="random"):
         self.G = G

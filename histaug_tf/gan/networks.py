@@ -615,3 +615,43 @@ def count_params(model, trainable_only=True):
     """Number of (trainable) scalars, comparable to NVlabs' ``sum(p.numel() for p in parameters())``."""
     vs = model.trainable_variables if trainable_only else model.variables
     return int(sum(int(np.prod(v.shape)) for v in vs))
+
+
+def copy_matching_variables(src_model, dst_model):
+    """Copy variables from ``src_model`` to ``dst_model`` by variable path where the shapes match
+    (reference ``copy_params_and_buffers``); returns the number copied."""
+    src = {v.path: v for v in src_model.variables}
+    n = 0
+    for v in dst_model.variables:
+        s = src.get(v.path)
+        if s is not None and tuple(s.shape) == tuple(v.shape):
+            v.assign(s.value if hasattr(s, "value") else s)
+            n += 1
+    if n == 0:
+        # Fall back to positional matching (same architecture built in another scope).
+        sv, dv = list(src_model.variables), list(dst_model.variables)
+        if len(sv) == len(dv) and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(sv, dv)):
+            for a, b in zip(sv, dv):
+                b.assign(a.value if hasattr(a, "value") else a)
+            n = len(dv)
+    return n
+
+
+def freeze_d_variables(D, freezed):
+    """Freeze-D: the variables of the first ``freezed`` D layers, numbered as the reference does
+    (NVlabs ``DiscriminatorBlock.trainable_gen``): from the top-resolution block down, each
+    block's fromrgb, conv0, conv1 and skip (those that exist) take consecutive indices; the
+    epilogue is never frozen."""
+    if not freezed:
+        return []
+    out = []
+    idx = 0
+    for block in getattr(D, "blocks", []):
+        for name in ("fromrgb", "conv0", "conv1", "skip"):
+            layer = getattr(block, name, None)
+            if layer is None:
+                continue
+            if idx < freezed:
+                out.extend(layer.trainable_variables)
+            idx += 1
+    return out

@@ -27,31 +27,22 @@ import glob
 import json
 import os
 import re
-import resource
 import shutil
 import tempfile
-import time
 
 import numpy as np
 import tensorflow as tf
 
-from histaug_tf.common import UserError, save_png, write_text_atomic
+from histaug_tf.common import UserError, write_text_atomic
 from histaug_tf.gan import loss as loss_lib
+from histaug_tf.gan.ada import Ada
+from histaug_tf.gan.networks import copy_matching_variables, freeze_d_variables
+from histaug_tf.gan.stats import TrainingStats, moments
 from histaug_tf.ops.upfirdn2d import xla_function
 
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
 _PHASE_ID = {name: i for i, name in enumerate(PHASES)}
 
-# Statistic names accumulated per tick (mean over all samples that reported them).
-STAT_NAMES = (
-    "Loss/G/loss", "Loss/G/reg", "Loss/pl_penalty",
-    "Loss/D/loss", "Loss/D/reg", "Loss/r1_penalty",
-    "Loss/scores/fake", "Loss/signs/fake", "Loss/scores/real", "Loss/signs/real",
-)
-
-
-class NonFiniteLossError(UserError):
-    """Training produced a NaN/Inf loss; the run stops and keeps its last good checkpoint."""
 
 
 class CheckpointDamaged(Exception):
@@ -130,29 +121,6 @@ def verify_checkpoint_files(prefix, chunk=64):
     return shapes
 
 
-def format_time(seconds: float) -> str:
-    s = int(np.rint(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
-    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
-
-
-def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
-    """NHWC float images in [-1, 1] -> one uint8 HWC grid with ``cols`` columns."""
-    n, h, w, c = images.shape
-    rows = -(-n // cols)
-    img = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    pad = rows * cols - n
-    if pad:
-        img = np.concatenate([img, np.zeros((pad, h, w, c), np.uint8)])
-    img = img.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
-    return img
-
-
 def _tf_var(v):
     """The tf.Variable behind a Keras 3 variable (what GradientTape watches)."""
     return v.value if hasattr(v, "value") and isinstance(v.value, tf.Variable) else v
@@ -175,30 +143,18 @@ def _nan_to_num(g):
 class Trainer:
     """StyleGAN2-ADA trainer. See the module docstring.
 
-    Args (all keyword):
+    Args:
+      config: a ``config.TrainingConfig`` (every setting; ``config.outdir`` is the run directory,
+        its files: docs/architecture.md, "GAN run directory").
       strategy: a tf.distribute.Strategy (``tf.distribute.get_strategy()`` for the default).
       build_networks: ``fn() -> (G, D, G_ema)``, called inside ``strategy.scope()``; the models
         must be built (variables created) and G_ema a structural copy of G.
-      make_augment_pipe: ``fn() -> pipe`` (with a ``p`` variable) or None; called in scope.
       input_fn: ``fn(num_workers, worker_index, worker_batch, seed) -> tf.data.Dataset`` yielding
         ``(images [worker_batch,H,W,C] float in [-1,1], labels int [worker_batch])`` forever.
-      run_dir: output directory (its files: docs/architecture.md, "GAN run directory").
-      batch: global batch. c_dim: label dimension (0 = unconditional). class_probs: gen label
-        distribution for conditional training (defaults to uniform).
-      G_lr, D_lr, betas, eps: Adam settings before the lazy-regularisation rescaling.
-      batch_gpu: samples per replica and round (default: the per-replica batch, one round).
-      G_reg_interval, D_reg_interval: lazy regularisation intervals; None = no lazy
-        regularisation: the regulariser runs every step fused with the main loss (Gboth/Dboth).
-      r1_gamma, pl_weight, pl_batch_shrink, pl_decay, style_mixing_prob: loss settings.
-      ema_kimg, ema_rampup: G EMA.
-      augment_p: initial p; ada_target (None = fixed p), ada_interval, ada_kimg: ADA heuristic.
-      total_kimg, kimg_per_tick, snapshot_ticks, image_snapshot_ticks, checkpoint_ticks.
-      seed: run seed. jit: XLA-compile the per-replica computation. noise_mode: synthesis noise
-        during training. freeze_d_vars: fn(D) -> list of D variables to keep frozen (Freeze-D).
-      options: JSON-able dict written to ``training_options.json``.
-      resume_snapshot: path of a .keras snapshot to initialise G/D/G_ema from (when no checkpoint).
+      make_augment_pipe: ``fn() -> pipe`` (with a ``p`` variable) or None; called in scope.
       snapshot_fn: ``fn(path, G_ema, G, D, metadata)`` (snapshot.save_snapshot).
-      load_snapshot_fn: ``fn(path) -> dict`` (snapshot.load_snapshot).
+      load_snapshot_fn: ``fn(path) -> dict`` (snapshot.load_snapshot), for
+        ``config.networks.resume``.
       metrics_fn: ``fn(G_ema, snapshot_path, kimg) -> dict`` or None; called at snapshots.
       stop_signal: a ``distribute.StopSignal`` or None. When it fires (SIGTERM), all workers save
         a checkpoint at the same step and ``run`` returns with ``stopped_by_signal`` set.
@@ -206,27 +162,21 @@ class Trainer:
       log: print function for the progress lines (chief only).
     """
 
-    def __init__(self, *, strategy, build_networks, input_fn, run_dir, batch, batch_gpu=None,
-                 make_augment_pipe=None, c_dim=0, class_probs=None,
-                 G_lr=0.0025, D_lr=0.0025, betas=(0.0, 0.99), eps=1e-8,
-                 G_reg_interval=4, D_reg_interval=16, r1_gamma=10.0, pl_weight=2.0,
-                 pl_batch_shrink=2, pl_decay=0.01, style_mixing_prob=0.9,
-                 ema_kimg=10.0, ema_rampup=0.05, augment_p=0.0, ada_target=None, ada_interval=4,
-                 ada_kimg=500.0, total_kimg=25000.0, kimg_per_tick=4.0,
-                 snapshot_ticks=50, image_snapshot_ticks=None, checkpoint_ticks=1, seed=0,
-                 jit=False, noise_mode="random", freeze_d_vars=None, options=None,
-                 resume_snapshot=None, snapshot_fn=None, load_snapshot_fn=None, metrics_fn=None,
-                 num_workers=1, worker_index=0, is_chief=True, input_sharding="file",
-                 grid_size=(8, 4), max_checkpoints=2, log=print, tensorboard=True,
-                 deterministic=False, stop_signal=None, stop_check_steps=4):
+    def __init__(self, config, *, strategy, build_networks, input_fn, make_augment_pipe=None,
+                 snapshot_fn=None, load_snapshot_fn=None, metrics_fn=None, stop_signal=None,
+                 num_workers=1, worker_index=0, is_chief=True, log=print, max_checkpoints=2,
+                 stop_check_steps=4):
+        self.config = config
+        net, lc, aug, sch = config.networks, config.loss, config.augment, config.schedule
         self.strategy = strategy
         self.stop_signal = stop_signal
         self.stop_check_steps = max(1, int(stop_check_steps))
-        self.run_dir = run_dir
-        self.batch = int(batch)
+        self.run_dir = config.outdir
+        self.batch = int(sch.batch)
         self.num_replicas = int(strategy.num_replicas_in_sync)
         if self.batch % self.num_replicas:
-            raise UserError(f"--batch={batch} is not divisible by the {self.num_replicas} replicas")
+            raise UserError(f"--batch={self.batch} is not divisible by the {self.num_replicas} "
+                            "replicas")
         self.replica_batch = self.batch // self.num_replicas
         self.num_workers = int(num_workers)
         self.worker_index = int(worker_index)
@@ -235,37 +185,29 @@ class Trainer:
         self.local_replicas = self.num_replicas // self.num_workers
         self.worker_batch = self.replica_batch * self.local_replicas
         self.is_chief = bool(is_chief)
-        self.c_dim = int(c_dim)
-        self.class_probs = None if class_probs is None else np.asarray(class_probs, np.float64)
-        self.G_reg_interval = G_reg_interval or None
-        self.D_reg_interval = D_reg_interval or None
-        self.pl_batch_shrink = int(pl_batch_shrink)
-        self.pl_weight = float(pl_weight)
-        self.r1_gamma = float(r1_gamma)
-        self.ema_kimg = float(ema_kimg)
-        self.ema_rampup = ema_rampup
-        self.ada_target = ada_target
-        self.ada_interval = int(ada_interval)
-        self.ada_kimg = float(ada_kimg)
-        self.total_kimg = float(total_kimg)
-        self.kimg_per_tick = float(kimg_per_tick)
-        self.snapshot_ticks = snapshot_ticks
-        self.image_snapshot_ticks = image_snapshot_ticks if image_snapshot_ticks else snapshot_ticks
-        self.checkpoint_ticks = max(1, int(checkpoint_ticks))
-        self.seed = int(seed)
-        self.jit = bool(jit)
-        self.options = dict(options or {})
+        self.c_dim = int(net.c_dim)
+        counts = np.asarray(config.data.class_counts, np.float64)
+        self.class_probs = (counts / counts.sum() if self.c_dim and counts.size == self.c_dim
+                            and counts.sum() > 0 else None)  # None: uniform
+        self.G_reg_interval = lc.G_reg_interval or None
+        self.D_reg_interval = lc.D_reg_interval or None
+        self.pl_batch_shrink = int(lc.pl_batch_shrink)
+        self.pl_weight = float(lc.pl_weight)
+        self.r1_gamma = float(lc.gamma)
+        self.ema_kimg = float(sch.ema_kimg)
+        self.ema_rampup = sch.ema_rampup
+        self.seed = int(sch.seed)
+        self.jit = bool(config.distribution.jit)
         self.snapshot_fn = snapshot_fn
         self.load_snapshot_fn = load_snapshot_fn
         self.metrics_fn = metrics_fn
         self.input_fn = input_fn
-        self.input_sharding = input_sharding
-        self.grid_size = tuple(grid_size)
         self.log = log if self.is_chief else (lambda *a, **k: None)
-        self.tensorboard = tensorboard
-        self.deterministic = bool(deterministic)
+        self.deterministic = bool(sch.deterministic)
         self.max_checkpoints = int(max_checkpoints)
+        self.stopped_by_signal = None
 
+        batch_gpu = sch.batch_gpu
         self.batch_gpu = self.replica_batch if batch_gpu is None else int(batch_gpu)
         if self.batch_gpu < 1 or self.replica_batch % self.batch_gpu:
             raise UserError(f"--batch_gpu={batch_gpu}: must divide the per-replica batch "
@@ -281,16 +223,16 @@ class Trainer:
             self.G, self.D, self.G_ema = build_networks()
             self.augment_pipe = make_augment_pipe() if make_augment_pipe is not None else None
             if self.augment_pipe is not None:
-                self.augment_pipe.p.assign(float(augment_p))
-            G_lr_eff, G_betas = loss_lib.lazy_regularization(G_lr, betas, self.G_reg_interval)
-            D_lr_eff, D_betas = loss_lib.lazy_regularization(D_lr, betas, self.D_reg_interval)
+                self.augment_pipe.p.assign(float(aug.p))
+            G_lr_eff, G_betas = loss_lib.lazy_regularization(lc.G_lr, lc.betas, self.G_reg_interval)
+            D_lr_eff, D_betas = loss_lib.lazy_regularization(lc.D_lr, lc.betas, self.D_reg_interval)
             import keras
             self.G_opt = keras.optimizers.Adam(G_lr_eff, beta_1=G_betas[0], beta_2=G_betas[1],
-                                               epsilon=eps, name="G_opt")
+                                               epsilon=lc.eps, name="G_opt")
             self.D_opt = keras.optimizers.Adam(D_lr_eff, beta_1=D_betas[0], beta_2=D_betas[1],
-                                               epsilon=eps, name="D_opt")
+                                               epsilon=lc.eps, name="D_opt")
             self.G_vars = list(self.G.trainable_variables)
-            frozen = set(id(v) for v in (freeze_d_vars(self.D) if freeze_d_vars else []))
+            frozen = set(id(v) for v in freeze_d_variables(self.D, net.freezed))
             self.D_vars = [v for v in self.D.trainable_variables if id(v) not in frozen]
             self.G_opt.build(self.G_vars)
             self.D_opt.build(self.D_vars)
@@ -302,22 +244,22 @@ class Trainer:
         self.nimg_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="nimg")
         self.tick_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="tick")
         self.seed_var = tf.Variable(self.seed, dtype=tf.int64, trainable=False, name="seed")
-        self.ada_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="ada_sum")
-        self.ada_num = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="ada_num")
-        self.stat_acc = {n: tf.Variable(tf.zeros([3], tf.float64), trainable=False)
-                         for n in STAT_NAMES}
+        # ADA: p (the pipe's variable) and the signs of D(real) since the last adjustment.
+        self.ada = Ada(self.augment_pipe.p if self.augment_pipe is not None else None,
+                       batch_size=self.batch, target=aug.target, interval=aug.ada_interval,
+                       kimg=aug.ada_kimg)
+        self.stats = TrainingStats(loss_lib.StyleGAN2Loss.STAT_NAMES)
 
         self.loss = loss_lib.StyleGAN2Loss(
-            self.G, self.D, augment_pipe=self.augment_pipe, r1_gamma=r1_gamma,
-            style_mixing_prob=style_mixing_prob, pl_weight=pl_weight,
-            pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay, noise_mode=noise_mode)
+            self.G, self.D, augment_pipe=self.augment_pipe, r1_gamma=lc.gamma,
+            style_mixing_prob=lc.style_mixing, pl_weight=lc.pl_weight,
+            pl_batch_shrink=lc.pl_batch_shrink, pl_decay=lc.pl_decay, noise_mode=net.noise_mode)
         self.z_dim = int(self.G.z_dim)
         self._w_avg = getattr(getattr(self.G, "mapping", None), "w_avg", None)
         self._w_avg_beta = float(getattr(self.G.mapping, "w_avg_beta", 0.995))
 
-        self.ada_controller = self._make_ada_controller()
         self._pending_batch = None  # (real, real_c) pulled ahead by run(), used by the next step
-        self._setup_checkpoint(resume_snapshot)
+        self._setup_checkpoint(net.resume)
         self._rebuild_functions()
 
     def _rebuild_functions(self):
@@ -371,14 +313,6 @@ class Trainer:
 
     # -----------------------------------------------------------------------------------------
     # Phases.
-
-    def _stats_out(self, stats):
-        out = {}
-        for name, v in stats.items():
-            v = tf.cast(v, tf.float32)
-            out[name] = tf.stack([tf.reduce_sum(v), tf.reduce_sum(tf.square(v)),
-                                  tf.cast(tf.size(v), tf.float32)])
-        return out
 
     def _build_functions(self):
         """The phase functions (reference ``training_loop``/``loss.accumulate_gradients``).
@@ -472,7 +406,7 @@ class Trainer:
                         stats.update(st)
                         wsums.append(tf.reduce_sum(w0, axis=0))
                 grads = tape.gradient(total, self._G_tf)
-                return grads, self._stats_out(stats), tf.stack(wsums), new_mean
+                return grads, {k: moments(v) for k, v in stats.items()}, tf.stack(wsums), new_mean
             return xla_function(compute) if jit and not fused else compute
 
         def run_rounds(round_in, compute, pl_mean, loop):
@@ -572,7 +506,7 @@ class Trainer:
                 if w0 is not None:
                     wsum = tf.reduce_sum(w0, axis=0)[None]
                 grads = tape.gradient(total, self._D_tf)
-                return grads, self._stats_out(stats), wsum
+                return grads, {k: moments(v) for k, v in stats.items()}, wsum
             return xla_function(compute) if jit and not fused else compute
 
         def d_inputs(real, real_c, step, main):
@@ -603,11 +537,9 @@ class Trainer:
         def accumulate(stats):
             for name, v in stats.items():
                 v = tf.cast(reduce_sum(v), tf.float64)
-                if name in self.stat_acc:
-                    self.stat_acc[name].assign_add(v)
+                self.stats.add(name, v)
                 if name == "Loss/signs/real":  # Dmain, Dreg and Dboth: ADA's r_t
-                    self.ada_sum.assign_add(v[0])
-                    self.ada_num.assign_add(v[2])
+                    self.ada.accumulate(v[0], v[2])
 
         def update_w_avg(wsums, counts):
             """One ``w_avg`` lerp per mapping call, in order: row i of ``wsums`` (summed over
@@ -723,10 +655,8 @@ class Trainer:
         self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
         objs = dict(G=self.G, D=self.D, G_ema=self.G_ema, G_opt=self.G_opt, D_opt=self.D_opt,
                     pl_mean=self.pl_mean, step=self.step_var, nimg=self.nimg_var,
-                    tick=self.tick_var, seed=self.seed_var, ada_sum=self.ada_sum,
-                    ada_num=self.ada_num)
+                    tick=self.tick_var, seed=self.seed_var, ada=self.ada)
         if self.augment_pipe is not None:
-            objs["augment_p"] = self.augment_pipe.p
             rng = getattr(self.augment_pipe, "rng", None)  # optional: AugmentPipe(seed=...).rng
             if rng is not None:
                 objs["augment_rng"] = rng
@@ -735,6 +665,15 @@ class Trainer:
         self._ckpt_objects = tuple(sorted(objs))
         self._ckpt_shapes = None  # {name: shape} of the last checkpoint verified in this process
         self.ckpt = tf.train.Checkpoint(**objs)
+        # Checkpoints written before ADA was one object keep its state at the top level
+        # (ada_sum, ada_num, augment_p); they are read into ``self.ada`` (converted on resume;
+        # the next checkpoint is written in the current layout).
+        legacy = {k: v for k, v in objs.items() if k != "ada"}
+        legacy.update(ada_sum=self.ada.sign_sum, ada_num=self.ada.sign_count)
+        if self.augment_pipe is not None:
+            legacy["augment_p"] = self.ada.p
+        self._legacy_objects = tuple(sorted(legacy))
+        self._legacy_ckpt = tf.train.Checkpoint(**legacy)
         self.input_ckpt_dir = os.path.join(self.ckpt_dir, f"input-worker{self.worker_index:03d}")
         self.resumed_from = None
         # Before the manager reads the checkpoint state: a damaged newest checkpoint is moved
@@ -764,7 +703,9 @@ class Trainer:
         ``step``. Raises ``CheckpointDamaged`` naming the file."""
         shapes = verify_checkpoint_files(prefix)
         graph = _object_graph(prefix)
-        missing = sorted(set(self._ckpt_objects) - {c.local_name for c in graph.nodes[0].children})
+        top = {c.local_name for c in graph.nodes[0].children}
+        objects = self._legacy_objects if self.is_legacy_layout(top) else self._ckpt_objects
+        missing = sorted(set(objects) - top)
         if missing:
             raise CheckpointDamaged(f"{prefix}.index: holds no {', '.join(missing)}")
         # exactly the variables its object graph lists (each variable once, under its first path)
@@ -783,6 +724,11 @@ class Trainer:
         if stored != step:
             raise CheckpointDamaged(f"{prefix}.index: holds step {stored}, expected {step}")
         return shapes
+
+    @staticmethod
+    def is_legacy_layout(top_level_names):
+        """A checkpoint of the layout before ``gan/ada.py`` (ADA's sums at the top level)."""
+        return "ada" not in top_level_names and {"ada_sum", "ada_num"} <= set(top_level_names)
 
     def _restore_latest(self):
         """Restore the newest checkpoint that can be read completely (model and input iterator
@@ -804,8 +750,11 @@ class Trainer:
                 self.log(f"warning: damaged checkpoint: {e}; falling back to the previous one")
                 continue
             # Verified: every object is restored from this one checkpoint, or the run stops.
+            legacy = self.is_legacy_layout(
+                {c.local_name for c in _object_graph(prefix).nodes[0].children})
             try:
-                self.ckpt.restore(prefix).assert_existing_objects_matched()
+                (self._legacy_ckpt if legacy else self.ckpt).restore(
+                    prefix).assert_existing_objects_matched()
                 self.iterator = self._make_iterator()
                 if has_it:
                     tf.train.Checkpoint(iterator=self.iterator).read(it_path).assert_consumed()
@@ -817,7 +766,12 @@ class Trainer:
                 self.log(f"warning: no input iterator state for step {step}; "
                          "restarting the input pipeline with a new shuffle seed")
                 self.iterator = self._make_iterator(seed_offset=step)
-            self._ckpt_shapes = shapes
+            if legacy:
+                self.log(f"{prefix}: written before ADA was one checkpoint object; its ADA state "
+                         "(p and the sign sums) is read and the next checkpoint uses the "
+                         "current layout")
+            else:
+                self._ckpt_shapes = shapes
             if damaged and self.is_chief:
                 self._set_aside(damaged, prefix)
             return prefix
@@ -926,236 +880,30 @@ class Trainer:
         self._ema_step(tf.constant(beta, tf.float32))
         self.nimg_var.assign(nimg + self.batch)
         self.step_var.assign(step + 1)
-        if (self.augment_pipe is not None and self.ada_target is not None
-                and (step + 1) % self.ada_interval == 0):
-            self._ada_adjust()
-
-    def _make_ada_controller(self):
-        """The ``augment.AdaController`` (created outside the strategy scope, so its
-        sums are plain variables fed with the globally reduced signs), or None."""
-        if self.augment_pipe is None or self.ada_target is None:
-            return None
-        from histaug_tf.gan.augment import AdaController
-        return AdaController(self.augment_pipe.p, batch_size=self.batch, target=self.ada_target,
-                             interval=self.ada_interval, kimg=self.ada_kimg)
-
-    def _ada_adjust(self):
-        """Every ``ada_interval`` steps: ``p += sign(r_t - target) * B * interval / (ada_kimg*1000)``,
-        clamped at 0, with r_t the mean sign of D(real) since the last adjustment (all replicas)."""
-        num = float(self.ada_num.numpy())
-        if num <= 0:
-            return
-        # called only with a pipe and an ADA target, i.e. with a controller (_make_ada_controller)
-        self.ada_controller.sign_sum.assign(float(self.ada_sum.numpy()))
-        self.ada_controller.sign_count.assign(num)
-        self.ada_controller.update()
-        self.ada_sum.assign(0.0)
-        self.ada_num.assign(0.0)
+        if self.ada.due(step + 1):
+            self.ada.adjust()
 
     # -----------------------------------------------------------------------------------------
-    # Snapshots, grids, logs.
+    # The loop (gan/loop.py).
 
-    def _grid_inputs(self):
-        gw, gh = self.grid_size
-        n = gw * gh
-        rnd = np.random.RandomState(123)
-        z = rnd.randn(n, self.z_dim).astype(np.float32)
-        if self.c_dim > 0:
-            idx = np.arange(n) // gw % self.c_dim  # one class per row, cycling
-            c = np.eye(self.c_dim, dtype=np.float32)[idx]
-        else:
-            c = np.zeros([n, 0], np.float32)
-        return z, c
-
-    def fakes_grid(self):
-        z, c = self._grid_inputs()
-        imgs = []
-        for i in range(0, len(z), 16):
-            imgs.append(np.asarray(self.G_ema(tf.constant(z[i:i + 16]), tf.constant(c[i:i + 16]),
-                                              noise_mode="const")))
-        return image_grid(np.concatenate(imgs), self.grid_size[0])
-
-    def _read_stats(self):
-        out = {}
-        for name, var in self.stat_acc.items():
-            s, s2, n = var.numpy()
-            if n > 0:
-                mean = s / n
-                out[name] = float(mean)
-                out[name + "/std"] = float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
-            var.assign(tf.zeros([3], tf.float64))
-        return out
-
-    def _truncate_stats(self, path, tick):
-        if not os.path.exists(path):
-            return
-        keep = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    if json.loads(line).get("tick", 0) < tick:
-                        keep.append(line)
-                except ValueError:
-                    pass
-        write_text_atomic(path, "".join(keep))
-
-    # -----------------------------------------------------------------------------------------
-    # The loop.
-
-    def run(self):
-        # The first input batch before anything is written: a damaged input shard (or any other
-        # input error) stops the run while its directory is still untouched.
+    def prefetch_batch(self):
+        """Pull the next input batch now (the loop does this before it writes anything)."""
         if self._pending_batch is None:
             self._pending_batch = self._next_batch()
-        os.makedirs(self.run_dir, exist_ok=True)
-        stats_path = os.path.join(self.run_dir, "stats.jsonl")
-        writer = None
-        cur_tick = int(self.tick_var.numpy())
-        if self.is_chief:
-            if self.options:
-                write_text_atomic(os.path.join(self.run_dir, "training_options.json"),
-                                   json.dumps(self.options, indent=2, sort_keys=True,
-                                              default=str) + "\n")
-            if self.resumed_from:
-                self._truncate_stats(stats_path, cur_tick)
-            if self.tensorboard:
-                writer = tf.summary.create_file_writer(self.run_dir)
-            if not self.resumed_from:
-                save_png(os.path.join(self.run_dir, "fakes_init.png"), self.fakes_grid())
-        start_time = time.time()
-        tick_start_nimg = int(self.nimg_var.numpy())
-        tick_start_time = start_time
-        maintenance = 0.0
-        self.log(f"Training for {self.total_kimg:g} kimg "
-                 f"(batch {self.batch}, {self.num_replicas} replica(s))...")
-        self.stopped_by_signal = None
-        while True:
-            if int(self.nimg_var.numpy()) >= self.total_kimg * 1000 and cur_tick > 0:
-                break  # already complete (rerun of a finished run)
-            self.train_step()
-            nimg = int(self.nimg_var.numpy())
-            done = nimg >= self.total_kimg * 1000
-            # SIGTERM (preemption, scancel, SLURM requeue): every worker checks at the same steps,
-            # so all of them save the same checkpoint and leave together.
-            if (self.stop_signal is not None and not done
-                    and int(self.step_var.numpy()) % self.stop_check_steps == 0
-                    and self.stop_signal.should_stop(self.strategy)):
-                self.save_checkpoint()
-                self.stopped_by_signal = self.stop_signal.signum
-                self.log(f"signal {self.stop_signal.signum}: checkpoint saved at kimg "
-                         f"{nimg / 1000:.3f} (step {int(self.step_var.numpy())}); exiting — rerun "
-                         "the same command to resume")
-                break
-            if not done and cur_tick != 0 and nimg < tick_start_nimg + self.kimg_per_tick * 1000:
-                continue
-            tick_end = time.time()
-            stats = self._read_stats()
-            bad = [k for k, v in stats.items() if not k.endswith("/std") and not np.isfinite(v)]
-            if bad:
-                last = self.ckpt_manager.latest_checkpoint or "none"
-                raise NonFiniteLossError(
-                    f"{self.run_dir}: non-finite loss ({', '.join(bad)}) at kimg {nimg / 1000:.1f}"
-                    f" (tick {cur_tick}); stopped; the last good checkpoint is {last}")
-            sec_tick = tick_end - tick_start_time
-            dn = max(nimg - tick_start_nimg, 1)
-            p = float(self.augment_pipe.p.numpy()) if self.augment_pipe is not None else 0.0
-            peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            peak_gpu = 0.0
-            try:
-                if tf.config.list_logical_devices("GPU"):
-                    peak_gpu = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**30
-            except (ValueError, RuntimeError):
-                pass
-            rec = {
-                "tick": cur_tick, "kimg": nimg / 1000.0, "nimg": nimg,
-                "step": int(self.step_var.numpy()),
-                "Timing/total_sec": tick_end - start_time,
-                "Timing/sec_per_tick": sec_tick,
-                "Timing/sec_per_kimg": sec_tick / dn * 1000.0,
-                "Timing/images_per_sec": dn / max(sec_tick, 1e-9),
-                "Timing/maintenance_sec": maintenance,
-                "Progress/augment": p,
-                "Progress/rt": stats.get("Loss/signs/real", float("nan")),
-                "Progress/pl_mean": float(self.pl_mean.numpy()),
-                "Resources/peak_rss_gb": peak_rss,
-                "Resources/peak_gpu_mem_gb": peak_gpu,
-                "timestamp": tick_end,
-            }
-            rec.update(stats)
-            self.log(f"tick {cur_tick:<5d} kimg {nimg / 1000:<8.1f} "
-                     f"time {format_time(tick_end - start_time):<12s} "
-                     f"sec/tick {sec_tick:<7.1f} sec/kimg {rec['Timing/sec_per_kimg']:<7.2f} "
-                     f"maintenance {maintenance:<6.1f} cpumem {peak_rss:<6.2f} "
-                     f"augment {p:.3f}")
-            # snapshot_ticks None/0 means "at the end only": the last tick always snapshots.
-            snap_now = done or bool(self.snapshot_ticks and cur_tick % self.snapshot_ticks == 0)
-            img_now = done or bool(self.image_snapshot_ticks
-                                   and cur_tick % self.image_snapshot_ticks == 0)
-            grid = None
-            kimg_i = nimg // 1000
-            if self.is_chief and img_now:
-                grid = self.fakes_grid()
-                save_png(os.path.join(self.run_dir, f"fakes{kimg_i:06d}.png"), grid)
-            snapshot_path = None
-            if snap_now and self.snapshot_fn is not None:
-                snapshot_path = os.path.join(self.run_dir, f"network-snapshot-{kimg_i:06d}.keras")
-                if self.is_chief:
-                    self.snapshot_fn(snapshot_path, self.G_ema, self.G, self.D,
-                                     self._snapshot_metadata(nimg))
-            if snap_now and self.metrics_fn is not None:
-                res = self.metrics_fn(self.G_ema, snapshot_path, nimg / 1000.0) or {}
-                rec.update({f"Metrics/{k}": float(v) for k, v in res.items()
-                            if isinstance(v, (int, float, np.floating, np.integer))})
-            if self.is_chief:
-                with open(stats_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if writer is not None:
-                    with writer.as_default():
-                        for k, v in rec.items():
-                            if k in ("tick", "timestamp") or not isinstance(v, (int, float)):
-                                continue
-                            if np.isfinite(v):
-                                tf.summary.scalar(k, v, step=nimg)
-                        if grid is not None:
-                            tf.summary.image("fakes", grid[None], step=nimg)
-                    writer.flush()
-            cur_tick += 1
-            self.tick_var.assign(cur_tick)
-            if done or cur_tick % self.checkpoint_ticks == 0:
-                self.save_checkpoint()
-            tick_start_nimg = nimg
-            tick_start_time = time.time()
-            maintenance = tick_start_time - tick_end
-            if done:
-                break
-        if writer is not None:
-            writer.close()
-        self.log("Exiting...")
+
+    def run(self):
+        """Train to ``config.schedule.kimg`` with the default tick hooks (``loop.TrainingLoop``)."""
+        from histaug_tf.gan import loop as loop_lib
+
+        sch = self.config.schedule
+        options = self.config.to_dict()
+        hooks = loop_lib.default_hooks(
+            snapshot_ticks=sch.snap or None, grid_size=sch.grid, snapshot_fn=self.snapshot_fn,
+            metrics_fn=self.metrics_fn, options=options, tensorboard=sch.tensorboard)
+        loop = loop_lib.TrainingLoop(
+            self, total_kimg=sch.kimg, kimg_per_tick=sch.tick,
+            checkpoint_ticks=sch.checkpoint_ticks, hooks=hooks, options=options,
+            stop_signal=self.stop_signal, stop_check_steps=self.stop_check_steps, log=self.log)
+        loop.run()
+        self.stopped_by_signal = loop.stopped_by_signal
         return self
-
-    def _snapshot_metadata(self, nimg):
-        md = {"kimg": nimg / 1000.0, "nimg": nimg, "step": int(self.step_var.numpy()),
-              "augment_p": float(self.augment_pipe.p.numpy()) if self.augment_pipe is not None
-              else 0.0}
-        md["training_options"] = self.options
-        return md
-
-
-def copy_matching_variables(src_model, dst_model):
-    """Copy variables from ``src_model`` to ``dst_model`` by variable path where the shapes match
-    (reference ``copy_params_and_buffers``); returns the number copied."""
-    src = {v.path: v for v in src_model.variables}
-    n = 0
-    for v in dst_model.variables:
-        s = src.get(v.path)
-        if s is not None and tuple(s.shape) == tuple(v.shape):
-            v.assign(s.value if hasattr(s, "value") else s)
-            n += 1
-    if n == 0:
-        # Fall back to positional matching (same architecture built in another scope).
-        sv, dv = list(src_model.variables), list(dst_model.variables)
-        if len(sv) == len(dv) and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(sv, dv)):
-            for a, b in zip(sv, dv):
-                b.assign(a.value if hasattr(a, "value") else a)
-            n = len(dv)
-    return n

@@ -1,0 +1,177 @@
+"""The training configuration: typed, frozen, built and validated once, written as
+``training_options.json`` and read back from it.
+
+``apps/train_gan.resolve_config`` builds a ``TrainingConfig`` from train_gan's flags, the dataset's
+manifest and the preset (the one place where they are checked against each other); the trainer,
+the loop, the input pipeline and the networks read their settings from it. A field has the name of
+the flag that sets it (``--gamma`` is ``loss.gamma``, ``--p`` is ``augment.p``, ``--tick`` is
+``schedule.tick``); fields no flag sets have the preset's name (``G_reg_interval``, ``G_kwargs``).
+Field names are unique over all sections, so ``TrainingConfig.from_flat(gamma=1, tick=2, ...)``
+places each keyword in its section (the rest keep their defaults).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the run trains on and how it is read (``data.pipeline.make_dataset``)."""
+    data: str = ""                       # dataset directory (absolute)
+    resolution: int = 0                  # training resolution (= the networks' img_resolution)
+    resize: str = "crop"                 # crop | resize | pad
+    flips: str = "none"                  # none | x | xy | all (apps/train_gan.FLIP_MODES)
+    mirror: bool = False                 # the reference's flag (= flips x)
+    class_filter: int | None = None      # one class only
+    shuffle_buffer: int = 10000
+    input_sharding: str = "file"         # file | batch (several workers)
+    label_names: tuple = ()              # from the manifest
+    class_counts: tuple = ()             # train split, per class
+    image_shape: tuple = ()              # stored H, W, C
+
+
+@dataclass(frozen=True)
+class NetworksConfig:
+    cfg: str = "tiny"                    # the preset
+    cond: bool = False
+    c_dim: int = 0                       # len(label_names) with --cond, else 0
+    G_kwargs: dict = field(default_factory=dict)   # networks.Generator(**G_kwargs)
+    D_kwargs: dict = field(default_factory=dict)   # networks.Discriminator(**D_kwargs)
+    mixed_precision: bool = False
+    freezed: int = 0                     # Freeze-D: D layers from the top
+    noise_mode: str = "random"           # synthesis noise during training
+    resume: str | None = None            # a snapshot to start from (transfer learning)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The objectives and their optimizers (reference ``StyleGAN2Loss``, ``training_loop``)."""
+    gamma: float = 10.0                  # R1 gamma
+    pl_weight: float = 2.0
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    style_mixing: float = 0.9            # style mixing probability
+    G_reg_interval: int | None = 4       # None: no lazy regularisation (Gboth every step)
+    D_reg_interval: int | None = 16
+    G_lr: float = 0.0025
+    D_lr: float = 0.0025
+    betas: tuple = (0.0, 0.99)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    aug: str = "noaug"                   # ada | noaug | fixed
+    augpipe: str = "bgc"
+    p: float = 0.0                       # initial (ada) or fixed probability
+    target: float | None = None          # ADA target r_t; None = p fixed
+    ada_kimg: float = 500.0
+    ada_interval: int = 4
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kimg: float = 25000.0                # training length
+    tick: float = 4.0                    # kimg per tick
+    snap: int = 50                       # ticks between snapshots and fakes grids (0: end only)
+    checkpoint_ticks: int = 1
+    batch: int = 32                      # global batch
+    batch_gpu: int | None = None         # samples per replica and round (None: one round)
+    ema_kimg: float = 10.0
+    ema_rampup: float | None = 0.05
+    seed: int = 0
+    deterministic: bool = False
+    grid: tuple = (8, 4)                 # fakes grid columns, rows
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class DistributionConfig:
+    strategy: str = "auto"
+    jit: bool = False
+    num_replicas: int = 1
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    metrics: tuple = ()
+    metrics_kimg: float | None = None
+    inception_weights: str | None = None
+    vgg16_weights: str | None = None
+
+
+SECTIONS = {"data": DataConfig, "networks": NetworksConfig, "loss": LossConfig,
+            "augment": AugmentConfig, "schedule": ScheduleConfig,
+            "distribution": DistributionConfig, "metrics": MetricsConfig}
+_TUPLES = {"label_names", "class_counts", "image_shape", "betas", "grid", "metrics"}
+
+
+def _section_of():
+    out = {}
+    for sec, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in out, f"field {f.name} in two sections"
+            out[f.name] = sec
+    return out
+
+
+SECTION_OF = _section_of()
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    outdir: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    networks: NetworksConfig = field(default_factory=NetworksConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    distribution: DistributionConfig = field(default_factory=DistributionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    preset: dict = field(default_factory=dict)   # the resolved preset, for the record
+
+    @classmethod
+    def from_flat(cls, outdir="", preset=None, **fields: Any) -> "TrainingConfig":
+        """Each keyword into the section that has a field of its name (unknown: TypeError)."""
+        parts = {sec: {} for sec in SECTIONS}
+        for name, value in fields.items():
+            sec = SECTION_OF.get(name)
+            if sec is None:
+                raise TypeError(f"no training config field {name!r}")
+            parts[sec][name] = tuple(value) if name in _TUPLES and value is not None else value
+        return cls(outdir=outdir, preset=dict(preset or {}),
+                   **{sec: SECTIONS[sec](**kw) for sec, kw in parts.items()})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingConfig":
+        """The inverse of ``to_dict`` (``training_options.json`` read back); ValueError when
+        ``d`` is not one (e.g. the flat options file of an older version)."""
+        if not isinstance(d, dict) or not all(isinstance(d.get(s), dict) for s in SECTIONS):
+            raise ValueError("not a sectioned training config")
+        flat = {}
+        for sec in SECTIONS:
+            for k, v in d[sec].items():
+                if SECTION_OF.get(k) != sec:
+                    raise ValueError(f"unknown field {sec}.{k}")
+                flat[k] = v
+        return cls.from_flat(outdir=d.get("outdir", ""), preset=d.get("preset"), **flat)
+
+    def replace(self, **fields) -> "TrainingConfig":
+        """A copy with flat fields changed (``cfg.replace(kimg=2)``)."""
+        parts = {}
+        for name, value in fields.items():
+            sec = SECTION_OF.get(name)
+            if sec is None:
+                raise TypeError(f"no training config field {name!r}")
+            parts.setdefault(sec, {})[name] = value
+        return dataclasses.replace(self, **{sec: dataclasses.replace(getattr(self, sec), **kw)
+                                            for sec, kw in parts.items()})
