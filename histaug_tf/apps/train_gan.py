@@ -383,7 +383,7 @@ def _train(strategy, opts, stop_signal, num_workers, worker_index, chief):
 def _metrics_hook(opts):
     """``fn(G_ema, snapshot_path, kimg) -> {name: value}`` calling
     ``histaug_tf.metrics.training_metrics(...)`` when the metrics package provides it."""
-    from histaug_tf.gan.generate_lib import Synthesizer
+    from histaug_tf.apps.generate import Synthesizer
     from histaug_tf.metrics import training_metrics as fn
 
     state = {"last": None}
