@@ -29,7 +29,7 @@ def _rss_gb():
 def child(a):
     import tensorflow as tf
 
-    from histaug_tf.gan.launch import networks_builder
+    from histaug_tf.apps.train_gan import networks_builder
     from histaug_tf.gan.presets import get_preset
     from histaug_tf.gan.config import TrainingConfig
     from histaug_tf.gan.trainer import Trainer

@@ -21,7 +21,7 @@ def bench_one(cfg, resolution, batch, jit, seconds, c_dim=2):
     import keras
     import numpy as np
 
-    from histaug_tf.gan.generate_lib import Synthesizer
+    from histaug_tf.apps.generate import Synthesizer
     from histaug_tf.gan.networks import Generator
     from histaug_tf.gan.presets import get_preset
 

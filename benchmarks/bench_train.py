@@ -49,7 +49,7 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
 
     from hlo_flops import count_flops
     from histaug_tf.gan import augment
-    from histaug_tf.gan.launch import networks_builder
+    from histaug_tf.apps.train_gan import networks_builder
     from histaug_tf.gan.presets import get_preset
     from histaug_tf.gan.config import TrainingConfig
     from histaug_tf.gan.trainer import Trainer

@@ -52,7 +52,7 @@ flags.DEFINE_string("out", None, "Append the result as a JSON line to this file.
 def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from histaug_tf.metrics.calc import calc_metrics
+    from histaug_tf.apps.calc_metrics import calc_metrics
 
     result = calc_metrics(
         metrics=FLAGS.metrics, data_dir=FLAGS.data, network=FLAGS.network, networks=FLAGS.networks,

@@ -3,7 +3,7 @@
 For each dataset × fraction × seed: subset → GAN → generate → classifiers (baseline, augmented, TSTR)
 → evaluation on the full test split; then ``results.csv``, ``results.md`` and ``roc.png`` in
 ``--outdir``, and the table on stdout. Finished cells are skipped on rerun; a finished step made with
-other flags is refused (``--redo_changed`` redoes it). See ``histaug_tf.study``.
+other flags is refused (``--redo_changed`` redoes it). See ``histaug_tf.apps.experiment``.
 """
 from absl import app, flags
 
@@ -59,7 +59,7 @@ flags.mark_flag_as_required("outdir")
 def main(argv):
     del argv
     from histaug_tf.common import UserError
-    from histaug_tf.study import StudyConfig, run_study
+    from histaug_tf.apps.experiment import StudyConfig, run_study
     f = FLAGS
     try:
         fractions = [float(v) for v in f.fractions]

@@ -37,7 +37,7 @@ flags.DEFINE_boolean("jit", False, "Compile the generator with XLA.")
 def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from histaug_tf.gan.generate_lib import generate_dataset
+    from histaug_tf.apps.generate import generate_dataset
 
     if not FLAGS.outdir:
         raise UserError("--outdir is required")

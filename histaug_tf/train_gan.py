@@ -80,7 +80,7 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's INFO chatter (checkpoint sharding, ...)
-    from histaug_tf.gan.launch import launch
+    from histaug_tf.apps.train_gan import launch
     # every flag of this module is a launch() keyword of the same name
     # (launch turns a damaged input shard into one line naming it)
     launch(**{f.name: f.value for f in FLAGS.get_flags_for_module(__name__)})

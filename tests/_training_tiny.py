@@ -123,7 +123,7 @@ def tiny_input_fn(n=64, res=4, ch=3, c_dim=0):
 
 def _pipe_factory(pipe, seed, worker_index):
     """pipe: False (none), True (StubPipe), or an augment preset name such as "bgc" (the real
-    AugmentPipe, seeded per worker as launch.py does)."""
+    AugmentPipe, seeded per worker as apps/train_gan.py does)."""
     if not pipe:
         return None
     if pipe is True:

@@ -55,7 +55,7 @@ def test_interval_coverage_simulation():
 
 def test_results_table_row():
     """The study's across-seed row carries the closed-form interval of its cells' Δ AUC."""
-    from histaug_tf.study import across_seeds_markdown
+    from histaug_tf.apps.experiment import across_seeds_markdown
     rows = [{"delta_auc": d, "delong_z": z} for d, z in ((0.01, 1.0), (0.03, 2.0), (0.02, 3.0))]
     rows.append({"delta_auc": None, "delong_z": None})          # an all-data cell: no GAN
     md = across_seeds_markdown({("tissue", 0.03): rows, ("tissue", 1.0): [rows[-1]]})

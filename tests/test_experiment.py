@@ -19,7 +19,7 @@ import pytest
 STUBS = textwrap.dedent('''
     import os, time, zlib
     import numpy as np
-    from histaug_tf import study
+    from histaug_tf.apps import experiment as study
     from histaug_tf.classifier import evaluate as ev
     from histaug_tf.common import save_npz_atomic, write_json_atomic
     from histaug_tf.classifier import train as ct
@@ -112,8 +112,8 @@ def real(tmp_path_factory):
 
 
 def _stubbed(monkeypatch):
-    """Install the stubs into histaug_tf.study for this test only."""
-    from histaug_tf import study
+    """Install the stubs into histaug_tf.apps.experiment for this test only."""
+    from histaug_tf.apps import experiment as study
     saved = (study.run_stage, study.run_classifier)
     ns = {}
     exec(STUBS, ns)  # assigns study.run_stage / run_classifier
@@ -124,7 +124,7 @@ def _stubbed(monkeypatch):
 
 
 def _cfg(outdir, real, **kw):
-    from histaug_tf.study import StudyConfig
+    from histaug_tf.apps.experiment import StudyConfig
     base = dict(outdir=str(outdir), data=[real], fractions=[0.1, 0.5, 1.0], seeds=[0, 1],
                 n_boot=50)
     base.update(kw)
@@ -137,7 +137,7 @@ def _read_csv(path):
 
 
 def test_table_from_cells_and_independent_delong(real, tmp_path, monkeypatch):
-    from histaug_tf import study
+    from histaug_tf.apps import experiment as study
     from histaug_tf.classifier import train as ct
     monkeypatch.setenv("STUB_LOG", str(tmp_path / "log"))
     _stubbed(monkeypatch)
@@ -184,7 +184,7 @@ def test_table_from_cells_and_independent_delong(real, tmp_path, monkeypatch):
 
 
 def test_slurm_array_cells_then_aggregate_only(real, tmp_path, monkeypatch):
-    from histaug_tf import study
+    from histaug_tf.apps import experiment as study
     _stubbed(monkeypatch)
     out = tmp_path / "shared"
     for f in (0.1, 1.0):
@@ -253,7 +253,7 @@ def test_resume_after_sigkill(real, tmp_path):
 def test_per_class_gans(real, tmp_path, monkeypatch):
     """--gan_mode=per_class: one unconditional GAN per class on that class only, and generate
     gets both networks."""
-    from histaug_tf import study
+    from histaug_tf.apps import experiment as study
     monkeypatch.setenv("STUB_LOG", str(tmp_path / "log"))
     _stubbed(monkeypatch)
     study.run_study(_cfg(tmp_path / "out", real, fractions=[0.5], seeds=[3], gan_mode="per_class",

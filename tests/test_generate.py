@@ -11,7 +11,7 @@ from PIL import Image
 
 from histaug_tf.common import UserError
 from histaug_tf.data.pipeline import make_dataset
-from histaug_tf.gan import generate_lib
+from histaug_tf.apps import generate as generate_lib
 from histaug_tf.gan.networks import Generator
 from histaug_tf.gan.presets import get_preset
 from histaug_tf.gan.snapshot import save_snapshot, snapshot_name
@@ -217,7 +217,7 @@ def test_metrics_of_network_equal_metrics_of_its_generated_dataset(nets, tmp_pat
 
 @pytest.mark.slow
 def test_calc_metrics_on_a_run_directory(nets, tmp_path):
-    from histaug_tf.metrics.calc import calc_metrics
+    from histaug_tf.apps.calc_metrics import calc_metrics
 
     real_dir = str(tmp_path / "real")
     generate_lib.generate_dataset(real_dir, network=nets["run"], num_per_class=6, seed=100,

@@ -9,9 +9,9 @@ PKG = os.path.join(ROOT, "histaug_tf")
 
 ENTRY_POINTS = {"prepare_data", "subset", "train_gan", "generate", "calc_metrics",
                 "train_classifier", "experiment", "import_nvlabs"}
-# the libraries behind the entry points that assemble several lower layers
-APPS = {"histaug_tf.gan.launch", "histaug_tf.gan.generate_lib", "histaug_tf.metrics.calc",
-        "histaug_tf.study", "histaug_tf.report"}
+# apps/: the library behind entry point histaug_tf/NAME.py is histaug_tf/apps/NAME.py; these app
+# modules have no entry point of their own
+APP_HELPERS = {"report"}
 
 LAYERS = [  # (layer, module prefixes), ground first
     ("common", ["histaug_tf.common", "histaug_tf"]),
@@ -20,7 +20,7 @@ LAYERS = [  # (layer, module prefixes), ground first
     ("metrics/classifier", ["histaug_tf.metrics", "histaug_tf.classifier"]),
     ("gan", ["histaug_tf.gan"]),
     ("interop", ["histaug_tf.interop"]),
-    ("apps", sorted(APPS)),
+    ("apps", ["histaug_tf.apps"]),
     ("entry points", [f"histaug_tf.{m}" for m in sorted(ENTRY_POINTS)]),
 ]
 
@@ -83,3 +83,18 @@ def test_every_module_has_a_layer_and_entry_points_are_thin():
         if module.split(".")[-1] in ENTRY_POINTS and module.count(".") == 1:
             n = sum(1 for ln in open(path, encoding="utf-8") if ln.strip())
             assert n <= 110, f"{path}: {n} lines; an entry point holds flags and one call"
+
+
+def test_apps_are_named_after_their_entry_points():
+    """One naming scheme: every module in apps/ is named after an entry point (or is a declared
+    helper app), and an entry point imports from apps/ only its own ``apps.NAME``."""
+    for module, path in modules():
+        parts = module.split(".")
+        if parts[:2] == ["histaug_tf", "apps"] and len(parts) == 3:
+            assert parts[2] in ENTRY_POINTS | APP_HELPERS, \
+                f"{path}: an app module must be named after its entry point histaug_tf/<NAME>.py"
+        if len(parts) == 2 and parts[1] in ENTRY_POINTS:
+            for line, name in imports(path, module):
+                if name == "histaug_tf.apps" or name.startswith("histaug_tf.apps."):
+                    assert name == f"histaug_tf.apps.{parts[1]}", \
+                        f"{path}:{line}: entry point {parts[1]} imports {name}, not its own app"

@@ -224,7 +224,7 @@ def expected_gen_images(G, seeds, labels=None):
 
 def gen(G, noise_mode="random"):
     """The generated side as the callers build it: a Synthesizer over one network or {class: net}."""
-    from histaug_tf.gan.generate_lib import Synthesizer
+    from histaug_tf.apps.generate import Synthesizer
     return Synthesizer(G=None if isinstance(G, dict) else G,
                        per_class=G if isinstance(G, dict) else None, noise_mode=noise_mode,
                        batch_size=16)

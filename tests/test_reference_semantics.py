@@ -27,7 +27,7 @@ R1_GAMMA, PL_WEIGHT, PL_DECAY = 0.5, 2.0, 0.01
 
 def _real_networks(res=16):
     """The real G/D (tiny preset at 16 px, mbstd group 4), G_ema a copy."""
-    from histaug_tf.gan.launch import networks_builder
+    from histaug_tf.apps.train_gan import networks_builder
     from histaug_tf.gan.presets import get_preset
     import keras
     keras.utils.set_random_seed(3)
@@ -200,7 +200,7 @@ def test_batch_gpu_rounds_equal_summed_per_round_gradients(tmp_path, jit):
 
 
 def test_batch_gpu_default_is_one_round_and_bad_values_are_one_line_errors(tmp_path):
-    from histaug_tf.gan.launch import _resolve_batch_gpu
+    from histaug_tf.apps.train_gan import _resolve_batch_gpu
     from histaug_tf.gan.presets import get_preset
     t = _trainer(tmp_path, lambda: build_tiny(res=16), batch=8)
     assert (t.batch_gpu, t.rounds) == (8, 1)
@@ -325,7 +325,7 @@ def _dihedral(a):
     (dict(), {"id"}),
 ])
 def test_mirror_is_x_flips_and_flips_modes(tmp_path, flags, expect):
-    from histaug_tf.gan.launch import make_input_fn, resolve_config
+    from histaug_tf.apps.train_gan import make_input_fn, resolve_config
     data, imgs = _toy_dataset(tmp_path / "toy")
     opts = resolve_config(data=data, outdir=str(tmp_path / "o"), cfg="tiny", **flags)
     table = {}
@@ -341,7 +341,7 @@ def test_mirror_is_x_flips_and_flips_modes(tmp_path, flags, expect):
 
 
 def test_flips_flag_errors(tmp_path):
-    from histaug_tf.gan.launch import resolve_config
+    from histaug_tf.apps.train_gan import resolve_config
     data, _ = _toy_dataset(tmp_path / "toy")
     out = str(tmp_path / "o")
     with pytest.raises(UserError, match="--mirror .*conflicts with --flips=all"):

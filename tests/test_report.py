@@ -16,7 +16,7 @@ def _fake_grid(path, value):
 
 
 def test_report_lists_every_cell_with_embedded_pictures(tmp_path, monkeypatch):
-    from histaug_tf import report, study
+    from histaug_tf.apps import experiment as study, report
     real = _real_dataset(tmp_path / "toy")
     _stubbed(monkeypatch)
     stub_stage = study.run_stage
@@ -72,7 +72,7 @@ def test_report_lists_every_cell_with_embedded_pictures(tmp_path, monkeypatch):
 
 
 def test_missing_pictures_are_named(tmp_path, monkeypatch):
-    from histaug_tf import report, study
+    from histaug_tf.apps import experiment as study, report
     real = _real_dataset(tmp_path / "toy")
     _stubbed(monkeypatch)
     out = tmp_path / "out"

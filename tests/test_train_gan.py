@@ -30,7 +30,7 @@ def toy_data(tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_gan_end_to_end_and_resume(toy_data, tmp_path):
-    from histaug_tf.gan.launch import launch
+    from histaug_tf.apps.train_gan import launch
     from histaug_tf.gan.snapshot import latest_snapshot, load_snapshot
     out = str(tmp_path / "run")
     common = dict(data=toy_data, outdir=out, cfg="tiny", batch=8, tick=0.016, snap=1,
@@ -93,7 +93,7 @@ def test_cli_errors_are_one_line(toy_data, tmp_path):
 
 def test_bad_flag_combinations(toy_data, tmp_path):
     from histaug_tf.common import UserError
-    from histaug_tf.gan.launch import resolve_config
+    from histaug_tf.apps.train_gan import resolve_config
     out = str(tmp_path / "o")
     with pytest.raises(UserError, match="--class_filter"):
         resolve_config(data=toy_data, outdir=out, cond=True, class_filter=1, cfg="tiny")
@@ -125,13 +125,13 @@ def test_bad_flag_combinations(toy_data, tmp_path):
 def test_metrics_hook_passes_inception_weights(toy_data, tmp_path, monkeypatch):
     """--inception_weights reaches training_metrics (it used to fall back to the environment)."""
     import histaug_tf.metrics as metrics_pkg
-    from histaug_tf.gan.launch import _metrics_hook, resolve_config
+    from histaug_tf.apps.train_gan import _metrics_hook, resolve_config
 
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"not read here")
     o = resolve_config(data=toy_data, outdir=str(tmp_path / "run"), cfg="tiny", metrics=["fid"],
                         inception_weights=str(weights))
-    from histaug_tf.gan import generate_lib
+    from histaug_tf.apps import generate as generate_lib
 
     seen = {}
     monkeypatch.setattr(metrics_pkg, "training_metrics", lambda **kw: seen.update(kw) or {"fid": 1.0})

@@ -194,7 +194,7 @@ def test_verify_checks_shard_sha256_before_anything(tmp_path):
 
 def test_rerun_with_other_resolution_or_label_set_is_refused(toy_data, tmp_path):
     from histaug_tf.common import UserError
-    from histaug_tf.gan.launch import check_rerun, resolve_config
+    from histaug_tf.apps.train_gan import check_rerun, resolve_config
     out = tmp_path / "run"
     out.mkdir()
     opts = resolve_config(data=toy_data, outdir=str(out), cfg="tiny")

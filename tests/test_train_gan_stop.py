@@ -13,7 +13,7 @@ from test_train_gan import ROOT, _write_dataset
 
 
 def test_snap_zero_writes_final_snapshot(tmp_path):
-    from histaug_tf.gan.launch import launch
+    from histaug_tf.apps.train_gan import launch
     from histaug_tf.gan.snapshot import latest_snapshot, load_snapshot
     data = _write_dataset(str(tmp_path / "toy"))
     out = str(tmp_path / "run")

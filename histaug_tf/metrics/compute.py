@@ -293,7 +293,7 @@ def compute_metrics(metrics=("fid",), *, data_dir: str, generator=None,
     ``gen_data_dir`` (all of its ``gen_split``). ``generator`` is a callable
     ``generator(seeds, labels) -> uint8 [N, H, W, C]`` with the attributes ``resolution``,
     ``classes`` (None when it takes no labels, else the class indices it can draw) and
-    ``per_class`` (None for one network for all classes) — e.g. ``gan.generate_lib.Synthesizer``,
+    ``per_class`` (None for one network for all classes) — e.g. ``apps.generate.Synthesizer``,
     built by the caller with the truncation and noise mode it wants. The metrics know nothing of
     GANs.
 

@@ -372,7 +372,7 @@ def _train(strategy, config, stop_signal, num_workers, worker_index, chief):
 def _metrics_hook(config):
     """``fn(G_ema, snapshot_path, kimg) -> {name: value}`` computing ``config.metrics`` with
     ``histaug_tf.metrics.training_metrics``."""
-    from histaug_tf.gan.generate_lib import Synthesizer
+    from histaug_tf.apps.generate import Synthesizer
     from histaug_tf.metrics import training_metrics as fn
 
     mc, dc = config.metrics, config.data

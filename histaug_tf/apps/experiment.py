@@ -678,7 +678,7 @@ def aggregate(outdir: str) -> str:
     write_text_atomic(os.path.join(outdir, "results.md"), md)
     if rows:
         plot_study_roc(outdir, recs, os.path.join(outdir, "roc.png"))
-        from histaug_tf.report import write_report
+        from histaug_tf.apps.report import write_report
         write_report(outdir, recs)
     return md
 

@@ -13,6 +13,8 @@ subset, synthetic set and GAN run directories) and shows, in the order a reader 
 ``write_report(outdir, recs)`` is called by the study's aggregation; ``python -m histaug_tf.experiment
 --aggregate_only`` rewrites it. A missing picture (a cell without a GAN, a run whose fakes were not
 written) is stated in the report as missing, never silently left out.
+
+An app-layer module without an entry point of its own: used by the experiment app (``apps/experiment.py``).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from histaug_tf.metrics.compute import compute_metrics, parse_metrics
 def _check_network_labels(real: dict, meta: dict, path: str) -> None:
     """A snapshot that recorded its label names must have the real dataset's."""
     from histaug_tf.data.manifest import check_same_labels, manifest_path
-    from histaug_tf.gan.generate_lib import label_names_from_metadata
+    from histaug_tf.apps.generate import label_names_from_metadata
 
     names = label_names_from_metadata(meta or {})
     if names is not None:
@@ -32,7 +32,7 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
     """
     from histaug_tf.data.manifest import (check_same_label_names, explain_read_error,
                                           is_read_error, load_manifest)
-    from histaug_tf.gan.generate_lib import Synthesizer, load_generator, parse_networks_map
+    from histaug_tf.apps.generate import Synthesizer, load_generator, parse_networks_map
     from histaug_tf.metrics.compute import check_metric_options
 
     if not data_dir:
