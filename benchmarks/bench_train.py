@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 DEFAULTS = {"tiny": (16, 8), "demo": (32, 32), "paper256": (256, 2)}
 
 
-def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
+def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, channels=None):
     import numpy as np
     import tensorflow as tf
 
@@ -56,6 +56,11 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
 
     preset = get_preset(preset_name, resolution, gpus=1, c_dim=0, img_channels=3,
                         mixed_precision=False)
+    if channels:  # (channel_base, channel_max, mapping layers), e.g. the paper's at 32 px
+        cb, cm, nmap = channels
+        preset["G_kwargs"]["synthesis_kwargs"].update(channel_base=cb, channel_max=cm)
+        preset["G_kwargs"]["mapping_kwargs"]["num_layers"] = nmap
+        preset["D_kwargs"].update(channel_base=cb, channel_max=cm)
 
     build = networks_builder(preset)
     make_pipe = lambda: augment.make_augment_pipe(augpipe, p=p, seed=seed)  # noqa: E731
@@ -143,6 +148,9 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0):
     steady = sum(np.mean(calls[k]) for k in args_of if k in calls)
     return {
         "preset": preset_name, "resolution": resolution, "batch": batch, "jit": bool(jit),
+        "channels": {"channel_base": preset["G_kwargs"]["synthesis_kwargs"]["channel_base"],
+                     "channel_max": preset["G_kwargs"]["synthesis_kwargs"]["channel_max"],
+                     "mapping_layers": preset["G_kwargs"]["mapping_kwargs"]["num_layers"]},
         "augment": aug_name, "steps": steps, "images": n, "seconds": round(dt, 3),
         "images_per_sec": round(n / dt, 3), "sec_per_kimg": round(dt / n * 1000, 2),
         "warmup_s": round(warm, 2),
@@ -215,6 +223,9 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="intra/inter op threads")
     ap.add_argument("--inter_threads", type=int, default=None,
                     help="inter-op threads (default: --threads); 0 = TensorFlow's default")
+    ap.add_argument("--channels", default=None,
+                    help="channel_base,channel_max,mapping_layers overriding the preset's "
+                    "(e.g. 16384,512,2: the paper's channels, for the reference comparison)")
     ap.add_argument("--paper256_jit", action="store_true",
                     help="also compile paper256 with XLA (slow to compile on CPU)")
     args = ap.parse_args()
@@ -235,7 +246,9 @@ def main():
             if name == "paper256" and jit and not args.paper256_jit:
                 continue
             steps = args.steps if name != "paper256" else min(args.steps, 4)
-            results.append(bench_one(name, res, batch, jit, steps, args.p, args.augpipe))
+            channels = [int(x) for x in args.channels.split(",")] if args.channels else None
+            results.append(bench_one(name, res, batch, jit, steps, args.p, args.augpipe,
+                                     channels=channels))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     peak1 = matmul_peak_gflops()
     for r in results:
