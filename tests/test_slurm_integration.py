@@ -266,13 +266,16 @@ def test_array_script_runs_the_real_study(slurm, tmp_path):
     check_real_study(study)
 
 
-# Measured on the tiny real study above (16 px, 3 classifier epochs, 100 test patches, 50/50), two
-# runs: baseline 0.557 / 0.557 (25 %), 0.558 / 0.558 (100 %); augmented 0.554 / 0.492; TSTR
-# 0.563 / 0.575; DeLong p 0.956 / 0.201. The threaded CPU training varies from run to run (the
-# augmented AUC moved by 0.06) and the bootstrap 95 % CI half-width at 100 test patches is ~0.09, so
-# the band is 0.40 .. 0.70: near chance, as this tiny study is; the exact check is the recomputation
-# of every AUC from the saved predictions.
-AUC_BAND = (0.40, 0.70)
+# Measured on the tiny real study above (16 px, 3 classifier epochs, 100 test patches, 50/50), on
+# the earlier synthetic tissue set, two runs: baseline 0.557 / 0.557 (25 %), 0.558 / 0.558 (100 %);
+# augmented 0.554 / 0.492; TSTR 0.563 / 0.575. On the harder set of the 3-seed demo a CI run gave
+# a 25 % baseline of 0.396. This study is at chance, and an AUC at chance on 50 + 50 test patches
+# has a standard deviation of sqrt((n0 + n1 + 1) / (12 n0 n1)) = 0.058 (Mann-Whitney null), so a
+# band can only catch gross failures (a leak of the test labels: AUC near 1; a constant or
+# inverted score with signal: far below 0.5). It is 0.5 -4.3 / +5.2 null SDs, (0.25, 0.80): a
+# correct run leaves it with probability < 1e-5. The exact check is the recomputation of every
+# AUC from the saved predictions.
+AUC_BAND = (0.25, 0.80)
 
 
 def check_real_study(study):
