@@ -6,13 +6,14 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+from _helpers import free_ports
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "_training_tiny.py")
@@ -55,21 +56,11 @@ def _compare(a, b, atol):
 OPTS = dict(batch=8, kimg=0.048, tick=0.016)
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_mirrored_and_multiworker_equal_single_replica(tmp_path):
     single = _run("default", str(tmp_path / "single"), str(tmp_path / "single.npz"), OPTS)
     mirrored = _run("mirrored", str(tmp_path / "mirrored"), str(tmp_path / "mirrored.npz"), OPTS)
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     workers = []
     for i in range(2):
@@ -95,7 +86,7 @@ def test_multiworker_with_ada_augmentation_keeps_workers_identical(tmp_path):
     ADA statistic are all-reduced, so both workers end with identical weights and the same p,
     and p has moved (the target 0.01 is below r_t almost at once)."""
     opts = dict(OPTS, pipe="bgc", target=0.01, ada_interval=1, ada_kimg=0.5, kimg=0.064)
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs = []
     for i in range(2):
