@@ -1,10 +1,12 @@
-"""The StyleGAN2-ADA training loop: a custom loop under tf.distribute (run directory and scale-out: docs/architecture.md, docs/training.md).
+"""The StyleGAN2-ADA training step under tf.distribute (run directory and scale-out:
+docs/architecture.md, docs/training.md); the loop around it is ``gan/loop.py``.
 
-One ``Trainer`` owns G, D, G_ema, the two Adam optimizers, the augment pipe, the input iterator,
-the checkpoint and the run directory. Each step runs the reference's phases in order
-(Gmain, Greg every ``G_reg_interval`` steps, Dmain, Dreg every ``D_reg_interval`` steps; with an
-interval of None, Gboth/Dboth every step), each a ``tf.function`` around ``strategy.run``; the
-loss/gradient part of a phase can be XLA-compiled (``jit=True``). A phase may run in rounds of
+One ``Trainer``, built from a ``config.TrainingConfig``, owns G, D, G_ema, the two Adam optimizers,
+the augment pipe and ADA (``gan/ada.py``), the input iterator and the checkpoints. Each step runs
+the reference's phases in order (Gmain, Greg every ``G_reg_interval`` steps, Dmain, Dreg every
+``D_reg_interval`` steps; with an interval of None, Gboth/Dboth every step), each a
+``tf.function`` around ``strategy.run``; with ``jit`` a phase is XLA-compiled (with one replica
+the whole phase after its random draws, Adam update included). A phase may run in rounds of
 ``batch_gpu`` samples per replica with summed gradients (``_build_functions``). Then G_ema is
 updated, and every ``ada_interval`` steps the augment probability.
 
