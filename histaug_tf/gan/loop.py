@@ -114,9 +114,8 @@ class NetworkSnapshot:
     """``snapshot_fn(path, G_ema, G, D, metadata)`` (chief), then ``metrics_fn(G_ema, path,
     kimg) -> {name: value}`` (every worker: the metrics may be computed in parallel)."""
 
-    def __init__(self, every, snapshot_fn=None, metrics_fn=None, options=None):
+    def __init__(self, every, snapshot_fn=None, metrics_fn=None):
         self.every_ticks, self.snapshot_fn, self.metrics_fn = every, snapshot_fn, metrics_fn
-        self.options = options
 
     def __call__(self, loop, tick):
         if not tick.every(self.every_ticks):
@@ -128,7 +127,7 @@ class NetworkSnapshot:
             if loop.is_chief:
                 md = {"kimg": tick.nimg / 1000.0, "nimg": tick.nimg,
                       "step": int(t.step_var.numpy()), "augment_p": float(t.ada.p.numpy()),
-                      "training_options": self.options}
+                      "training_options": loop.options}
                 self.snapshot_fn(path, t.G_ema, t.G, t.D, md)
         if self.metrics_fn is not None:
             res = self.metrics_fn(t.G_ema, path, tick.nimg / 1000.0) or {}
@@ -296,9 +295,9 @@ class TrainingLoop:
 
 
 def default_hooks(*, snapshot_ticks, image_snapshot_ticks=None, grid_size=(8, 4),
-                  snapshot_fn=None, metrics_fn=None, options=None, tensorboard=True):
+                  snapshot_fn=None, metrics_fn=None, tensorboard=True):
     """The tick hooks of a training run, in their order."""
     return [check_finite, progress_line,
             FakesGrid(image_snapshot_ticks or snapshot_ticks, grid_size),
-            NetworkSnapshot(snapshot_ticks, snapshot_fn, metrics_fn, options),
+            NetworkSnapshot(snapshot_ticks, snapshot_fn, metrics_fn),
             StatsLog(tensorboard)]

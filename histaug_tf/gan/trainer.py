@@ -702,11 +702,12 @@ class Trainer:
     def _verify_model_checkpoint(self, prefix, step):
         """Read checkpoint ``prefix`` back completely; check that it holds every object of this
         trainer (and, once one was verified in this process, exactly the same variables) at
-        ``step``. Raises ``CheckpointDamaged`` naming the file."""
+        ``step``. Returns ``(shapes, legacy)``; raises ``CheckpointDamaged`` naming the file."""
         shapes = verify_checkpoint_files(prefix)
         graph = _object_graph(prefix)
         top = {c.local_name for c in graph.nodes[0].children}
-        objects = self._legacy_objects if self.is_legacy_layout(top) else self._ckpt_objects
+        legacy = self.is_legacy_layout(top)
+        objects = self._legacy_objects if legacy else self._ckpt_objects
         missing = sorted(set(objects) - top)
         if missing:
             raise CheckpointDamaged(f"{prefix}.index: holds no {', '.join(missing)}")
@@ -725,7 +726,7 @@ class Trainer:
         stored = int(tf.train.load_variable(prefix, "step/.ATTRIBUTES/VARIABLE_VALUE"))
         if stored != step:
             raise CheckpointDamaged(f"{prefix}.index: holds step {stored}, expected {step}")
-        return shapes
+        return shapes, legacy
 
     @staticmethod
     def is_legacy_layout(top_level_names):
@@ -744,7 +745,7 @@ class Trainer:
             it_path = os.path.join(self.input_ckpt_dir, f"ckpt-{step}")
             has_it = os.path.exists(it_path + ".index")
             try:
-                shapes = self._verify_model_checkpoint(prefix, step)
+                shapes, legacy = self._verify_model_checkpoint(prefix, step)
                 if has_it:
                     verify_checkpoint_files(it_path)
             except CheckpointDamaged as e:
@@ -752,8 +753,6 @@ class Trainer:
                 self.log(f"warning: damaged checkpoint: {e}; falling back to the previous one")
                 continue
             # Verified: every object is restored from this one checkpoint, or the run stops.
-            legacy = self.is_legacy_layout(
-                {c.local_name for c in _object_graph(prefix).nodes[0].children})
             try:
                 (self._legacy_ckpt if legacy else self.ckpt).restore(
                     prefix).assert_existing_objects_matched()
@@ -826,7 +825,7 @@ class Trainer:
         # the next run falls back to the previous one).
         try:
             verify_checkpoint_files(it_path)
-            self._ckpt_shapes = self._verify_model_checkpoint(path, step)
+            self._ckpt_shapes, _ = self._verify_model_checkpoint(path, step)
         except CheckpointDamaged as e:
             raise UserError(f"checkpoint written at step {step} does not read back: {e}; "
                             "stopped (check the disk); the previous checkpoint is kept") from None
@@ -901,7 +900,7 @@ class Trainer:
         options = self.config.to_dict()
         hooks = loop_lib.default_hooks(
             snapshot_ticks=sch.snap or None, grid_size=sch.grid, snapshot_fn=self.snapshot_fn,
-            metrics_fn=self.metrics_fn, options=options, tensorboard=sch.tensorboard)
+            metrics_fn=self.metrics_fn, tensorboard=sch.tensorboard)
         loop = loop_lib.TrainingLoop(
             self, total_kimg=sch.kimg, kimg_per_tick=sch.tick,
             checkpoint_ticks=sch.checkpoint_ticks, hooks=hooks, options=options,
