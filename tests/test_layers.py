@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from histaug_tf.gan import layers as L
+from histaug_tf.ops import polyphase
 
 RNG = np.random.default_rng(1234)
 SQRT2 = np.sqrt(2.0)
@@ -70,15 +71,17 @@ def np_modconv(x, w, s, demodulate=True, up=1, noise=None):
 
 @pytest.mark.parametrize("up,k,demod", [(1, 3, True), (1, 1, False), (2, 3, True), (1, 3, False)])
 @pytest.mark.parametrize("fused", [False, True])
-def test_modulated_conv2d_matches_numpy(up, k, demod, fused):
+@pytest.mark.parametrize("conv_impl", polyphase.IMPLS)
+def test_modulated_conv2d_matches_numpy(up, k, demod, fused, conv_impl):
     n, h, cin, cout = 3, 5, 4, 6
     x = RNG.standard_normal([n, h, h, cin]).astype(np.float32)
     w = RNG.standard_normal([k, k, cin, cout]).astype(np.float32)
     s = (RNG.standard_normal([n, cin]) + 1).astype(np.float32)
     f = L.setup_resample_filter([1, 3, 3, 1])  # separable, as the layers use it
-    got = L.modulated_conv2d(tf.constant(x), tf.constant(w), tf.constant(s), up=up,
-                             padding=k // 2, resample_filter=f, demodulate=demod,
-                             flip_weight=(up == 1), fused_modconv=fused).numpy()
+    with polyphase.default_impl(conv_impl):
+        got = L.modulated_conv2d(tf.constant(x), tf.constant(w), tf.constant(s), up=up,
+                                 padding=k // 2, resample_filter=f, demodulate=demod,
+                                 flip_weight=(up == 1), fused_modconv=fused).numpy()
     ref = np_modconv(x.astype(np.float64), w.astype(np.float64), s.astype(np.float64),
                      demodulate=demod, up=up)
     assert got.shape == ref.shape == (n, h * up, h * up, cout)
@@ -116,7 +119,8 @@ def test_fully_connected_equalized_lr():
     np.testing.assert_allclose(layer(tf.constant(x)).numpy(), ref, atol=1e-5)
 
 
-def test_conv2d_layer_down2_matches_numpy():
+@pytest.mark.parametrize("conv_impl", polyphase.IMPLS)
+def test_conv2d_layer_down2_matches_numpy(conv_impl):
     """D conv1: FIR (pad 2) then stride-2 correlation, weight gain 1/sqrt(in*9), lrelu*sqrt2*gain."""
     layer = L.Conv2dLayer(3, 5, kernel_size=3, activation="lrelu", down=2, conv_clamp=0.7)
     layer.build()
@@ -126,7 +130,8 @@ def test_conv2d_layer_down2_matches_numpy():
     layer.bias.assign(b)
     x = RNG.standard_normal([2, 8, 8, 3]).astype(np.float32)
     gain = np.sqrt(0.5)
-    got = layer(tf.constant(x), gain=gain).numpy()
+    with polyphase.default_impl(conv_impl):
+        got = layer(tf.constant(x), gain=gain).numpy()
     y = np_fir_valid(x.astype(np.float64), fir_filter(), 2, 2)  # [2, 9, 9, 3]
     Wg = W / np.sqrt(3 * 9)
     ref = np.zeros([2, 4, 4, 5])

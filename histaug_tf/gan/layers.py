@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from histaug_tf.ops import polyphase as _polyphase
 from histaug_tf.ops import upfirdn2d as _fir
 from histaug_tf.ops.bias_act import bias_act
 
@@ -81,6 +82,8 @@ def _conv(x, w, stride=1, padding=(0, 0, 0, 0), groups=1, flip_weight=True):
     if not flip_weight:
         w = tf.reverse(w, axis=[0, 1])
     px0, px1, py0, py1 = padding
+    if stride > 1 and groups == 1 and _polyphase.current_impl() == "polyphase":
+        return _polyphase.strided_conv2d(x, w, stride, ((py0, py1), (px0, px1)))
     pad = [[0, 0], [py0, py1], [px0, px1], [0, 0]]
     if max(padding) == 0:
         pad = "VALID"
@@ -140,15 +143,18 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
         # filters [kh, kw, out, in] (flipped when the reference would flip).
         wt = w if not flip_weight else tf.reverse(w, axis=[0, 1])
         wt = tf.transpose(wt, [0, 1, 3, 2])
-        n, h, wd = _dim(x, 0), _dim(x, 1), _dim(x, 2)
-        out_shape = tf.stack([n, (h - 1) * up + kh - 2 * pyt, (wd - 1) * up + kw - 2 * pxt,
-                              int(w.shape[3])])
-        x = tf.nn.conv2d_transpose(x, wt, output_shape=out_shape, strides=up,
-                                   padding="VALID" if max(pxt, pyt) == 0 else
-                                   [[0, 0], [pyt, pyt], [pxt, pxt], [0, 0]])
-        if x.shape.rank == 4 and x.shape[1] is None and isinstance(h, int):
-            x = tf.ensure_shape(x, [None, (h - 1) * up + kh - 2 * pyt,
-                                    (wd - 1) * up + kw - 2 * pxt, int(w.shape[3])])
+        if _polyphase.current_impl() == "polyphase":
+            x = _polyphase.conv2d_transpose(x, wt, up, crop=(pyt, pxt))
+        else:
+            n, h, wd = _dim(x, 0), _dim(x, 1), _dim(x, 2)
+            out_shape = tf.stack([n, (h - 1) * up + kh - 2 * pyt, (wd - 1) * up + kw - 2 * pxt,
+                                  int(w.shape[3])])
+            x = tf.nn.conv2d_transpose(x, wt, output_shape=out_shape, strides=up,
+                                       padding="VALID" if max(pxt, pyt) == 0 else
+                                       [[0, 0], [pyt, pyt], [pxt, pxt], [0, 0]])
+            if x.shape.rank == 4 and x.shape[1] is None and isinstance(h, int):
+                x = tf.ensure_shape(x, [None, (h - 1) * up + kh - 2 * pyt,
+                                        (wd - 1) * up + kw - 2 * pxt, int(w.shape[3])])
         x = _fir.upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt],
                            gain=up ** 2)
         if down > 1:
