@@ -43,7 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 DEFAULTS = {"tiny": (16, 8), "demo": (32, 32), "paper256": (256, 2)}
 
 
-def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, channels=None):
+def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, channels=None,
+              profile_dir=None):
     import numpy as np
     import tensorflow as tf
 
@@ -123,6 +124,8 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         warm_cpu = (r0.ru_utime - rw.ru_utime) + (r0.ru_stime - rw.ru_stime)
         step_times = []
+        if profile_dir:
+            tf.profiler.experimental.start(profile_dir)
         t0 = time.perf_counter()
         for _ in range(steps):
             ts = time.perf_counter()
@@ -130,6 +133,8 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
             step_times.append(time.perf_counter() - ts)
         _ = t.G_ema.trainable_variables[0].numpy()
         dt = time.perf_counter() - t0
+        if profile_dir:
+            tf.profiler.experimental.stop()
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         # FLOPs per phase call from the phase's XLA program (None when it is not one program)
@@ -218,6 +223,9 @@ def main():
     ap.add_argument("--batch", type=int, default=None, help="override every preset's batch")
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--profile_dir", default=None,
+                    help="record a TensorFlow profile of the timed steps here (slows them; "
+                         "summarise it with benchmarks/xla_op_times.py)")
     ap.add_argument("--p", type=float, default=0.2)
     ap.add_argument("--augpipe", default="bgc")
     ap.add_argument("--threads", type=int, default=None, help="intra/inter op threads")
@@ -247,8 +255,10 @@ def main():
                 continue
             steps = args.steps if name != "paper256" else min(args.steps, 4)
             channels = [int(x) for x in args.channels.split(",")] if args.channels else None
+            prof = (os.path.join(args.profile_dir, f"{name}_jit{j}") if args.profile_dir
+                    else None)
             results.append(bench_one(name, res, batch, jit, steps, args.p, args.augpipe,
-                                     channels=channels))
+                                     channels=channels, profile_dir=prof))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     peak1 = matmul_peak_gflops()
     for r in results:

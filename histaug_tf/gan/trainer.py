@@ -568,13 +568,13 @@ class Trainer:
                     if pl:
                         self.pl_mean.assign(new_mean)
 
-                @tf.function
+                @tf.function(autograph=False)
                 def fused_step(step):
                     update(g_inputs(step, main, pl))
                 fused_step.xla_update = update  # (the benchmark's FLOP count)
                 return fused_step
 
-            @tf.function
+            @tf.function(autograph=False)
             def step_fn(step):
                 stats, wsums, new_mean = strategy.run(
                     lambda s: g_replica(s, main, pl, compute), args=(step,))
@@ -595,13 +595,13 @@ class Trainer:
                     accumulate(stats)
                     update_w_avg(wsums, counts)
 
-                @tf.function
+                @tf.function(autograph=False)
                 def fused_step(real, real_c, step):
                     update(d_inputs(real, real_c, step, main))
                 fused_step.xla_update = update
                 return fused_step
 
-            @tf.function
+            @tf.function(autograph=False)
             def step_fn(real, real_c, step):
                 stats, wsums = strategy.run(
                     lambda x, xc, s: d_replica(x, xc, s, main, compute),
@@ -610,7 +610,7 @@ class Trainer:
                 update_w_avg(wsums, counts)
             return step_fn
 
-        @tf.function(jit_compile=True if fused else None)
+        @tf.function(jit_compile=True if fused else None, autograph=False)
         def ema_step(beta):
             loss_lib.update_ema(self.G, self.G_ema, beta)
 

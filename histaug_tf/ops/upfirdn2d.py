@@ -75,6 +75,7 @@ def xla_function(fn, **tf_function_kwargs):
         with default_impl("slices"), polyphase.default_impl(conv):
             return fn(*args, **kwargs)
 
+    tf_function_kwargs.setdefault("autograph", False)
     return tf.function(traced, jit_compile=True, **tf_function_kwargs)
 
 
