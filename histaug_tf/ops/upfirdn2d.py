@@ -66,7 +66,8 @@ def xla_function(fn, **tf_function_kwargs):
     """``tf.function(fn, jit_compile=True)`` whose traces use the ``'slices'`` FIR, the fast one
     under XLA, and -- on a machine without a GPU -- the polyphase strided and transposed
     convolutions (``histaug_tf.ops.polyphase``), which XLA's CPU backend runs 2-3x faster than
-    its own. Every place that compiles networks with XLA goes through this."""
+    its own. Every place that compiles networks with XLA goes through this. Traced without
+    AutoGraph (unless ``autograph=True`` is passed): no Python branch on a tensor's value below."""
     from histaug_tf.ops import polyphase
 
     @functools.wraps(fn)
