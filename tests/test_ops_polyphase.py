@@ -49,22 +49,19 @@ TRANSPOSED = [  # h, w, k, stride, crop
 ]
 
 
-@pytest.mark.parametrize("h,w,k,s,pad", STRIDED)
-def test_strided_conv2d_matches_numpy(h, w, k, s, pad):
-    x = RNG.standard_normal([2, h, w, 3])
-    wt = RNG.standard_normal([k, k, 3, 5])
-    got = pp.strided_conv2d(tf.constant(x, tf.float32), tf.constant(wt, tf.float32), s, pad)
-    ref = np_strided(x, wt, s, pad)
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(got.numpy(), ref, atol=1e-4 * max(1, np.abs(ref).max()), rtol=0)
+FORWARD = (  # (op, NumPy loop, its last argument, kernel layout) per case
+    [pytest.param(pp.strided_conv2d, np_strided, pad, (k, k, 3, 5), h, w, s, id=f"strided-{i}")
+     for i, (h, w, k, s, pad) in enumerate(STRIDED)]
+    + [pytest.param(pp.conv2d_transpose, np_transpose, crop, (k, k, 5, 3), h, w, s,
+                    id=f"transpose-{i}") for i, (h, w, k, s, crop) in enumerate(TRANSPOSED)])
 
 
-@pytest.mark.parametrize("h,w,k,s,crop", TRANSPOSED)
-def test_conv2d_transpose_matches_numpy(h, w, k, s, crop):
+@pytest.mark.parametrize("op,ref_fn,last,kshape,h,w,s", FORWARD)
+def test_forward_matches_numpy(op, ref_fn, last, kshape, h, w, s):
     x = RNG.standard_normal([2, h, w, 3])
-    f = RNG.standard_normal([k, k, 5, 3])
-    got = pp.conv2d_transpose(tf.constant(x, tf.float32), tf.constant(f, tf.float32), s, crop)
-    ref = np_transpose(x, f, s, crop)
+    k = RNG.standard_normal(kshape)
+    got = op(tf.constant(x, tf.float32), tf.constant(k, tf.float32), s, last)
+    ref = ref_fn(x, k, s, last)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-4 * max(1, np.abs(ref).max()), rtol=0)
 

@@ -12,8 +12,9 @@ arithmetic, and so does it for the filter gradient of a transposed convolution. 
 ``demo`` sizes (batch 32, 128 channels, 16² → 32², 2 threads): a 3x3 transposed convolution ran
 at 50 GFLOP/s against 163 GFLOP/s for the stride-1 convolution of equal arithmetic, and the input
 gradient of the stride-2 convolution at about a third of it (``benchmarks/bench_conv.py``).
-Stride-1 convolutions, strided slices and padding — all this module emits — have gradients that
-are again stride-1 convolutions, slices and paddings, to any order.
+Custom gradients pair the two: the input gradient of the strided convolution is the polyphase
+transposed one and vice versa; filter gradients are TensorFlow's ``Conv2DBackpropFilter``. So no
+gradient, of any order, falls back to a zero-stuffed convolution on the input side.
 
 Semantics are exactly those of ``tf.nn.conv2d`` with ``strides=s`` (correlation, explicit padding)
 and ``tf.nn.conv2d_transpose`` with ``strides=s`` and ``padding='VALID'`` (plus an optional
@@ -27,32 +28,17 @@ and for XLA on GPU, which calls cuDNN) or ``'polyphase'`` (this module; what
 """
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import tensorflow as tf
+
+from histaug_tf.ops._choice import ImplChoice
 
 __all__ = ["strided_conv2d", "conv2d_transpose", "default_impl", "current_impl", "IMPLS"]
 
 IMPLS = ("native", "polyphase")
-_default = threading.local()  # tracing runs in the calling thread
-
-
-@contextlib.contextmanager
-def default_impl(impl):
-    """Inside this block :func:`current_impl` is ``impl`` (one of :data:`IMPLS`)."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    prev = getattr(_default, "impl", None)
-    _default.impl = impl
-    try:
-        yield
-    finally:
-        _default.impl = prev
-
-
-def current_impl():
-    return getattr(_default, "impl", None) or "native"
+_CHOICE = ImplChoice(IMPLS, fallback="native")
+#: ``with default_impl(impl):`` -- inside, :func:`current_impl` is ``impl``.
+default_impl = _CHOICE.scope
+current_impl = _CHOICE.current
 
 
 def _static_hw(x):

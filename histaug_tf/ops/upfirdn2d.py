@@ -35,31 +35,21 @@ of any order.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 
 import numpy as np
 import tensorflow as tf
+
+from histaug_tf.ops import polyphase
+from histaug_tf.ops._choice import ImplChoice
 
 __all__ = ["setup_filter", "upfirdn2d", "filter2d", "upsample2d", "downsample2d", "default_impl",
            "xla_function", "IMPLS"]
 
 IMPLS = ("ref", "conv", "slices")
-_default = threading.local()  # tracing runs in the calling thread
-
-
-@contextlib.contextmanager
-def default_impl(impl):
-    """Inside this block ``upfirdn2d(..., impl=None)`` uses ``impl`` (one of :data:`IMPLS`)."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    prev = getattr(_default, "impl", None)
-    _default.impl = impl
-    try:
-        yield
-    finally:
-        _default.impl = prev
+_CHOICE = ImplChoice(IMPLS, fallback="conv")
+#: ``with default_impl(impl):`` -- inside, ``upfirdn2d(..., impl=None)`` uses ``impl``.
+default_impl = _CHOICE.scope
 
 
 def xla_function(fn, **tf_function_kwargs):
@@ -68,8 +58,6 @@ def xla_function(fn, **tf_function_kwargs):
     convolutions (``histaug_tf.ops.polyphase``), which XLA's CPU backend runs 2-3x faster than
     its own. Every place that compiles networks with XLA goes through this. Traced without
     AutoGraph (unless ``autograph=True`` is passed): no Python branch on a tensor's value below."""
-    from histaug_tf.ops import polyphase
-
     @functools.wraps(fn)
     def traced(*args, **kwargs):
         conv = "native" if tf.config.list_logical_devices("GPU") else "polyphase"
@@ -270,7 +258,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl=Non
     if not flip_filter:  # correlation with the flipped kernel == convolution
         f = tf.reverse(f, axis=list(range(f.shape.rank)))
     if impl is None:
-        impl = getattr(_default, "impl", None) or "conv"
+        impl = _CHOICE.current()
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "ref":
