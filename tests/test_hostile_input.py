@@ -282,8 +282,16 @@ def test_prepare_data_sigint_leaves_no_dataset(tmp_path):
     out = tmp_path / "synth"
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", HISTAUG_QUIET="1",
                CUDA_VISIBLE_DEVICES="")
+    # A foreground process in a terminal has SIGINT at its default. A child inherits an ignored
+    # SIGINT from its parent, and this test process can have it ignored for a moment (C's
+    # system(), called from any thread, ignores SIGINT while its command runs): the conversion
+    # then shrugs off Ctrl-C and finishes with exit 0 (seen once in CI). So the command runs
+    # behind a shim that sets SIGINT to its default and execs it (same pid, same group).
+    shim = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "histaug_tf.prepare_data", "--dataset=synthetic_tissue",
+        [sys.executable, "-c", shim, "-m", "histaug_tf.prepare_data",
+         "--dataset=synthetic_tissue",
          f"--out={out}", "--size=16", "--num_train=200000", "--num_valid=0", "--num_test=0",
          "--shard_size=64", "--workers=1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
