@@ -128,14 +128,16 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         # mid-run means before the last tick was written; a kill after it (the process still
         # writing its last files: on a fast machine 2 s can be the rest of the run) or a run that
         # finished first does not test a resume: start over
-        n_written = len(open(stats_path).read().splitlines()) if os.path.exists(stats_path) else 0
-        if n_written < all_ticks:
+        stats_before = []
+        if os.path.exists(stats_path):
+            with open(stats_path) as f:
+                stats_before = f.read().splitlines()
+        if len(stats_before) < all_ticks:
             killed_mid_run = True
             break
         import shutil
         shutil.rmtree(run_dir)
     assert killed_mid_run
-    stats_before = open(stats_path).read().splitlines()
     rerun = _run("default", run_dir, str(tmp_path / "killed.npz"), opts)
     _wait(rerun)
     _wait(full)
