@@ -38,6 +38,7 @@ import tensorflow as tf
 from histaug_tf.common import UserError, write_text_atomic
 from histaug_tf.gan import loss as loss_lib
 from histaug_tf.gan.ada import Ada
+from histaug_tf.gan.adam import FusedAdam
 from histaug_tf.gan.networks import copy_matching_variables, freeze_d_variables
 from histaug_tf.gan.stats import TrainingStats, moments
 from histaug_tf.ops.upfirdn2d import xla_function
@@ -235,11 +236,10 @@ class Trainer:
                 self.augment_pipe.p.assign(float(aug.p))
             G_lr_eff, G_betas = loss_lib.lazy_regularization(lc.G_lr, lc.betas, self.G_reg_interval)
             D_lr_eff, D_betas = loss_lib.lazy_regularization(lc.D_lr, lc.betas, self.D_reg_interval)
-            import keras
-            self.G_opt = keras.optimizers.Adam(G_lr_eff, beta_1=G_betas[0], beta_2=G_betas[1],
-                                               epsilon=lc.eps, name="G_opt")
-            self.D_opt = keras.optimizers.Adam(D_lr_eff, beta_1=D_betas[0], beta_2=D_betas[1],
-                                               epsilon=lc.eps, name="D_opt")
+            self.G_opt = FusedAdam(G_lr_eff, beta_1=G_betas[0], beta_2=G_betas[1],
+                                   epsilon=lc.eps, name="G_opt")
+            self.D_opt = FusedAdam(D_lr_eff, beta_1=D_betas[0], beta_2=D_betas[1],
+                                   epsilon=lc.eps, name="D_opt")
             self.G_vars = list(self.G.trainable_variables)
             frozen = set(id(v) for v in freeze_d_variables(self.D, net.freezed))
             self.D_vars = [v for v in self.D.trainable_variables if id(v) not in frozen]
