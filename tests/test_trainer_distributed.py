@@ -63,9 +63,12 @@ def test_mirrored_and_multiworker_equal_single_replica(tmp_path):
     ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     workers = []
+    tmp = tmp_path / "tmp"  # the workers' TMPDIR: worker 1 writes its checkpoints there
+    tmp.mkdir()
     for i in range(2):
         env = _env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                        "index": i}}))
+                                                                        "index": i}}),
+                   TMPDIR=str(tmp))
         workers.append(_run("multiworker", str(tmp_path / "mw"), str(tmp_path / f"mw{i}.npz"),
                             OPTS, env=env))
     for proc in [single, mirrored] + workers:
@@ -78,6 +81,8 @@ def test_mirrored_and_multiworker_equal_single_replica(tmp_path):
     _compare(mw0, mw1, atol=0)  # the workers hold identical weights
     # only the chief wrote the run directory's stats
     assert os.path.exists(tmp_path / "mw" / "stats.jsonl")
+    # and worker 1 removed its temporary checkpoint directory when it exited
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith("ckpt-worker")]
 
 
 @pytest.mark.slow

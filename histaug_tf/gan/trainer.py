@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -692,7 +693,11 @@ class Trainer:
             write_dir = self.ckpt_dir
             self._tmp_ckpt_dir = None
         else:
+            # A non-chief worker's checkpoints are written (collectives need every worker to
+            # write) into a private temporary directory, removed when the trainer goes or the
+            # process exits (not after SIGKILL; it is then empty but for the last checkpoint).
             self._tmp_ckpt_dir = tempfile.mkdtemp(prefix=f"ckpt-worker{self.worker_index}-")
+            weakref.finalize(self, shutil.rmtree, self._tmp_ckpt_dir, True)
             write_dir = self._tmp_ckpt_dir
         self.ckpt_manager = tf.train.CheckpointManager(self.ckpt, write_dir, max_to_keep=self.max_checkpoints,
                                                        step_counter=self.step_var)
