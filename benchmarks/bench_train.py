@@ -43,12 +43,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 DEFAULTS = {"tiny": (16, 8), "demo": (32, 32), "paper256": (256, 2)}
 
 
-def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, channels=None,
-              profile_dir=None):
+def build_trainer(run_dir, preset_name, resolution, batch, jit, p, augpipe, seed=0,
+                  channels=None):
+    """The real ``Trainer`` on random in-memory reals (bgc-style pipe at a fixed p).
+    Returns ``(trainer, preset, augment_name)``."""
     import numpy as np
     import tensorflow as tf
 
-    from hlo_flops import count_flops
     from histaug_tf.gan import augment
     from histaug_tf.apps.train_gan import networks_builder
     from histaug_tf.gan.presets import get_preset
@@ -65,7 +66,6 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
 
     build = networks_builder(preset)
     make_pipe = lambda: augment.make_augment_pipe(augpipe, p=p, seed=seed)  # noqa: E731
-    aug_name = f"{augpipe}@p={p}"
     reals = np.random.RandomState(seed).uniform(-1, 1, (batch, resolution, resolution, 3))
     reals = reals.astype(np.float32)
 
@@ -74,14 +74,26 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
         return ds.repeat()
 
     lk = preset["loss_kwargs"]
+    config = TrainingConfig.from_flat(
+        outdir=run_dir, batch=batch, G_lr=preset["G_lr"], D_lr=preset["D_lr"],
+        gamma=preset["gamma"], pl_weight=lk["pl_weight"], style_mixing=lk["style_mixing_prob"],
+        ema_kimg=preset["ema_kimg"], ema_rampup=preset["ema_rampup"], p=p, target=None,
+        jit=jit, seed=seed, tensorboard=False)
+    t = Trainer(config, strategy=tf.distribute.get_strategy(), build_networks=build,
+                input_fn=input_fn, make_augment_pipe=make_pipe, log=lambda *a, **k: None)
+    return t, preset, f"{augpipe}@p={p}"
+
+
+def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, channels=None,
+              profile_dir=None):
+    import numpy as np
+    import tensorflow as tf
+
+    from hlo_flops import count_flops
+
     with tempfile.TemporaryDirectory() as run_dir:
-        config = TrainingConfig.from_flat(
-            outdir=run_dir, batch=batch, G_lr=preset["G_lr"], D_lr=preset["D_lr"],
-            gamma=preset["gamma"], pl_weight=lk["pl_weight"], style_mixing=lk["style_mixing_prob"],
-            ema_kimg=preset["ema_kimg"], ema_rampup=preset["ema_rampup"], p=p, target=None,
-            jit=jit, seed=seed, tensorboard=False)
-        t = Trainer(config, strategy=tf.distribute.get_strategy(), build_networks=build,
-                    input_fn=input_fn, make_augment_pipe=make_pipe, log=lambda *a, **k: None)
+        t, preset, aug_name = build_trainer(run_dir, preset_name, resolution, batch, jit, p,
+                                            augpipe, seed=seed, channels=channels)
         calls = {}    # phase -> [seconds per call] in the timed steps
         args_of = {}  # phase -> the arguments of its first call (for the FLOP count)
         orig = {}     # phase -> its own function (behind the timing wrapper)
