@@ -13,11 +13,12 @@ with ``t`` the iteration + 1. The one difference in rounding: the op forms ``1 -
 variable's dtype, Keras in Python floats before the cast (a relative difference of ~1e-6 in that
 factor, far below the rounding of the gradients themselves).
 
-Why: each Keras update adds ~40 graph nodes per variable (~175 variables per phase), among them
-two ``Sqrt``, which TensorFlow lowers to XLA through a per-op MLIR pipeline (~3 ms per op
-instance, paid by every process that compiles or loads a phase from the persistent cache). The
-fused op is one node whose XLA lowering is direct, and one kernel without XLA. Measured in
-docs/speed.md ("Warm-up").
+Why: each Keras update adds ~40 graph nodes per variable (175 variable updates in the four phase
+programs of the demo configuration), among them two ``Sqrt``, which TensorFlow lowers to XLA
+through a per-op MLIR pipeline (~3 ms per op instance, paid by every process that compiles or
+loads a phase from the persistent cache). The fused op is one node whose XLA lowering is direct,
+and one kernel without XLA. Measured in docs/speed.md ("Warm-up: fewer ops that TensorFlow
+lowers one at a time").
 """
 from __future__ import annotations
 

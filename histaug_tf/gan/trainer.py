@@ -141,8 +141,9 @@ def _nan_to_num(g):
 
     Written with comparisons only (NaN is the one value unequal to itself): TensorFlow lowers
     ``IsNan``, ``IsInf`` and ``Sign`` to XLA through a per-op MLIR pipeline that costs ~3 ms per
-    op instance when a program is compiled or loaded from the cache (one per gradient tensor,
-    ~175 per phase), comparisons and selects ~0.3 ms (docs/speed.md, "Warm-up")."""
+    op instance when a program is compiled or loaded from the cache (one per gradient tensor: 175
+    in the four phase programs of the demo configuration), comparisons and selects ~0.3 ms
+    (docs/speed.md, "Warm-up: fewer ops that TensorFlow lowers one at a time")."""
     if g is None:
         return None
     big = tf.constant(1e5, g.dtype)
