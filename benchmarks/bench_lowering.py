@@ -81,8 +81,7 @@ def op_costs(n=100):
 
 
 def phase_lowering(preset, resolution, batch, p, augpipe):
-    import tensorflow as tf
-    from bench_train import build_trainer
+    from bench_train import build_trainer, xla_program
 
     with tempfile.TemporaryDirectory() as run_dir:
         t, _, aug = build_trainer(run_dir, preset, resolution, batch, True, p, augpipe)
@@ -100,13 +99,10 @@ def phase_lowering(preset, resolution, batch, p, augpipe):
         first = time.perf_counter() - t0
         phases = {}
         for name in trace:
-            upd = getattr(orig[name], "xla_update", None)
-            if upd is None:  # not one XLA program (several replicas)
+            prog = xla_program(orig[name])
+            if prog is None:  # not one XLA program (several replicas)
                 continue
-            cf = upd._list_all_concrete_functions_for_serialization()[0]
-            spec_args, _ = cf.structured_input_signature
-            args = tf.nest.map_structure(
-                lambda s: None if s is None else tf.zeros(s.shape, s.dtype), spec_args)
+            upd, cf, args = prog
             gd = cf.graph.as_graph_def()
             ops = [n.op for n in gd.node] + [n.op for f in gd.library.function
                                              for n in f.node_def]

@@ -191,20 +191,30 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
     }
 
 
+def xla_program(phase_fn):
+    """``(program, concrete function, zero arguments of its traced signature)`` of a traced
+    trainer phase whose work after its random draws is one XLA program (``xla_update``);
+    None when it is not."""
+    import tensorflow as tf
+
+    upd = getattr(phase_fn, "xla_update", None)
+    if upd is None:
+        return None
+    cf = upd._list_all_concrete_functions_for_serialization()[0]
+    spec_args, _ = cf.structured_input_signature
+    args = tf.nest.map_structure(
+        lambda s: None if s is None else tf.zeros(s.shape, s.dtype), spec_args)
+    return upd, cf, args
+
+
 def _phase_flops(fn, args, count_flops):
     """FLOPs of one call of a phase: of its XLA program ``fn.xla_update`` (the trainer's phase
     after its random draws, one program), or of ``fn`` itself when it is jit-compiled; None when
     the phase is not one XLA program."""
-    import tensorflow as tf
-
     try:
-        upd = getattr(fn, "xla_update", None)
-        if upd is not None:
-            cfs = upd._list_all_concrete_functions_for_serialization()
-            spec_args, _ = cfs[0].structured_input_signature
-            args = tf.nest.map_structure(
-                lambda s: None if s is None else tf.zeros(s.shape, s.dtype), spec_args)
-            fn = upd
+        prog = xla_program(fn)
+        if prog is not None:
+            fn, _, args = prog
         return count_flops(fn.experimental_get_compiler_ir(*args)(stage="hlo"))["total"]
     except Exception:  # noqa: BLE001 - not jit-compiled as a whole (older trainers)
         return None

@@ -5,6 +5,7 @@ SIGKILL and rerun ends with the same weights as an uninterrupted run (determinis
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,7 +141,6 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         if len(stats_before) < all_ticks:
             killed_mid_run = True
             break
-        import shutil
         shutil.rmtree(run_dir)
     assert killed_mid_run
     rerun = _run("default", run_dir, str(tmp_path / "killed.npz"), opts)

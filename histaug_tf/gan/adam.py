@@ -26,11 +26,6 @@ import keras
 import tensorflow as tf
 
 
-def _tf_var(v):
-    """The tf.Variable (or distributed variable) behind a Keras 3 variable."""
-    return v.value if isinstance(v, keras.Variable) else v
-
-
 class FusedAdam(keras.optimizers.Adam):
     """``keras.optimizers.Adam`` whose per-variable update is ``ResourceApplyAdam``
     (module docstring). Options the fused op does not cover (``amsgrad``) use Keras' update."""
@@ -38,15 +33,15 @@ class FusedAdam(keras.optimizers.Adam):
     def update_step(self, gradient, variable, learning_rate):
         if self.amsgrad:
             return super().update_step(gradient, variable, learning_rate)
-        var = _tf_var(variable)
-        dtype = var.dtype
+        # (Keras 3 variables and tf.Variables both have ``handle``)
+        dtype = tf.as_dtype(variable.dtype)
         i = self._get_variable_index(variable)
-        m, v = _tf_var(self._momentums[i]), _tf_var(self._velocities[i])
+        m, v = self._momentums[i], self._velocities[i]
         t = tf.cast(self.iterations + 1, dtype)
         beta_1 = tf.constant(self.beta_1, dtype)
         beta_2 = tf.constant(self.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
-            var=var.handle, m=m.handle, v=v.handle,
+            var=variable.handle, m=m.handle, v=v.handle,
             beta1_power=tf.pow(beta_1, t), beta2_power=tf.pow(beta_2, t),
             lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
             epsilon=tf.constant(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
