@@ -42,10 +42,25 @@ def write_pcam(d, sizes=SIZES, gz=False, seed=0, shape=(96, 96, 3), xkey="x", yk
 
 
 def run_cli(*args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", HISTAUG_QUIET="1")
-    p = subprocess.run([sys.executable, "-m", "histaug_tf.prepare_data", *args], env=env,
-                       capture_output=True, text=True, timeout=timeout)
-    return p.returncode, p.stderr
+    """``(exit code, stderr)`` of ``prepare_data``. A run that outlives ``timeout`` fails the test
+    with the Python stacks of all its threads (faulthandler on SIGABRT): it hung once under a
+    loaded suite on a truncated input, and only a stack dump can say where."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", HISTAUG_QUIET="1",
+               PYTHONFAULTHANDLER="1")
+    p = subprocess.Popen([sys.executable, "-m", "histaug_tf.prepare_data", *args], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGABRT)
+        try:
+            _, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        pytest.fail(f"prepare_data {' '.join(args)} still running after {timeout} s; its "
+                    f"stderr with the stacks:\n{err[-8000:]}")
+    return p.returncode, err
 
 
 def error_lines(stderr):
