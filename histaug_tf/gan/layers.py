@@ -24,9 +24,12 @@ themselves. Keras' automatic input casting is therefore switched off for these l
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 import keras
+from tensorflow.python.trackable import data_structures as _data_structures
 
 from histaug_tf.ops import polyphase as _polyphase
 from histaug_tf.ops import upfirdn2d as _fir
@@ -234,7 +237,55 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=0,
 # --------------------------------------------------------------------------------------------
 # Layers.
 
-class _Layer(keras.layers.Layer):
+class CheckpointedLists:
+    """Mixin for Keras layers and models: sublayers kept in a list attribute (``self.blocks =
+    [...]``) are children of the layer in a ``tf.train.Checkpoint`` (keys ``blocks/0/...``).
+
+    Keras 3 tracks such lists for ``.variables`` but hands them to TensorFlow's object graph only
+    for SavedModel exports, so a checkpoint of a network held just the variables reachable
+    through attributes: G_ema's weights, the constant noise buffers and, for G and D, everything
+    their optimizers did not also hold were missing, and a resumed run restarted them.
+    """
+
+    _lists_on = [True]  # lists_in_checkpoints() switches them off (reading older checkpoints)
+
+    @classmethod
+    @contextlib.contextmanager
+    def lists_in_checkpoints(cls, on=True):
+        """Within the block the lists are (``on``) or are not children in checkpoints; off
+        matches a checkpoint written before they were, object for object."""
+        before = cls._lists_on[0]
+        cls._lists_on[0] = bool(on)
+        try:
+            yield
+        finally:
+            cls._lists_on[0] = before
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "checkpoint" and CheckpointedLists._lists_on[0]:
+            for attr in getattr(self, "_tracked", ()):
+                item = getattr(self, attr, None)
+                if isinstance(item, list) and attr not in children and any(
+                        isinstance(x, tf.__internal__.tracking.Trackable) for x in item):
+                    children[attr] = self._checkpoint_list(attr, item)
+        return children
+
+    def _checkpoint_list(self, attr, item):
+        """One wrapper per list for as long as the list holds the same objects: a checkpoint
+        asks for the children more than once and identifies them by object."""
+        cache = self.__dict__.get("_checkpoint_lists")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_checkpoint_lists", cache)  # past Keras' tracking
+        ids = tuple(id(x) for x in item)
+        hit = cache.get(attr)
+        if hit is None or hit[0] != ids:
+            hit = cache[attr] = (ids, _data_structures.ListWrapper(list(item)))
+        return hit[1]
+
+
+class _Layer(CheckpointedLists, keras.layers.Layer):
     """Base: no automatic input casting (blocks manage float16 themselves); build from config."""
 
     def __init__(self, **kwargs):

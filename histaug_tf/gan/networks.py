@@ -25,7 +25,8 @@ import tensorflow as tf
 import keras
 
 from histaug_tf.ops import upfirdn2d as _fir
-from histaug_tf.gan.layers import (_Layer, _register, _dim, FullyConnectedLayer, Conv2dLayer,
+from histaug_tf.gan.layers import (CheckpointedLists, _Layer, _register, _dim,
+                                   FullyConnectedLayer, Conv2dLayer,
                                    SynthesisLayer, ToRGBLayer, MinibatchStdLayer,
                                    setup_resample_filter,
                                    normalize_2nd_moment)
@@ -326,7 +327,7 @@ class SynthesisNetwork(_Layer):
 
 
 @_register
-class Generator(keras.Model):
+class Generator(CheckpointedLists, keras.Model):
     """StyleGAN2 generator: ``G(z, c, truncation_psi=1, truncation_cutoff=None, noise_mode='random')``.
 
     Attributes: ``z_dim, c_dim, w_dim, num_ws, img_resolution, img_channels``, ``mapping``
@@ -517,7 +518,7 @@ class DiscriminatorEpilogue(_Layer):
 
 
 @_register
-class Discriminator(keras.Model):
+class Discriminator(CheckpointedLists, keras.Model):
     """StyleGAN2 residual discriminator: ``D(img, c) -> logits [N, 1]``.
 
     ``img`` NHWC in [-1, 1]; ``c`` one-hot ``[N, c_dim]`` (conditioning by projection onto the

@@ -40,6 +40,7 @@ from histaug_tf.common import UserError, write_text_atomic
 from histaug_tf.gan import loss as loss_lib
 from histaug_tf.gan.ada import Ada
 from histaug_tf.gan.adam import FusedAdam
+from histaug_tf.gan.layers import CheckpointedLists
 from histaug_tf.gan.networks import copy_matching_variables, freeze_d_variables
 from histaug_tf.gan.stats import TrainingStats, moments
 from histaug_tf.ops.upfirdn2d import xla_function
@@ -76,6 +77,22 @@ def _object_graph(prefix):
     if not graph.nodes:
         raise CheckpointDamaged(f"{prefix}.index: empty object graph")
     return graph
+
+
+def _stored_variable_count(graph, top_name):
+    """How many variables checkpoint object graph ``graph`` reaches from its top-level object
+    ``top_name`` (0 when there is none)."""
+    start = [c.node_id for c in graph.nodes[0].children if c.local_name == top_name]
+    seen, todo, count = set(start), list(start), 0
+    while todo:
+        node = graph.nodes[todo.pop()]
+        if any(a.name == "VARIABLE_VALUE" for a in node.attributes):
+            count += 1
+        for c in node.children:
+            if c.node_id not in seen:
+                seen.add(c.node_id)
+                todo.append(c.node_id)
+    return count
 
 
 def checkpoint_step(prefix):
@@ -739,7 +756,12 @@ class Trainer:
         stored = int(tf.train.load_variable(prefix, "step/.ATTRIBUTES/VARIABLE_VALUE"))
         if stored != step:
             raise CheckpointDamaged(f"{prefix}.index: holds step {stored}, expected {step}")
-        return shapes, legacy
+        return shapes, legacy, self._without_network_lists(graph)
+
+    def _without_network_lists(self, graph):
+        """A checkpoint written before the networks' layer lists were checkpoint children
+        (``layers.CheckpointedLists``): it reaches fewer of G_ema's variables than G_ema has."""
+        return _stored_variable_count(graph, "G_ema") < len(self.G_ema.variables)
 
     @staticmethod
     def is_legacy_layout(top_level_names):
@@ -758,7 +780,7 @@ class Trainer:
             it_path = os.path.join(self.input_ckpt_dir, f"ckpt-{step}")
             has_it = os.path.exists(it_path + ".index")
             try:
-                shapes, legacy = self._verify_model_checkpoint(prefix, step)
+                shapes, legacy, no_lists = self._verify_model_checkpoint(prefix, step)
                 if has_it:
                     verify_checkpoint_files(it_path)
             except CheckpointDamaged as e:
@@ -767,8 +789,10 @@ class Trainer:
                 continue
             # Verified: every object is restored from this one checkpoint, or the run stops.
             try:
-                (self._legacy_ckpt if legacy else self.ckpt).restore(
-                    prefix).assert_existing_objects_matched()
+                # (an older checkpoint is matched against the object graph it was written from)
+                with CheckpointedLists.lists_in_checkpoints(not no_lists):
+                    (self._legacy_ckpt if legacy else self.ckpt).restore(
+                        prefix).assert_existing_objects_matched()
                 self.iterator = self._make_iterator()
                 if has_it:
                     tf.train.Checkpoint(iterator=self.iterator).read(it_path).assert_consumed()
@@ -780,11 +804,19 @@ class Trainer:
                 self.log(f"warning: no input iterator state for step {step}; "
                          "restarting the input pipeline with a new shuffle seed")
                 self.iterator = self._make_iterator(seed_offset=step)
+            if no_lists:
+                # G_ema's weights were not stored: its average restarts from G's weights (better
+                # than from the initialisation the networks were built with)
+                copy_matching_variables(self.G, self.G_ema)
+                self.log(f"warning: {prefix}: written before checkpoints held the networks' "
+                         "layer lists: G_ema's weights and the constant noise buffers were not "
+                         "stored; G_ema restarts from G's weights, the buffers are new. The next "
+                         "checkpoint holds them all")
             if legacy:
                 self.log(f"{prefix}: written before ADA was one checkpoint object; its ADA state "
                          "(p and the sign sums) is read and the next checkpoint uses the "
                          "current layout")
-            else:
+            if not (legacy or no_lists):  # (the next checkpoint's variables differ from these)
                 self._ckpt_shapes = shapes
             if damaged and self.is_chief:
                 self._set_aside(damaged, prefix)
@@ -838,7 +870,7 @@ class Trainer:
         # the next run falls back to the previous one).
         try:
             verify_checkpoint_files(it_path)
-            self._ckpt_shapes, _ = self._verify_model_checkpoint(path, step)
+            self._ckpt_shapes = self._verify_model_checkpoint(path, step)[0]
         except CheckpointDamaged as e:
             raise UserError(f"checkpoint written at step {step} does not read back: {e}; "
                             "stopped (check the disk); the previous checkpoint is kept") from None
