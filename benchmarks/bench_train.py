@@ -98,6 +98,7 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
         args_of = {}  # phase -> the arguments of its first call (for the FLOP count)
         orig = {}     # phase -> its own function (behind the timing wrapper)
         trace = {}    # phase -> seconds to trace it (warm-up step only)
+        graphs = {}   # phase -> "traced" | "loaded" (graph cache) | "uncached"
         mode = {"warm": True}
 
         def timed(name, fn):
@@ -107,7 +108,10 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
                 if mode["warm"] and name not in args_of:
                     args_of[name] = a
                     t_ = time.perf_counter()
-                    fn.get_concrete_function(*a)  # tracing only; the call below compiles
+                    if hasattr(fn, "prepare"):  # graph cache: load the graph, or trace and save
+                        graphs[name] = fn.prepare(*a)["source"]
+                    else:
+                        fn.get_concrete_function(*a)  # tracing only; the call below compiles
                     trace[name] = time.perf_counter() - t_
                 t_ = time.perf_counter()
                 out = fn(*a)
@@ -173,6 +177,8 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
         "warmup_s": round(warm, 2),
         "warmup": {"trace_s": round(sum(trace.values()), 2),
                    "trace_s_per_phase": {k: round(v, 2) for k, v in trace.items()},
+                   # per phase: "traced" (and saved), "loaded" from the graph cache, "uncached"
+                   "graphs": graphs,
                    "compile_and_first_run_s": round(warm - sum(trace.values()), 2),
                    "compile_s_est": round(warm - sum(trace.values()) - steady, 2),
                    # process CPU seconds of the warm-up step (less sensitive to other load)
@@ -212,6 +218,8 @@ def _phase_flops(fn, args, count_flops):
     after its random draws, one program), or of ``fn`` itself when it is jit-compiled; None when
     the phase is not one XLA program."""
     try:
+        if hasattr(fn, "prepare"):  # a graph-cache wrapper: trace the function itself (untimed)
+            fn.get_concrete_function(*args)
         prog = xla_program(fn)
         if prog is not None:
             fn, _, args = prog

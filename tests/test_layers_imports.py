@@ -16,7 +16,8 @@ APP_HELPERS = {"report"}
 LAYERS = [  # (layer, module prefixes), ground first
     ("common", ["histaug_tf.common", "histaug_tf"]),
     ("ops", ["histaug_tf.ops"]),
-    ("data", ["histaug_tf.data", "histaug_tf.distribute", "histaug_tf.torchfile"]),
+    ("data", ["histaug_tf.data", "histaug_tf.distribute", "histaug_tf.graph_cache",
+              "histaug_tf.torchfile"]),
     ("metrics/classifier", ["histaug_tf.metrics", "histaug_tf.classifier"]),
     ("gan", ["histaug_tf.gan"]),
     ("interop", ["histaug_tf.interop"]),

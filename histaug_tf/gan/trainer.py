@@ -33,9 +33,11 @@ import shutil
 import tempfile
 import weakref
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from histaug_tf import graph_cache
 from histaug_tf.common import UserError, write_text_atomic
 from histaug_tf.gan import loss as loss_lib
 from histaug_tf.gan.ada import Ada
@@ -649,6 +651,70 @@ class Trainer:
             "Dboth": d_step_fn(True, True, 1.0),
         }
         self._ema_step = ema_step
+        self._cache_graphs()
+
+    # Trainer attributes that do not reach a traced graph (paths, loop state, callbacks).
+    _NOT_IN_GRAPHS = ("run_dir", "ckpt_dir", "input_ckpt_dir", "resumed_from", "_tmp_ckpt_dir",
+                      "_ckpt_shapes", "_pending_batch", "stopped_by_signal", "stop_signal",
+                      "stop_check_steps", "max_checkpoints")
+
+    def _cache_graphs(self):
+        """Wrap the phase functions and the EMA update in ``graph_cache.CachedFunction``: a later
+        process with the same key loads their traced graphs instead of tracing them. Only with
+        one replica (a distributed graph holds collective keys and devices of its own process)
+        and not in deterministic mode (there the functions are traced again at each checkpoint
+        with a global seed of that step)."""
+        if (self.num_replicas > 1 or self.num_workers > 1 or self.deterministic
+                or tf.config.functions_run_eagerly() or graph_cache.graph_cache_dir() is None):
+            return
+        # The networks' configuration is part of the key: networks whose class does not define
+        # its own get_config (e.g. the tests' stand-ins) are not cached.
+        for m in (self.G, self.D, self.G_ema):
+            if type(m).get_config in (keras.Model.get_config, keras.layers.Layer.get_config):
+                return
+        cfg = self.config.to_dict()
+        cfg.pop("outdir", None)
+        cfg.pop("metrics", None)
+        cfg["data"].pop("data", None)
+        cfg["networks"].pop("resume", None)
+        for k in ("kimg", "tick", "snap", "checkpoint_ticks", "grid", "tensorboard"):
+            cfg["schedule"].pop(k, None)
+        key = {
+            "config": cfg,
+            "trainer": graph_cache.scalars(self, exclude=self._NOT_IN_GRAPHS),
+            "loss": graph_cache.scalars(self.loss),
+            "augment": (None if self.augment_pipe is None
+                        else [type(self.augment_pipe).__name__,
+                              graph_cache.scalars(self.augment_pipe)]),
+            "ada": graph_cache.scalars(self.ada),
+            "networks": [[type(m).__name__, m.get_config()] for m in (self.G, self.D, self.G_ema)],
+            "optimizers": [self.G_opt.get_config(), self.D_opt.get_config()],
+            "variables": [[p, v.dtype.name, v.shape.as_list(), bool(v.trainable)]
+                          for p, v in self._graph_variables()],
+        }
+        paths = {id(v): p for p, v in self._graph_variables()}
+        key["G_vars"] = [paths.get(id(v)) for v in self._G_tf]
+        key["D_vars"] = [paths.get(id(v)) for v in self._D_tf]
+        wrap = lambda name, fn: graph_cache.CachedFunction(  # noqa: E731
+            fn, name, key, self._graph_variables, log=self.log)
+        self._phase_fns = {n: wrap(n, f) for n, f in self._phase_fns.items()}
+        self._ema_step = wrap("EMA", self._ema_step)
+
+    def _graph_variables(self):
+        """Every variable a step function may capture, as ``[(path, tf.Variable)]``: those of
+        the checkpoint (by their object-graph path) and the statistics accumulators."""
+        from tensorflow.python.checkpoint import graph_view
+
+        root = tf.train.Checkpoint(ckpt=self.ckpt, stats=[self.stats._acc[k]
+                                                          for k in sorted(self.stats._acc)])
+        objs, paths = graph_view.ObjectGraphView(root).breadth_first_traversal()
+        out, seen = [], set()
+        for o in objs:
+            v = _tf_var(o)
+            if isinstance(v, tf.Variable) and id(v) not in seen:
+                seen.add(id(v))
+                out.append(("/".join(r.name for r in paths[o]), v))
+        return out
 
     # -----------------------------------------------------------------------------------------
     # Input.
