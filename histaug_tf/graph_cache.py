@@ -44,7 +44,7 @@ from histaug_tf.common import atomic_path
 
 GRAPH_CACHE_ENV = "HISTAUG_GRAPH_CACHE"
 FORMAT = 1
-MAX_ENTRIES = 512  # the oldest entries beyond this are removed when a new one is written
+MAX_ENTRIES = 200  # the least recently used entries beyond this are removed when one is written
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

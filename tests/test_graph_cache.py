@@ -159,3 +159,23 @@ def test_damaged_entry_is_reported_and_traced_again(tmp_path):
                                     directory=str(tmp_path), log=logs.append)
     f3.prepare(tf.constant(1.0))
     assert f3.last_prepare["source"] == "loaded"
+
+
+def test_least_recently_used_entries_are_pruned(tmp_path, monkeypatch):
+    monkeypatch.setattr(graph_cache, "MAX_ENTRIES", 2)
+    v = tf.Variable(1.0)
+
+    def entry(k):
+        f = tf.function(lambda x: v.assign_add(x))
+        cf = graph_cache.CachedFunction(f, "f", {"k": k}, lambda: [("v", v)],
+                                        directory=str(tmp_path))
+        cf.prepare(tf.constant(1.0))
+        return cf.entry_path([tf.constant(1.0)]), cf.last_prepare["source"]
+
+    a, _ = entry(1)
+    b, _ = entry(2)
+    os.utime(a, (1, 1))  # a was written first ...
+    os.utime(b, (2, 2))
+    assert entry(1) == (a, "loaded")  # ... but loading it made it the most recently used
+    c, _ = entry(3)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in (a, c))
