@@ -15,12 +15,10 @@ What each result explains (docs/speed.md, "Where the time goes"):
   the G EMA update) over the timed steps, and ``host_rest_s_per_step`` — the rest of the step
   (input batch, counters, ADA bookkeeping, Python). Phase calls run synchronously (TensorFlow's
   eager executor returns when the function is done), so the wrappers add no synchronisation.
-* ``warmup``: the warm-up step split into ``trace_s`` (getting every phase function's graph:
-  tracing it — and writing it to the graph cache — or loading it from there, ``graphs`` says
-  which) and ``compile_and_first_run_s`` (the rest: XLA compilation — or a persistent-cache
-  load — plus one execution of each phase), and ``compile_s_est`` (that minus the steady-state
-  time of the same phases). In the first step the trainer runs the phases whose graph is ready
-  on a second thread while it traces the next one, so the rest is what tracing did not hide.
+* ``warmup``: the warm-up step split into ``trace_s`` (tracing every phase function to a graph,
+  timed separately before the step) and ``compile_and_first_run_s`` (XLA compilation — or a
+  persistent-cache load — plus one execution of each phase), and ``compile_s_est`` (that minus
+  the steady-state time of the same phases).
 * ``flops_per_call``: FLOPs per phase call counted from the dot/convolution instructions of the
   phase's XLA program (``benchmarks/hlo_flops.py``, HLO as lowered from the graph), when the phase
   is one XLA program (null otherwise, e.g. with ``--jit=off``); ``gflops_per_s`` = FLOPs of the timed steps / their wall time,
@@ -106,7 +104,7 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
         def timed(name, fn):
             orig[name] = fn
 
-            def prepare(*a):
+            def wrapper(*a):
                 if mode["warm"] and name not in args_of:
                     args_of[name] = a
                     t_ = time.perf_counter()
@@ -115,16 +113,11 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
                     else:
                         fn.get_concrete_function(*a)  # tracing only; the call below compiles
                     trace[name] = time.perf_counter() - t_
-
-            def wrapper(*a):
-                prepare(*a)
                 t_ = time.perf_counter()
                 out = fn(*a)
                 if not mode["warm"]:
                     calls.setdefault(name, []).append(time.perf_counter() - t_)
                 return out
-            if hasattr(fn, "prepare"):  # the trainer may get graphs and run calls on 2 threads
-                wrapper.prepare, wrapper.prepared = prepare, fn.prepared
             return wrapper
 
         def install():  # (again after anything that rebuilds the functions)

@@ -202,10 +202,6 @@ class CachedFunction:
 
         return context.context().call_function(fname, list(args) + captures, nout)
 
-    def prepared(self, *args) -> bool:
-        """Whether the graph for ``args`` is ready (loaded or traced) in this process."""
-        return self._signature([tf.convert_to_tensor(a) for a in args]) in self._entries
-
     def prepare(self, *args):
         """Load or trace (and save) the graph for ``args`` without running it; returns
         ``{"source": ..., "seconds": ...}``."""

@@ -30,9 +30,6 @@ def _probe(tmp_path, tag, jit, cache):
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_second_process_loads_the_graphs_and_trains_as_without_cache(tmp_path, jit):
-    """The process that traces also runs its first step on two threads (Trainer._run_in_order:
-    tracing the next phase while the previous one compiles and runs), the one without the cache
-    runs it on one: the weights must still be the same."""
     cache = str(tmp_path / "graphs")
     ref, ref_info = _probe(tmp_path, "off", jit, "off")
     first, first_info = _probe(tmp_path, "first", jit, cache)

@@ -983,38 +983,17 @@ class Trainer:
         else:
             real, real_c = self._next_batch()
         step_t = tf.constant(step, tf.int64)
+        for phase in self.phases_at(step):
+            if phase.startswith("G"):
+                self._phase_fns[phase](step_t)
+            else:
+                self._phase_fns[phase](real, real_c, step_t)
         beta = loss_lib.ema_beta(self.batch, nimg, self.ema_kimg, self.ema_rampup)
-        calls = [(self._phase_fns[phase], (step_t,) if phase.startswith("G")
-                  else (real, real_c, step_t)) for phase in self.phases_at(step)]
-        calls.append((self._ema_step, (tf.constant(beta, tf.float32),)))
-        self._run_in_order(calls)
+        self._ema_step(tf.constant(beta, tf.float32))
         self.nimg_var.assign(nimg + self.batch)
         self.step_var.assign(step + 1)
         if self.ada.due(step + 1):
             self.ada.adjust()
-
-    @staticmethod
-    def _run_in_order(calls):
-        """Call each ``(fn, args)`` in order. When some still have to get their graph (the
-        first step of a process) and all can get it apart from running (graph-cache wrappers,
-        ``prepare``), the graphs are got on this thread while a second thread runs the calls
-        whose graph is ready, one after another in the same order: Python tracing of the next
-        phase overlaps the compilation and first run of the previous one. Same calls, same
-        order, so the same results; an error is raised after the calls already started end."""
-        if all(getattr(fn, "prepared", lambda *a: True)(*args) for fn, args in calls) or not all(
-                hasattr(fn, "prepare") for fn, args in calls):
-            for fn, args in calls:
-                fn(*args)
-            return
-        import concurrent.futures
-
-        futures = []
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="step") as pool:
-            for fn, args in calls:
-                fn.prepare(*args)
-                futures.append(pool.submit(fn, *args))
-        for f in futures:
-            f.result()
 
     # -----------------------------------------------------------------------------------------
     # The loop (gan/loop.py).
