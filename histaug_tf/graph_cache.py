@@ -231,6 +231,9 @@ class CachedFunction:
                     entry, source = self._trace_and_save(args, sig, path, prefix), "traced"
                 except Uncacheable as e:
                     self._log(f"note: graph cache: {self._name} not cached ({e})")
+                except Exception as e:  # noqa: BLE001 - the cache must never stop a run
+                    msg = " ".join(str(e).split()) or type(e).__name__
+                    self._log(f"warning: graph cache: {self._name} not cached ({msg[:300]})")
         if entry is None:
             entry = "uncached"
             self._fn.get_concrete_function(*args)

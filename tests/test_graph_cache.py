@@ -179,3 +179,21 @@ def test_least_recently_used_entries_are_pruned(tmp_path, monkeypatch):
     assert entry(1) == (a, "loaded")  # ... but loading it made it the most recently used
     c, _ = entry(3)
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in (a, c))
+
+
+def test_a_failing_cache_never_stops_the_call(tmp_path):
+    v = tf.Variable(1.0)
+
+    @tf.function
+    def f(x):
+        v.assign_add(x)
+        return v.read_value()
+
+    def broken():
+        raise RuntimeError("listing failed")
+
+    logs = []
+    cf = graph_cache.CachedFunction(f, "f", {}, broken, directory=str(tmp_path), log=logs.append)
+    assert float(cf(tf.constant(2.0))) == 3.0
+    assert cf.last_prepare["source"] == "uncached"
+    assert logs == ["warning: graph cache: f not cached (listing failed)"]
