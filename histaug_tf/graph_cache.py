@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context as _context
 
 from histaug_tf.common import atomic_path
 
@@ -86,20 +87,18 @@ def scalars(obj, exclude=()) -> dict:
         elif isinstance(v, plain):
             out[k] = v.item() if isinstance(v, np.generic) else v
         elif isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v):
+            # (also TensorFlow's ListWrapper, a list subclass, in tf.Module attributes)
             out[k] = [x.item() if isinstance(x, np.generic) else x for x in v]
-        elif type(v).__name__ == "ListWrapper" and all(isinstance(x, plain) for x in v):
-            out[k] = list(v)
     return out
 
 
 def _environment() -> dict:
     import keras
-    from tensorflow.python.eager import context
 
     return {"format": FORMAT, "tensorflow": tf.__version__, "keras": keras.__version__,
             "python": list(sys.version_info[:2]), "source": source_fingerprint(),
             "dtype_policy": keras.config.dtype_policy().name,
-            "global_seed": context.context()._seed,  # noqa: SLF001 (no public getter)
+            "global_seed": _context.context()._seed,  # noqa: SLF001 (no public getter)
             "devices": [d.name for d in tf.config.list_logical_devices()]}
 
 
@@ -182,12 +181,13 @@ class CachedFunction:
         """The file of the entry for ``args`` (None when the cache is off)."""
         if self._dir is None:
             return None
-        args = [tf.convert_to_tensor(a) for a in args]
-        return os.path.join(self._dir, self._digest(self._signature(args)) + ".npz")
+        return self._path(self._signature([tf.convert_to_tensor(a) for a in args]))[0]
 
-    def _digest(self, sig):
-        return _digest({"env": _environment(), "name": self._name, "key": self._key,
-                        "signature": sig})
+    def _path(self, sig):
+        """``(entry file, function-name prefix)`` for input signature ``sig``."""
+        digest = _digest({"env": _environment(), "name": self._name, "key": self._key,
+                          "signature": sig})
+        return os.path.join(self._dir, digest + ".npz"), f"histaug_{digest[:24]}"
 
     def __call__(self, *args):
         args = [tf.convert_to_tensor(a) for a in args]
@@ -198,9 +198,7 @@ class CachedFunction:
         if entry == "uncached":
             return self._fn(*args)
         fname, captures, nout = entry
-        from tensorflow.python.eager import context
-
-        return context.context().call_function(fname, list(args) + captures, nout)
+        return _context.context().call_function(fname, list(args) + captures, nout)
 
     def prepare(self, *args):
         """Load or trace (and save) the graph for ``args`` without running it; returns
@@ -217,9 +215,7 @@ class CachedFunction:
         t0 = time.perf_counter()
         entry, source = None, "uncached"
         if self._dir is not None:
-            digest = self._digest(sig)
-            path = os.path.join(self._dir, digest + ".npz")
-            prefix = f"histaug_{digest[:24]}"
+            path, prefix = self._path(sig)
             if os.path.exists(path):
                 try:
                     entry, source = self._load(path, sig), "loaded"
@@ -305,8 +301,6 @@ class CachedFunction:
         return entry
 
     def _register(self, lib, meta, consts, by_path):
-        from tensorflow.python.eager import context
-
         captures = []
         for cap in meta["captures"]:
             if cap[0] == "var":
@@ -323,7 +317,7 @@ class CachedFunction:
         names = {fd.signature.name for fd in lib.function}
         if meta["function"] not in names:
             raise ValueError(f"function {meta['function']} missing from the library")
-        ctx = context.context()
+        ctx = _context.context()
         for fd in lib.function:  # same name => same key => same definition
             if not ctx.has_function(fd.signature.name):
                 ctx.add_function_def(fd)

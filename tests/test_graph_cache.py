@@ -28,6 +28,15 @@ def _probe(tmp_path, tag, jit, cache):
     return weights, json.load(open(out + ".json"))
 
 
+def _adder(v):
+    """A tf.function that adds its argument to ``v`` and returns the new value."""
+    @tf.function
+    def f(x):
+        v.assign_add(x)
+        return v.read_value()
+    return f
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_second_process_loads_the_graphs_and_trains_as_without_cache(tmp_path, jit):
     cache = str(tmp_path / "graphs")
@@ -116,14 +125,8 @@ def test_cached_function_binds_captures_of_the_new_process(tmp_path):
 
 def test_unlisted_capture_runs_uncached(tmp_path):
     v = tf.Variable(1.0)
-
-    @tf.function
-    def f(x):
-        v.assign_add(x)
-        return v.read_value()
-
     logs = []
-    cf = graph_cache.CachedFunction(f, "f", {}, lambda: [], directory=str(tmp_path),
+    cf = graph_cache.CachedFunction(_adder(v), "f", {}, lambda: [], directory=str(tmp_path),
                                     log=logs.append)
     assert float(cf(tf.constant(2.0))) == 3.0
     assert cf.last_prepare["source"] == "uncached"
@@ -166,8 +169,7 @@ def test_least_recently_used_entries_are_pruned(tmp_path, monkeypatch):
     v = tf.Variable(1.0)
 
     def entry(k):
-        f = tf.function(lambda x: v.assign_add(x))
-        cf = graph_cache.CachedFunction(f, "f", {"k": k}, lambda: [("v", v)],
+        cf = graph_cache.CachedFunction(_adder(v), "f", {"k": k}, lambda: [("v", v)],
                                         directory=str(tmp_path))
         cf.prepare(tf.constant(1.0))
         return cf.entry_path([tf.constant(1.0)]), cf.last_prepare["source"]
@@ -184,16 +186,12 @@ def test_least_recently_used_entries_are_pruned(tmp_path, monkeypatch):
 def test_a_failing_cache_never_stops_the_call(tmp_path):
     v = tf.Variable(1.0)
 
-    @tf.function
-    def f(x):
-        v.assign_add(x)
-        return v.read_value()
-
     def broken():
         raise RuntimeError("listing failed")
 
     logs = []
-    cf = graph_cache.CachedFunction(f, "f", {}, broken, directory=str(tmp_path), log=logs.append)
+    cf = graph_cache.CachedFunction(_adder(v), "f", {}, broken, directory=str(tmp_path),
+                                    log=logs.append)
     assert float(cf(tf.constant(2.0))) == 3.0
     assert cf.last_prepare["source"] == "uncached"
     assert logs == ["warning: graph cache: f not cached (listing failed)"]

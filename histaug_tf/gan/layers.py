@@ -247,23 +247,23 @@ class CheckpointedLists:
     their optimizers did not also hold were missing, and a resumed run restarted them.
     """
 
-    _lists_on = [True]  # lists_in_checkpoints() switches them off (reading older checkpoints)
+    _lists_on = True  # lists_in_checkpoints() switches them off (reading older checkpoints)
 
     @classmethod
     @contextlib.contextmanager
     def lists_in_checkpoints(cls, on=True):
         """Within the block the lists are (``on``) or are not children in checkpoints; off
         matches a checkpoint written before they were, object for object."""
-        before = cls._lists_on[0]
-        cls._lists_on[0] = bool(on)
+        before = CheckpointedLists._lists_on
+        CheckpointedLists._lists_on = bool(on)
         try:
             yield
         finally:
-            cls._lists_on[0] = before
+            CheckpointedLists._lists_on = before
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         children = super()._trackable_children(save_type, **kwargs)
-        if save_type == "checkpoint" and CheckpointedLists._lists_on[0]:
+        if save_type == "checkpoint" and CheckpointedLists._lists_on:
             for attr in getattr(self, "_tracked", ()):
                 item = getattr(self, attr, None)
                 if isinstance(item, list) and attr not in children and any(

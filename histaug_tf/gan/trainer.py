@@ -672,6 +672,7 @@ class Trainer:
         for m in (self.G, self.D, self.G_ema):
             if type(m).get_config in (keras.Model.get_config, keras.layers.Layer.get_config):
                 return
+        variables = self._graph_variables()
         cfg = self.config.to_dict()
         cfg.pop("outdir", None)
         cfg.pop("metrics", None)
@@ -690,9 +691,9 @@ class Trainer:
             "networks": [[type(m).__name__, m.get_config()] for m in (self.G, self.D, self.G_ema)],
             "optimizers": [self.G_opt.get_config(), self.D_opt.get_config()],
             "variables": [[p, v.dtype.name, v.shape.as_list(), bool(v.trainable)]
-                          for p, v in self._graph_variables()],
+                          for p, v in variables],
         }
-        paths = {id(v): p for p, v in self._graph_variables()}
+        paths = {id(v): p for p, v in variables}
         key["G_vars"] = [paths.get(id(v)) for v in self._G_tf]
         key["D_vars"] = [paths.get(id(v)) for v in self._D_tf]
         wrap = lambda name, fn: graph_cache.CachedFunction(  # noqa: E731
