@@ -264,6 +264,9 @@ def main():
     ap.add_argument("--channels", default=None,
                     help="channel_base,channel_max,mapping_layers overriding the preset's "
                     "(e.g. 16384,512,2: the paper's channels, for the reference comparison)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the run's seed (another seed is another GAN of a study: with the same "
+                    "configuration it loads the graphs and XLA programs of the first)")
     ap.add_argument("--paper256_jit", action="store_true",
                     help="also compile paper256 with XLA (slow to compile on CPU)")
     args = ap.parse_args()
@@ -288,7 +291,7 @@ def main():
             prof = (os.path.join(args.profile_dir, f"{name}_jit{j}") if args.profile_dir
                     else None)
             results.append(bench_one(name, res, batch, jit, steps, args.p, args.augpipe,
-                                     channels=channels, profile_dir=prof))
+                                     seed=args.seed, channels=channels, profile_dir=prof))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     peak1 = matmul_peak_gflops()
     for r in results:

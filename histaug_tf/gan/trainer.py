@@ -274,6 +274,13 @@ class Trainer:
         self.nimg_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="nimg")
         self.tick_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="tick")
         self.seed_var = tf.Variable(self.seed, dtype=tf.int64, trainable=False, name="seed")
+        # The run's seed and the label distribution reach the step graphs as variables, not
+        # constants: the GANs of one study (other seeds, other subsets) share traced graphs and
+        # XLA programs (graph_cache; XLA's persistent cache).
+        probs = (self.class_probs if self.class_probs is not None
+                 else np.full([self.c_dim], 1.0 / max(self.c_dim, 1)))
+        self.class_logits_var = tf.Variable(np.log(probs + 1e-30).astype(np.float32)[None],
+                                            trainable=False, name="class_logits")
         # ADA: p (the pipe's variable) and the signs of D(real) since the last adjustment.
         self.ada = Ada(self.augment_pipe.p if self.augment_pipe is not None else None,
                        batch_size=self.batch, target=aug.target, interval=aug.ada_interval,
@@ -308,7 +315,7 @@ class Trainer:
     def _seed(self, step, phase, k):
         """Stateless seed for (run seed, step, phase, stream k)."""
         step = tf.cast(step, tf.int64)
-        return tf.stack([tf.constant(self.seed, tf.int64), step * 64 + _PHASE_ID[phase] * 8 + k])
+        return tf.stack([tf.convert_to_tensor(self.seed_var), step * 64 + _PHASE_ID[phase] * 8 + k])
 
     def _gen_inputs(self, step, phase, n):
         """Latents, labels, mixing latents and cutoff for ``n`` (global) samples."""
@@ -317,9 +324,7 @@ class Trainer:
                                            alg="philox")
         cutoff = self._cutoff(step, phase, 0)
         if self.c_dim > 0:
-            probs = (self.class_probs if self.class_probs is not None
-                     else np.full([self.c_dim], 1.0 / self.c_dim))
-            logits = tf.math.log(tf.constant(probs[None], tf.float32) + 1e-30)
+            logits = tf.convert_to_tensor(self.class_logits_var)
             idx = tf.random.stateless_categorical(logits, n, self._seed(step, phase, 3),
                                                   dtype=tf.int32)[0]
             c = tf.one_hot(idx, self.c_dim, dtype=tf.float32)
@@ -656,7 +661,8 @@ class Trainer:
     # Trainer attributes that do not reach a traced graph (paths, loop state, callbacks).
     _NOT_IN_GRAPHS = ("run_dir", "ckpt_dir", "input_ckpt_dir", "resumed_from", "_tmp_ckpt_dir",
                       "_ckpt_shapes", "_pending_batch", "stopped_by_signal", "stop_signal",
-                      "stop_check_steps", "max_checkpoints")
+                      "stop_check_steps", "max_checkpoints",
+                      "seed", "class_probs")  # (in the graphs as seed_var, class_logits_var)
 
     def _cache_graphs(self):
         """Wrap the phase functions and the EMA update in ``graph_cache.CachedFunction``: a later
@@ -676,9 +682,10 @@ class Trainer:
         cfg = self.config.to_dict()
         cfg.pop("outdir", None)
         cfg.pop("metrics", None)
-        cfg["data"].pop("data", None)
+        for k in ("data", "class_counts", "label_names"):
+            cfg["data"].pop(k, None)
         cfg["networks"].pop("resume", None)
-        for k in ("kimg", "tick", "snap", "checkpoint_ticks", "grid", "tensorboard"):
+        for k in ("kimg", "tick", "snap", "checkpoint_ticks", "grid", "tensorboard", "seed"):
             cfg["schedule"].pop(k, None)
         key = {
             "config": cfg,
@@ -703,11 +710,12 @@ class Trainer:
 
     def _graph_variables(self):
         """Every variable a step function may capture, as ``[(path, tf.Variable)]``: those of
-        the checkpoint (by their object-graph path) and the statistics accumulators."""
+        the checkpoint (by their object-graph path), the statistics accumulators and the label
+        logits."""
         from tensorflow.python.checkpoint import graph_view
 
-        root = tf.train.Checkpoint(ckpt=self.ckpt, stats=[self.stats._acc[k]
-                                                          for k in sorted(self.stats._acc)])
+        root = tf.train.Checkpoint(ckpt=self.ckpt, class_logits=self.class_logits_var,
+                                   stats=[self.stats._acc[k] for k in sorted(self.stats._acc)])
         objs, paths = graph_view.ObjectGraphView(root).breadth_first_traversal()
         out, seen = [], set()
         for o in objs:
