@@ -143,3 +143,23 @@ def test_metrics_hook_passes_inception_weights(toy_data, tmp_path, monkeypatch):
     # the metrics draw from G_ema with random noise, as NVlabs' metrics during training
     tag, kw = seen["generator"]
     assert tag == "synth" and kw["G"] is G_ema and kw["noise_mode"] == "random"
+
+
+def test_seed_sets_the_initial_networks(toy_data, tmp_path, monkeypatch):
+    """--seed fixes the initial weights without --deterministic (the reference seeds its
+    networks with the run's seed); another seed gives other weights."""
+    import random
+
+    from histaug_tf.apps.train_gan import launch
+    from histaug_tf.gan.trainer import Trainer
+    monkeypatch.setattr(Trainer, "run", lambda self: None)  # networks only, no training
+    common = dict(data=toy_data, cfg="tiny", batch=8, aug="noaug", shuffle_buffer=16, kimg=1)
+    state = random.getstate()
+    runs = [launch(outdir=str(tmp_path / f"r{i}"), seed=s, **common)
+            for i, s in enumerate([3, 3, 4])]
+    assert random.getstate() == state  # the build leaves Python's RNG as it found it
+    weights = [[v.numpy() for v in t.G.variables + t.D.variables] for t in runs]
+    assert len(weights[0]) > 10
+    for a, b in zip(weights[0], weights[1]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(weights[0], weights[2]))

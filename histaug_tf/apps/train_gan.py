@@ -288,9 +288,14 @@ def make_input_fn(data_config):
     return input_fn
 
 
-def networks_builder(networks_config):
+def networks_builder(networks_config, seed=None):
     """``fn() -> (G, D, G_ema)``: the networks of a ``NetworksConfig`` (or a preset dict with
-    ``G_kwargs``/``D_kwargs``), G_ema starting as a copy of G."""
+    ``G_kwargs``/``D_kwargs``), G_ema starting as a copy of G. With ``seed`` their initial
+    weights are a function of it, as in the reference (which seeds torch with the run's seed):
+    Keras draws each initializer's seed from Python's ``random``, seeded here for the build and
+    restored after it."""
+    import random
+
     from histaug_tf.gan import networks
 
     nc = networks_config
@@ -298,9 +303,15 @@ def networks_builder(networks_config):
     D_kwargs = nc["D_kwargs"] if isinstance(nc, dict) else nc.D_kwargs
 
     def build():
-        G = networks.Generator(**G_kwargs)
-        D = networks.Discriminator(**D_kwargs)
-        G_ema = networks.Generator(**G_kwargs)
+        state = random.getstate()
+        if seed is not None:
+            random.seed(int(seed))
+        try:
+            G = networks.Generator(**G_kwargs)
+            D = networks.Discriminator(**D_kwargs)
+            G_ema = networks.Generator(**G_kwargs)
+        finally:
+            random.setstate(state)
         networks.copy_matching_variables(G, G_ema)
         return G, D, G_ema
 
@@ -349,7 +360,7 @@ def _train(strategy, config, stop_signal, num_workers, worker_index, chief):
         make_pipe = lambda: augment.make_augment_pipe(  # noqa: E731
             aug.augpipe, seed=config.schedule.seed + 1000 * worker_index)
     trainer = Trainer(
-        config, strategy=strategy, build_networks=networks_builder(config.networks),
+        config, strategy=strategy, build_networks=networks_builder(config.networks, config.schedule.seed),
         input_fn=make_input_fn(config.data), make_augment_pipe=make_pipe,
         snapshot_fn=lambda path, G_ema, G, D, md: snapshot_lib.save_snapshot(
             path, G_ema, G=G, D=D, metadata=md),
