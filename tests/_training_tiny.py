@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from histaug_tf.gan.layers import random_noise
+
 
 class TinyMapping(keras.layers.Layer):
     def __init__(self, z_dim, c_dim, w_dim, num_ws, **kw):
@@ -39,7 +41,7 @@ class TinySynthesis(keras.layers.Layer):
     def call(self, ws, noise_mode="random"):
         u = tf.matmul(tf.reshape(ws, [-1, self.num_ws * self.w_dim]), self.A)
         if noise_mode == "random":
-            u = u + self.noise_strength * tf.random.normal(tf.shape(u))
+            u = u + self.noise_strength * random_noise(tf.shape(u))
         return tf.reshape(tf.tanh(u), [-1, self.res, self.res, self.ch])
 
 

@@ -202,6 +202,35 @@ def test_synthesis_layer_noise_modes_and_variables():
         layer(x, w, noise_mode="bogus")
 
 
+def test_random_noise_under_noise_seed_is_a_function_of_seed_and_draw():
+    """Per-layer noise inside ``noise_seed`` (the trainer's): the same seed gives the same noise
+    in every trace and process (no RNG state), each draw of a block its own, another seed other
+    noise; outside, TensorFlow's global RNG (a new draw per call)."""
+    layer = L.SynthesisLayer(4, 5, w_dim=6, resolution=8, up=2)
+    layer.build()
+    layer.noise_strength.assign(1.0)
+    x = tf.constant(RNG.standard_normal([2, 4, 4, 4]), tf.float32)
+    w = tf.constant(RNG.standard_normal([2, 6]), tf.float32)
+
+    @tf.function
+    def two_calls(seed):
+        with L.noise_seed(seed):
+            return layer(x, w), layer(x, w)
+
+    s1, s2 = tf.constant([3, 4], tf.int64), tf.constant([3, 5], tf.int64)
+    a, b = [t.numpy() for t in two_calls(s1)]
+    a2, b2 = [t.numpy() for t in two_calls(s1)]
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_array_equal(b, b2)
+    assert np.abs(a - b).max() > 1e-3  # two draws in one block: two streams
+    assert np.abs(two_calls(s2)[0].numpy() - a).max() > 1e-3
+    with L.noise_seed(s1):  # eagerly: the same numbers as traced
+        np.testing.assert_allclose(layer(x, w).numpy(), a, rtol=1e-5, atol=1e-5)
+    assert np.abs(layer(x, w).numpy() - layer(x, w).numpy()).max() > 1e-3  # outside: stateful
+    with L.noise_seed(None):
+        assert np.abs(layer(x, w).numpy() - layer(x, w).numpy()).max() > 1e-3
+
+
 def test_torgb_no_demodulation():
     layer = L.ToRGBLayer(4, 3, w_dim=5)
     layer.build()

@@ -25,6 +25,7 @@ themselves. Keras' automatic input casting is therefore switched off for these l
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +37,41 @@ from histaug_tf.ops import upfirdn2d as _fir
 from histaug_tf.ops.bias_act import bias_act
 
 PACKAGE = "histaug_tf"
+
+
+# Per-layer noise ("random" noise mode). Outside ``noise_seed`` it comes from TensorFlow's global
+# RNG, as before; the trainer draws it statelessly so that a run resumed from any checkpoint (and
+# a process that loads cached graphs) continues with exactly the noise of an uninterrupted run.
+_noise_seeds = threading.local()
+
+
+@contextlib.contextmanager
+def noise_seed(seed):
+    """Inside: every ``random_noise`` draw traced in this thread is a stateless Philox normal
+    keyed by ``seed`` (a [2] int64 tensor) folded with the draw's number in trace order, so each
+    layer (and each call of the networks inside the block) gets its own stream. A ``seed`` of
+    None changes nothing."""
+    if seed is None:
+        yield
+        return
+    stack = _noise_seeds.__dict__.setdefault("stack", [])
+    stack.append([seed, 0])
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def random_noise(shape, dtype=tf.float32):
+    """A standard normal tensor for per-layer noise: stateless under ``noise_seed``, else from
+    TensorFlow's global RNG."""
+    stack = getattr(_noise_seeds, "stack", None)
+    if not stack:
+        return tf.random.normal(shape, dtype=dtype)
+    entry = stack[-1]
+    k, entry[1] = entry[1], entry[1] + 1
+    seed = tf.random.experimental.stateless_fold_in(entry[0], k, alg="philox")
+    return tf.random.stateless_normal(shape, seed, dtype=dtype, alg="philox")
 
 # Default gain of each activation (the NVlabs ``bias_act`` activation table).
 ACT_GAIN = {"linear": 1.0, "relu": float(np.sqrt(2)), "lrelu": float(np.sqrt(2)),
@@ -442,7 +478,7 @@ class SynthesisLayer(_Layer):
         styles = self.affine(w)
         noise = None
         if self.use_noise and noise_mode == "random":
-            noise = tf.random.normal([_dim(x, 0), self.resolution, self.resolution, 1]) \
+            noise = random_noise([_dim(x, 0), self.resolution, self.resolution, 1]) \
                 * self.noise_strength
         if self.use_noise and noise_mode == "const":
             noise = self.noise_const[None, :, :, None] * self.noise_strength

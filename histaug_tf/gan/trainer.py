@@ -42,7 +42,7 @@ from histaug_tf.common import UserError, write_text_atomic
 from histaug_tf.gan import loss as loss_lib
 from histaug_tf.gan.ada import Ada
 from histaug_tf.gan.adam import FusedAdam
-from histaug_tf.gan.layers import CheckpointedLists
+from histaug_tf.gan.layers import CheckpointedLists, noise_seed
 from histaug_tf.gan.networks import copy_matching_variables, freeze_d_variables
 from histaug_tf.gan.stats import TrainingStats, moments
 from histaug_tf.ops.upfirdn2d import xla_function
@@ -299,13 +299,21 @@ class Trainer:
         self._setup_checkpoint(net.resume)
         self._rebuild_functions()
 
+    @property
+    def _reseed_at_checkpoints(self):
+        """Deterministic mode with random draws whose state no checkpoint holds: an augment pipe
+        on TensorFlow's global RNG (no ``seed``). The per-layer noise is stateless
+        (``layers.noise_seed``, keyed by seed, step, phase, replica and round) and a seeded pipe's
+        generator is checkpointed, so otherwise a resumed run continues exactly without help."""
+        return self.deterministic and self.augment_pipe is not None and \
+            getattr(self.augment_pipe, "rng", None) is None
+
     def _rebuild_functions(self):
-        """(Re)create the step functions. In deterministic mode this happens at every checkpoint
-        with the TF global seed set from (seed, step): stateful random ops inside the networks or
-        the augment pipe (per-layer noise, augmentation draws) then restart their streams at each
-        checkpoint, so a run resumed from a checkpoint continues exactly as the uninterrupted one.
-        """
-        if self.deterministic:
+        """(Re)create the step functions. When ``_reseed_at_checkpoints`` this happens at every
+        checkpoint with the TF global seed set from (seed, step): the stateful random ops then
+        restart their streams at each checkpoint, so a run resumed from a checkpoint continues
+        exactly as the uninterrupted one."""
+        if self._reseed_at_checkpoints:
             tf.random.set_seed((self.seed * 1000003 + int(self.step_var.numpy())) % (2**31 - 1))
         self._build_functions()
 
@@ -411,6 +419,15 @@ class Trainer:
             cutoffs = tf.stack([self._cutoff(step, phase, k) for k in range(R)])
             return z, c, mix_z, cutoffs
 
+        def noise_seeds(step, phase):
+            """[R, 2]: the per-layer noise seed of each of this replica's rounds of ``phase``
+            (``layers.noise_seed``; stream 6 of the phase's seed)."""
+            rid = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
+            base = self._seed(step, phase, 6)
+            return tf.stack([tf.random.experimental.stateless_fold_in(base, rid * R + k,
+                                                                      alg="philox")
+                             for k in range(R)])
+
         def pl_noise(step):
             noise = tf.random.stateless_normal([B // self.pl_batch_shrink, res, res, ch],
                                                self._seed(step, "Greg", 4), alg="philox")
@@ -420,10 +437,10 @@ class Trainer:
         def make_g_compute(main, pl, gain_pl):
             allreduce = multi and not jit  # under XLA: per-replica pl_mean (reference: per GPU)
 
-            def compute(main_in, pl_in, pl_mean):
+            def compute(main_in, pl_in, pl_mean, seed):
                 ctx = tf.distribute.get_replica_context()
                 stats, wsums, new_mean = {}, [], pl_mean
-                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                with tf.GradientTape(watch_accessed_variables=False) as tape, noise_seed(seed):
                     tape.watch(self._G_tf)
                     total = 0.0
                     if main:
@@ -489,7 +506,8 @@ class Trainer:
             return lambda k: [None if x is None else tf.gather(x, k) for x in xs]
 
         def g_inputs(step, main, pl):
-            xs = [None] * 9
+            xs = [None] * 10
+            xs[9] = noise_seeds(step, "Gmain" if main else "Greg")
             if main:
                 z, c, mix_z, cuts = replica_inputs(step, "Gmain", g)
                 xs[:4] = [stacked(z, g), stacked(c, g), stacked(mix_z, g), cuts]
@@ -500,7 +518,7 @@ class Trainer:
                 else:
                     z, c = stacked(z, gpl), stacked(c, gpl)
                 noise = stacked(pl_noise(step), gpl)
-                xs[4:] = [z, c, stacked(mix_z, gpl), cuts, noise]
+                xs[4:9] = [z, c, stacked(mix_z, gpl), cuts, noise]
             return xs
 
         def g_update(xs, main, pl, compute):
@@ -508,8 +526,8 @@ class Trainer:
 
             def compute_round(ins, pl_mean):
                 main_in = tuple(ins[:4]) if main else None
-                pl_in = tuple(ins[4:]) if pl else None
-                grads, st, ws, new_mean = compute(main_in, pl_in, pl_mean)
+                pl_in = tuple(ins[4:9]) if pl else None
+                grads, st, ws, new_mean = compute(main_in, pl_in, pl_mean, ins[9])
                 return grads, st, ws, new_mean
 
             # collectives (the non-XLA multi-replica pl mean) cannot run inside a while loop
@@ -526,8 +544,8 @@ class Trainer:
 
         # --- D phases: Dmain (main), Dreg (R1, gain = interval), Dboth (both, gain 1) -----------
         def make_d_compute(main, r1, gain):
-            def compute(real, real_c, gen_in):
-                with tf.GradientTape(watch_accessed_variables=False) as tape:
+            def compute(real, real_c, gen_in, seed):
+                with tf.GradientTape(watch_accessed_variables=False) as tape, noise_seed(seed):
                     tape.watch(self._D_tf)
                     wsum = None
                     if main and r1:
@@ -545,17 +563,19 @@ class Trainer:
             return xla_function(compute) if jit and not fused else compute
 
         def d_inputs(real, real_c, step, main):
-            xs = [stacked(real, g), stacked(real_c, g), None, None, None, None]
+            xs = [stacked(real, g), stacked(real_c, g), None, None, None, None, None]
             if main:
                 z, c, mix_z, cuts = replica_inputs(step, "Dmain", g)
-                xs[2:] = [stacked(z, g), stacked(c, g), stacked(mix_z, g), cuts]
+                xs[2:] = [stacked(z, g), stacked(c, g), stacked(mix_z, g), cuts,
+                          noise_seeds(step, "Dmain")]
             return xs
 
         def d_update(xs, main, compute):
             pick = picker(xs)
 
             def compute_round(ins, pl_mean):
-                grads, st, ws = compute(ins[0], ins[1], tuple(ins[2:]) if main else None)
+                grads, st, ws = compute(ins[0], ins[1], tuple(ins[2:6]) if main else None,
+                                        ins[6])
                 return grads, st, ws, pl_mean
 
             grads, stats, wsums, _ = run_rounds(pick, compute_round, tf.constant(0.0), True)
@@ -668,9 +688,9 @@ class Trainer:
         """Wrap the phase functions and the EMA update in ``graph_cache.CachedFunction``: a later
         process with the same key loads their traced graphs instead of tracing them. Only with
         one replica (a distributed graph holds collective keys and devices of its own process)
-        and not in deterministic mode (there the functions are traced again at each checkpoint
-        with a global seed of that step)."""
-        if (self.num_replicas > 1 or self.num_workers > 1 or self.deterministic
+        and not when the functions are traced again at each checkpoint with a global seed of that
+        step (``_reseed_at_checkpoints``)."""
+        if (self.num_replicas > 1 or self.num_workers > 1 or self._reseed_at_checkpoints
                 or tf.config.functions_run_eagerly() or graph_cache.graph_cache_dir() is None):
             return
         # The networks' configuration is part of the key: networks whose class does not define
@@ -960,7 +980,7 @@ class Trainer:
         if self._tmp_ckpt_dir is not None:
             shutil.rmtree(self._tmp_ckpt_dir, ignore_errors=True)
             os.makedirs(self._tmp_ckpt_dir, exist_ok=True)
-        if self.deterministic:
+        if self._reseed_at_checkpoints:
             self._rebuild_functions()
 
     # -----------------------------------------------------------------------------------------
