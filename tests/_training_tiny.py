@@ -136,7 +136,7 @@ def _pipe_factory(pipe, seed, worker_index):
 
 def make_tiny_trainer(run_dir, strategy=None, batch=8, kimg=0.2, tick=0.04, pipe=False,
                       noise_mode="const", style_mixing=0.0, deterministic=False,
-                      num_workers=1, worker_index=0, is_chief=True, seed=0, **fields):
+                      num_workers=1, worker_index=0, is_chief=True, seed=0, log=None, **fields):
     """A Trainer of the tiny stand-in networks; ``fields``: TrainingConfig fields by name
     (``gamma``, ``p``, ``target``, ``G_reg_interval``, ...)."""
     from histaug_tf.gan.config import TrainingConfig
@@ -155,7 +155,7 @@ def make_tiny_trainer(run_dir, strategy=None, batch=8, kimg=0.2, tick=0.04, pipe
     return Trainer(config, strategy=strategy, build_networks=lambda: build_tiny(seed=0),
                    input_fn=tiny_input_fn(), make_augment_pipe=_pipe_factory(pipe, seed, worker_index),
                    num_workers=num_workers, worker_index=worker_index, is_chief=is_chief,
-                   log=lambda *a, **k: None)
+                   log=log or (lambda *a, **k: None))
 
 
 def dump_weights(trainer, path):

@@ -165,3 +165,26 @@ def test_checkpoint_is_read_back_when_written(tmp_path):
     with pytest.raises(UserError, match=r"checkpoint written at step 1 does not read back: "
                        r".*ckpt-1\.data-00000-of-00001: cannot be read"):
         t.save_checkpoint()
+
+
+def test_rerun_with_another_seed_goes_on_with_the_runs_seed(tmp_path):
+    """The seed is part of a run's state (its random streams are keyed by it): a rerun with
+    another --seed says so in one warning line and goes on with the run's seed, so its next step
+    is the uninterrupted run's."""
+    run = str(tmp_path / "run")
+    kw = dict(noise_mode="random", style_mixing=0.9)
+    t = make_tiny_trainer(run, seed=3, **kw)
+    t.train_step()
+    t.save_checkpoint()
+    ref = make_tiny_trainer(str(tmp_path / "ref"), seed=3, **kw)
+    ref.train_step()
+    ref.train_step()
+    lines = []
+    t2 = make_tiny_trainer(run, seed=5, log=lines.append, **kw)
+    warn = [ln for ln in lines if ln.startswith("warning:")]
+    assert warn == [f"warning: {t2.resumed_from}: the run was started with --seed=3; it goes on "
+                    "with that seed, not 5"], lines
+    assert t2.seed == 3
+    t2.train_step()
+    for a, b in zip(t2.G.variables + t2.D.variables, ref.G.variables + ref.D.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)

@@ -818,6 +818,11 @@ class Trainer:
             self.resumed_from = latest
             self.log(f"Resuming from {latest} (kimg {self.nimg_var.numpy() / 1000:.1f}, "
                      f"step {int(self.step_var.numpy())})")
+            run_seed = int(self.seed_var.numpy())
+            if run_seed != self.seed:  # the seed is part of the run's state, as its RNG streams
+                self.log(f"warning: {latest}: the run was started with --seed={run_seed}; it "
+                         f"goes on with that seed, not {self.seed}")
+                self.seed = run_seed
         else:
             self.iterator = self._make_iterator()
             if resume_snapshot:
