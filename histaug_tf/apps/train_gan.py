@@ -360,7 +360,8 @@ def _train(strategy, config, stop_signal, num_workers, worker_index, chief):
         make_pipe = lambda: augment.make_augment_pipe(  # noqa: E731
             aug.augpipe, seed=config.schedule.seed + 1000 * worker_index)
     trainer = Trainer(
-        config, strategy=strategy, build_networks=networks_builder(config.networks, config.schedule.seed),
+        config, strategy=strategy,
+        build_networks=networks_builder(config.networks, config.schedule.seed),
         input_fn=make_input_fn(config.data), make_augment_pipe=make_pipe,
         snapshot_fn=lambda path, G_ema, G, D, md: snapshot_lib.save_snapshot(
             path, G_ema, G=G, D=D, metadata=md),
