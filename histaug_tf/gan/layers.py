@@ -42,7 +42,13 @@ PACKAGE = "histaug_tf"
 # Per-layer noise ("random" noise mode). Outside ``noise_seed`` it comes from TensorFlow's global
 # RNG, as before; the trainer draws it statelessly so that a run resumed from any checkpoint (and
 # a process that loads cached graphs) continues with exactly the noise of an uninterrupted run.
-_noise_seeds = threading.local()
+_noise_seeds = threading.local()  # .stack: [[seed, draws so far], ...] of the open blocks
+
+
+def _noise_stack():
+    if not hasattr(_noise_seeds, "stack"):
+        _noise_seeds.stack = []
+    return _noise_seeds.stack
 
 
 @contextlib.contextmanager
@@ -54,7 +60,7 @@ def noise_seed(seed):
     if seed is None:
         yield
         return
-    stack = _noise_seeds.__dict__.setdefault("stack", [])
+    stack = _noise_stack()
     stack.append([seed, 0])
     try:
         yield
@@ -65,13 +71,14 @@ def noise_seed(seed):
 def random_noise(shape, dtype=tf.float32):
     """A standard normal tensor for per-layer noise: stateless under ``noise_seed``, else from
     TensorFlow's global RNG."""
-    stack = getattr(_noise_seeds, "stack", None)
+    stack = _noise_stack()
     if not stack:
         return tf.random.normal(shape, dtype=dtype)
     entry = stack[-1]
     k, entry[1] = entry[1], entry[1] + 1
     seed = tf.random.experimental.stateless_fold_in(entry[0], k, alg="philox")
     return tf.random.stateless_normal(shape, seed, dtype=dtype, alg="philox")
+
 
 # Default gain of each activation (the NVlabs ``bias_act`` activation table).
 ACT_GAIN = {"linear": 1.0, "relu": float(np.sqrt(2)), "lrelu": float(np.sqrt(2)),

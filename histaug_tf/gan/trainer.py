@@ -217,9 +217,6 @@ class Trainer:
         self.worker_batch = self.replica_batch * self.local_replicas
         self.is_chief = bool(is_chief)
         self.c_dim = int(net.c_dim)
-        counts = np.asarray(config.data.class_counts, np.float64)
-        self.class_probs = (counts / counts.sum() if self.c_dim and counts.size == self.c_dim
-                            and counts.sum() > 0 else None)  # None: uniform
         self.G_reg_interval = lc.G_reg_interval or None
         self.D_reg_interval = lc.D_reg_interval or None
         self.pl_batch_shrink = int(lc.pl_batch_shrink)
@@ -227,7 +224,6 @@ class Trainer:
         self.r1_gamma = float(lc.gamma)
         self.ema_kimg = float(sch.ema_kimg)
         self.ema_rampup = sch.ema_rampup
-        self.seed = int(sch.seed)
         self.jit = bool(config.distribution.jit)
         self.snapshot_fn = snapshot_fn
         self.load_snapshot_fn = load_snapshot_fn
@@ -273,12 +269,14 @@ class Trainer:
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.nimg_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="nimg")
         self.tick_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="tick")
-        self.seed_var = tf.Variable(self.seed, dtype=tf.int64, trainable=False, name="seed")
-        # The run's seed and the label distribution reach the step graphs as variables, not
-        # constants: the GANs of one study (other seeds, other subsets) share traced graphs and
-        # XLA programs (graph_cache; XLA's persistent cache).
-        probs = (self.class_probs if self.class_probs is not None
-                 else np.full([self.c_dim], 1.0 / max(self.c_dim, 1)))
+        self.seed_var = tf.Variable(int(sch.seed), dtype=tf.int64, trainable=False, name="seed")
+        # The run's seed and the label distribution of the fakes (the classes' shares of the
+        # data; uniform without counts) reach the step graphs as variables, not constants: the
+        # GANs of one study (other seeds, other subsets) share traced graphs and XLA programs
+        # (graph_cache; XLA's persistent cache).
+        counts = np.asarray(config.data.class_counts, np.float64)
+        probs = (counts / counts.sum() if self.c_dim and counts.size == self.c_dim
+                 and counts.sum() > 0 else np.full([self.c_dim], 1.0 / max(self.c_dim, 1)))
         self.class_logits_var = tf.Variable(np.log(probs + 1e-30).astype(np.float32)[None],
                                             trainable=False, name="class_logits")
         # ADA: p (the pipe's variable) and the signs of D(real) since the last adjustment.
@@ -298,6 +296,11 @@ class Trainer:
         self._pending_batch = None  # (real, real_c) pulled ahead by run(), used by the next step
         self._setup_checkpoint(net.resume)
         self._rebuild_functions()
+
+    @property
+    def seed(self):
+        """The run's seed: the checkpoint's when resuming (every random stream is keyed by it)."""
+        return int(self.seed_var.numpy())
 
     @property
     def _reseed_at_checkpoints(self):
@@ -323,7 +326,8 @@ class Trainer:
     def _seed(self, step, phase, k):
         """Stateless seed for (run seed, step, phase, stream k)."""
         step = tf.cast(step, tf.int64)
-        return tf.stack([tf.convert_to_tensor(self.seed_var), step * 64 + _PHASE_ID[phase] * 8 + k])
+        return tf.stack([tf.convert_to_tensor(self.seed_var),
+                         step * 64 + _PHASE_ID[phase] * 8 + k])
 
     def _gen_inputs(self, step, phase, n):
         """Latents, labels, mixing latents and cutoff for ``n`` (global) samples."""
@@ -681,8 +685,7 @@ class Trainer:
     # Trainer attributes that do not reach a traced graph (paths, loop state, callbacks).
     _NOT_IN_GRAPHS = ("run_dir", "ckpt_dir", "input_ckpt_dir", "resumed_from", "_tmp_ckpt_dir",
                       "_ckpt_shapes", "_pending_batch", "stopped_by_signal", "stop_signal",
-                      "stop_check_steps", "max_checkpoints",
-                      "seed", "class_probs")  # (in the graphs as seed_var, class_logits_var)
+                      "stop_check_steps", "max_checkpoints")
 
     def _cache_graphs(self):
         """Wrap the phase functions and the EMA update in ``graph_cache.CachedFunction``: a later
@@ -818,11 +821,10 @@ class Trainer:
             self.resumed_from = latest
             self.log(f"Resuming from {latest} (kimg {self.nimg_var.numpy() / 1000:.1f}, "
                      f"step {int(self.step_var.numpy())})")
-            run_seed = int(self.seed_var.numpy())
-            if run_seed != self.seed:  # the seed is part of the run's state, as its RNG streams
-                self.log(f"warning: {latest}: the run was started with --seed={run_seed}; it "
-                         f"goes on with that seed, not {self.seed}")
-                self.seed = run_seed
+            flag_seed = int(self.config.schedule.seed)
+            if self.seed != flag_seed:  # seed_var, restored: part of the run's state
+                self.log(f"warning: {latest}: the run was started with --seed={self.seed}; it "
+                         f"goes on with that seed, not {flag_seed}")
         else:
             self.iterator = self._make_iterator()
             if resume_snapshot:
