@@ -88,7 +88,8 @@ def test_key_follows_what_the_graphs_depend_on(tmp_path, monkeypatch):
     assert base == _entry(make_trainer(tmp_path / "s", jit=False, seed=7))  # seed: a variable
     assert base != _entry(make_trainer(tmp_path / "c", jit=False, gamma=0.25))  # R1 gamma
     assert base != _entry(make_trainer(tmp_path / "d", jit=True))
-    # TF's global seed: stateful random ops (the per-layer noise) take their seeds from it
+    # TF's global seed: stateful random ops (an unseeded augment pipe; networks drawing noise
+    # outside layers.noise_seed) take their op seeds from it at trace time
     assert base != _entry(make_trainer(tmp_path / "e", jit=False, global_seed=6))
 
 
