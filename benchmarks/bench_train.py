@@ -17,8 +17,10 @@ What each result explains (docs/speed.md, "Where the time goes"):
   eager executor returns when the function is done), so the wrappers add no synchronisation.
 * ``warmup``: the warm-up step split into ``trace_s`` (tracing every phase function to a graph,
   timed separately before the step) and ``compile_and_first_run_s`` (XLA compilation — or a
-  persistent-cache load — plus one execution of each phase), and ``compile_s_est`` (that minus
-  the steady-state time of the same phases).
+  persistent-cache load — plus one execution of each phase; per phase in
+  ``first_call_s_per_phase``), and ``compile_s_est`` (that minus the steady-state time of the
+  same phases).
+* ``jit_phases``: the phases XLA compiled (``--jit_phases``, as train_gan's flag).
 * ``flops_per_call``: FLOPs per phase call counted from the dot/convolution instructions of the
   phase's XLA program (``benchmarks/hlo_flops.py``, HLO as lowered from the graph), when the phase
   is one XLA program (null otherwise, e.g. with ``--jit=off``); ``gflops_per_s`` = FLOPs of the timed steps / their wall time,
@@ -44,7 +46,7 @@ DEFAULTS = {"tiny": (16, 8), "demo": (32, 32), "paper256": (256, 2)}
 
 
 def build_trainer(run_dir, preset_name, resolution, batch, jit, p, augpipe, seed=0,
-                  channels=None):
+                  channels=None, jit_phases="auto"):
     """The real ``Trainer`` on random in-memory reals (bgc-style pipe at a fixed p).
     Returns ``(trainer, preset, augment_name)``."""
     import numpy as np
@@ -78,14 +80,14 @@ def build_trainer(run_dir, preset_name, resolution, batch, jit, p, augpipe, seed
         outdir=run_dir, batch=batch, G_lr=preset["G_lr"], D_lr=preset["D_lr"],
         gamma=preset["gamma"], pl_weight=lk["pl_weight"], style_mixing=lk["style_mixing_prob"],
         ema_kimg=preset["ema_kimg"], ema_rampup=preset["ema_rampup"], p=p, target=None,
-        jit=jit, seed=seed, tensorboard=False)
+        jit=jit, jit_phases=jit_phases, seed=seed, tensorboard=False)
     t = Trainer(config, strategy=tf.distribute.get_strategy(), build_networks=build,
                 input_fn=input_fn, make_augment_pipe=make_pipe, log=lambda *a, **k: None)
     return t, preset, f"{augpipe}@p={p}"
 
 
 def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, channels=None,
-              profile_dir=None):
+              profile_dir=None, jit_phases="auto"):
     import numpy as np
     import tensorflow as tf
 
@@ -93,11 +95,13 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
 
     with tempfile.TemporaryDirectory() as run_dir:
         t, preset, aug_name = build_trainer(run_dir, preset_name, resolution, batch, jit, p,
-                                            augpipe, seed=seed, channels=channels)
+                                            augpipe, seed=seed, channels=channels,
+                                            jit_phases=jit_phases)
         calls = {}    # phase -> [seconds per call] in the timed steps
         args_of = {}  # phase -> the arguments of its first call (for the FLOP count)
         orig = {}     # phase -> its own function (behind the timing wrapper)
         trace = {}    # phase -> seconds to trace it (warm-up step only)
+        first = {}    # phase -> seconds of its first call after tracing (compile + first run)
         graphs = {}   # phase -> "traced" | "loaded" (graph cache) | "uncached"
         mode = {"warm": True}
 
@@ -115,6 +119,8 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
                     trace[name] = time.perf_counter() - t_
                 t_ = time.perf_counter()
                 out = fn(*a)
+                if mode["warm"] and name not in first:
+                    first[name] = time.perf_counter() - t_
                 if not mode["warm"]:
                     calls.setdefault(name, []).append(time.perf_counter() - t_)
                 return out
@@ -156,7 +162,7 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
         # FLOPs per phase call from the phase's XLA program (None when it is not one program)
         flops = {}
         for name, a in args_of.items():
-            flops[name] = _phase_flops(orig[name], a, count_flops)
+            flops[name] = _phase_flops(orig[name], a, count_flops, jit)
     n = steps * batch
     per_call = {k: round(float(np.mean(v)), 4) for k, v in calls.items()}
     n_calls = {k: len(v) for k, v in calls.items()}
@@ -169,6 +175,7 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
     steady = sum(np.mean(calls[k]) for k in args_of if k in calls)
     return {
         "preset": preset_name, "resolution": resolution, "batch": batch, "jit": bool(jit),
+        "jit_phases": list(t.jit_phases),  # the phases XLA compiled (--jit_phases resolved)
         "channels": {"channel_base": preset["G_kwargs"]["synthesis_kwargs"]["channel_base"],
                      "channel_max": preset["G_kwargs"]["synthesis_kwargs"]["channel_max"],
                      "mapping_layers": preset["G_kwargs"]["mapping_kwargs"]["num_layers"]},
@@ -180,6 +187,9 @@ def bench_one(preset_name, resolution, batch, jit, steps, p, augpipe, seed=0, ch
                    # per phase: "traced" (and saved), "loaded" from the graph cache, "uncached"
                    "graphs": graphs,
                    "compile_and_first_run_s": round(warm - sum(trace.values()), 2),
+                   # per phase: its first call after tracing (XLA compilation or cache load,
+                   # graph optimisation, one execution)
+                   "first_call_s_per_phase": {k: round(v, 2) for k, v in first.items()},
                    "compile_s_est": round(warm - sum(trace.values()) - steady, 2),
                    # process CPU seconds of the warm-up step (less sensitive to other load)
                    "cpu_s": round(warm_cpu, 2)},
@@ -213,16 +223,22 @@ def xla_program(phase_fn):
     return upd, cf, args
 
 
-def _phase_flops(fn, args, count_flops):
+def _phase_flops(fn, args, count_flops, jit):
     """FLOPs of one call of a phase: of its XLA program ``fn.xla_update`` (the trainer's phase
-    after its random draws, one program), or of ``fn`` itself when it is jit-compiled; None when
-    the phase is not one XLA program."""
+    after its random draws, one program), or of ``fn`` itself when it is jit-compiled. A phase
+    that runs without XLA while others use it (``--jit_phases``) is counted from a jit-compiled
+    copy of the same Python function (its own TensorFlow ops lowered to HLO, not run). None when
+    none of these lowers (e.g. several replicas) or with ``--jit=off``."""
+    import tensorflow as tf
+
     try:
         if hasattr(fn, "prepare"):  # a graph-cache wrapper: trace the function itself (untimed)
             fn.get_concrete_function(*args)
         prog = xla_program(fn)
         if prog is not None:
             fn, _, args = prog
+        elif jit and not getattr(fn, "_jit_compile", None):
+            fn = tf.function(fn.python_function, jit_compile=True, autograph=False)
         return count_flops(fn.experimental_get_compiler_ir(*args)(stage="hlo"))["total"]
     except Exception:  # noqa: BLE001 - not jit-compiled as a whole (older trainers)
         return None
@@ -264,6 +280,9 @@ def main():
     ap.add_argument("--channels", default=None,
                     help="channel_base,channel_max,mapping_layers overriding the preset's "
                     "(e.g. 16384,512,2: the paper's channels, for the reference comparison)")
+    ap.add_argument("--jit_phases", default="auto",
+                    help="with --jit=on: the phases XLA compiles, as train_gan's --jit_phases "
+                    "(auto, all, or a comma list of Gmain,Greg,Dmain,Dreg)")
     ap.add_argument("--seed", type=int, default=0,
                     help="the run's seed (another seed is another GAN of a study: with the same "
                     "configuration it loads the graphs and XLA programs of the first)")
@@ -291,7 +310,8 @@ def main():
             prof = (os.path.join(args.profile_dir, f"{name}_jit{j}") if args.profile_dir
                     else None)
             results.append(bench_one(name, res, batch, jit, steps, args.p, args.augpipe,
-                                     seed=args.seed, channels=channels, profile_dir=prof))
+                                     seed=args.seed, channels=channels, profile_dir=prof,
+                                     jit_phases=args.jit_phases))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     peak1 = matmul_peak_gflops()
     for r in results:

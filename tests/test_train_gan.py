@@ -117,6 +117,8 @@ def test_bad_flag_combinations(toy_data, tmp_path):
                         inception_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(UserError, match="--inception_weights is required"):
         resolve_config(data=toy_data, outdir=out, cfg="tiny", metrics=["fid50k_full"])
+    with pytest.raises(UserError, match="--jit_phases=Gmain,Gfoo: unknown phase 'Gfoo'"):
+        resolve_config(data=toy_data, outdir=out, cfg="tiny", jit=True, jit_phases="Gmain,Gfoo")
     assert not os.path.exists(out)
     o = resolve_config(data=toy_data, outdir=out, cfg="tiny", class_filter=1, batch=4, gamma=0.5)
     assert (o.networks.c_dim, o.schedule.batch, o.loss.gamma, o.data.resolution) == (0, 4, 0.5, 16)

@@ -9,7 +9,7 @@ import json
 import os
 
 from histaug_tf.common import UserError
-from histaug_tf.gan.config import TrainingConfig
+from histaug_tf.gan.config import TrainingConfig, jit_phase_set
 
 AUG_MODES = ("ada", "noaug", "fixed")
 
@@ -30,9 +30,10 @@ def _pow2(n):
 
 def resolve_config(*, data, outdir, cfg="auto", resolution=None, resize="crop", mirror=False,
                     flips=None, batch_gpu=None, cond=False, class_filter=None, batch=None,
-                    kimg=None, tick=4.0, snap=50, gamma=None, aug="ada", p=None, target=0.6, augpipe="bgc", ada_kimg=500.0,
-                    strategy="auto", jit=False, mixed_precision=None, seed=0, metrics=(),
-                    metrics_kimg=None, resume=None, freezed=0, deterministic=False,
+                    kimg=None, tick=4.0, snap=50, gamma=None, aug="ada", p=None, target=0.6,
+                    augpipe="bgc", ada_kimg=500.0, strategy="auto", jit=False, jit_phases="auto",
+                    mixed_precision=None, seed=0, metrics=(), metrics_kimg=None, resume=None,
+                    freezed=0, deterministic=False,
                     shuffle_buffer=10000, checkpoint_ticks=1, noise_mode="random",
                     input_sharding="file", num_replicas=1, ema_kimg=None, lr=None,
                     style_mixing=None, pl_weight=None, grid=(8, 4), tensorboard=True,
@@ -54,6 +55,10 @@ def resolve_config(*, data, outdir, cfg="auto", resolution=None, resize="crop", 
         raise UserError("--data: required (a dataset directory from prepare_data or subset)")
     if not outdir:
         raise UserError("--outdir: required")
+    try:
+        jit_phase_set(jit_phases)
+    except ValueError as e:
+        raise UserError(f"--jit_phases={jit_phases}: {e}") from None
     # Every shard present with its recorded size (--verify: and its sha256).
     load_manifest(data, check="sha256" if verify else "size")
     info = dataset_info(data)
@@ -168,7 +173,8 @@ def resolve_config(*, data, outdir, cfg="auto", resolution=None, resize="crop", 
         ema_kimg=float(preset["ema_kimg"]), ema_rampup=ema_rampup, seed=int(seed),
         deterministic=bool(deterministic), grid=tuple(grid), tensorboard=bool(tensorboard),
         # distribution
-        strategy=strategy, jit=bool(jit), num_replicas=int(num_replicas),
+        strategy=strategy, jit=bool(jit), jit_phases=str(jit_phases or "auto"),
+        num_replicas=int(num_replicas),
         # metrics
         metrics=tuple(metrics or ()), metrics_kimg=metrics_kimg,
         inception_weights=inception_weights or None, vgg16_weights=vgg16_weights or None)

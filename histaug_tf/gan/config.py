@@ -92,7 +92,38 @@ class ScheduleConfig:
 class DistributionConfig:
     strategy: str = "auto"
     jit: bool = False
+    jit_phases: str = "auto"             # with jit: auto | all | a comma list (jit_phase_set)
     num_replicas: int = 1
+
+
+# The phases --jit_phases can name; Gboth/Dboth (no lazy regularisation) follow Gmain/Dmain.
+JIT_PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
+# "auto" on one CPU replica: every phase but these, which ran as fast without XLA and whose
+# compilation is part of every cold start (docs/speed.md, "Warm-up: the path-length phase
+# without XLA").
+JIT_AUTO_SKIP_ON_CPU = ("Greg",)
+
+
+def jit_phase_set(spec: str, *, jit: bool = True, one_cpu_replica: bool = False) -> frozenset:
+    """The phases to compile with XLA: none without ``jit``; ``all``: every one; ``auto``: every
+    one except, on a single CPU replica, ``JIT_AUTO_SKIP_ON_CPU``; else the comma list
+    ``spec`` of names from ``JIT_PHASES`` (ValueError naming the unknown one)."""
+    spec = (spec or "auto").strip()
+    if spec in ("auto", "all"):
+        names = set(JIT_PHASES)
+        if spec == "auto" and one_cpu_replica:
+            names -= set(JIT_AUTO_SKIP_ON_CPU)
+    else:
+        names = {x.strip() for x in spec.split(",") if x.strip()}
+        bad = sorted(names - set(JIT_PHASES))
+        if bad:
+            raise ValueError(f"unknown phase {bad[0]!r} (choose from auto, all or a comma list "
+                             f"of {', '.join(JIT_PHASES)})")
+    if not jit:
+        return frozenset()
+    names |= {"Gboth"} if "Gmain" in names else set()
+    names |= {"Dboth"} if "Dmain" in names else set()
+    return frozenset(names)
 
 
 @dataclass(frozen=True)

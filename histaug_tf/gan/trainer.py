@@ -6,7 +6,8 @@ the augment pipe and ADA (``gan/ada.py``), the input iterator and the checkpoint
 the reference's phases in order (Gmain, Greg every ``G_reg_interval`` steps, Dmain, Dreg every
 ``D_reg_interval`` steps; with an interval of None, Gboth/Dboth every step), each a
 ``tf.function`` around ``strategy.run``; with ``jit`` a phase is XLA-compiled (with one replica
-the whole phase after its random draws, Adam update included). A phase may run in rounds of
+the whole phase after its random draws, Adam update included; ``jit_phases`` chooses the phases,
+by default all but Greg on one CPU replica). A phase may run in rounds of
 ``batch_gpu`` samples per replica with summed gradients (``_build_functions``). Then G_ema is
 updated, and every ``ada_interval`` steps the augment probability.
 
@@ -41,6 +42,7 @@ from histaug_tf import graph_cache
 from histaug_tf.common import UserError, write_text_atomic
 from histaug_tf.gan import loss as loss_lib
 from histaug_tf.gan.ada import Ada
+from histaug_tf.gan.config import jit_phase_set
 from histaug_tf.gan.adam import FusedAdam
 from histaug_tf.gan.layers import CheckpointedLists, noise_seed
 from histaug_tf.gan.networks import copy_matching_variables, freeze_d_variables
@@ -383,14 +385,18 @@ class Trainer:
         B, N, R, g = self.batch, self.num_replicas, self.rounds, self.batch_gpu
         gpl = g // self.pl_batch_shrink  # path-length samples per round (reference: per call)
         multi = N > 1
-        jit = self.jit
-        # One replica with XLA: everything of a phase after its random draws is ONE XLA program
-        # (losses, gradients, nan_to_num, the Adam update, statistics, w_avg, pl_mean), and so
-        # is the G EMA update; with several replicas only the per-replica loss/gradient part is
-        # compiled. The stateless draws stay outside XLA: XLA's stateless normal is a different
-        # transform of the same Philox bits, so inside it the latents would change.
-        fused = jit and not multi
-        self.fused_phases = fused
+        # The phases XLA compiles (config.jit_phase_set: with --jit, by default all but the
+        # path-length phase on one CPU replica). One replica: everything of such a phase after
+        # its random draws is ONE XLA program (losses, gradients, nan_to_num, the Adam update,
+        # statistics, w_avg, pl_mean), and so is the G EMA update; with several replicas only the
+        # per-replica loss/gradient part is compiled. The stateless draws stay outside XLA:
+        # XLA's stateless normal is a different transform of the same Philox bits, so inside it
+        # the latents would change.
+        on_cpu = not tf.config.list_logical_devices("GPU")
+        jitted = jit_phase_set(self.config.distribution.jit_phases, jit=self.jit,
+                               one_cpu_replica=on_cpu and not multi)
+        self.jit_phases = tuple(sorted(jitted))
+        self.fused_phases = tuple(sorted(jitted)) if not multi else ()
         inv = 1.0 / (g * N)               # mean over one round on all replicas
         inv_pl = 1.0 / max(gpl * N, 1)
         res = int(self.G.img_resolution)
@@ -438,7 +444,7 @@ class Trainer:
             return self._local(noise[:N * R * gpl], R * gpl)
 
         # --- G phases: Gmain (main), Greg (pl, gain = interval), Gboth (both, gain 1) -----------
-        def make_g_compute(main, pl, gain_pl):
+        def make_g_compute(main, pl, gain_pl, jit, fused):
             allreduce = multi and not jit  # under XLA: per-replica pl_mean (reference: per GPU)
 
             def compute(main_in, pl_in, pl_mean, seed):
@@ -525,7 +531,7 @@ class Trainer:
                 xs[4:9] = [z, c, stacked(mix_z, gpl), cuts, noise]
             return xs
 
-        def g_update(xs, main, pl, compute):
+        def g_update(xs, main, pl, compute, jit):
             pick = picker(xs)
 
             def compute_round(ins, pl_mean):
@@ -543,11 +549,11 @@ class Trainer:
             _apply(self.G_opt, [_nan_to_num(x) for x in grads], self.G_vars)
             return stats, tf.reshape(wsums, [-1, wsums.shape[-1]]), pl_mean
 
-        def g_replica(step, main, pl, compute):
-            return g_update(g_inputs(step, main, pl), main, pl, compute)
+        def g_replica(step, main, pl, compute, jit):
+            return g_update(g_inputs(step, main, pl), main, pl, compute, jit)
 
         # --- D phases: Dmain (main), Dreg (R1, gain = interval), Dboth (both, gain 1) -----------
-        def make_d_compute(main, r1, gain):
+        def make_d_compute(main, r1, gain, jit, fused):
             def compute(real, real_c, gen_in, seed):
                 with tf.GradientTape(watch_accessed_variables=False) as tape, noise_seed(seed):
                     tape.watch(self._D_tf)
@@ -612,14 +618,16 @@ class Trainer:
                 w = mean + (w - mean) * self._w_avg_beta
             self._w_avg.assign(w)
 
-        def g_step_fn(main, pl, gain_pl):
-            compute = make_g_compute(main, pl, gain_pl)
+        def g_step_fn(name, main, pl, gain_pl):
+            jit = name in jitted
+            fused = jit and not multi
+            compute = make_g_compute(main, pl, gain_pl, jit, fused)
             counts = (([N * g] if main else []) + ([N * gpl] if pl else [])) * R
 
             if fused:
                 @xla_function
                 def update(xs):
-                    stats, wsums, new_mean = g_update(xs, main, pl, compute)
+                    stats, wsums, new_mean = g_update(xs, main, pl, compute, jit)
                     accumulate(stats)
                     update_w_avg(wsums, counts)
                     if pl:
@@ -634,15 +642,17 @@ class Trainer:
             @tf.function(autograph=False)
             def step_fn(step):
                 stats, wsums, new_mean = strategy.run(
-                    lambda s: g_replica(s, main, pl, compute), args=(step,))
+                    lambda s: g_replica(s, main, pl, compute, jit), args=(step,))
                 accumulate(stats)
                 update_w_avg(wsums, counts)
                 if pl:
                     self.pl_mean.assign(strategy.experimental_local_results(new_mean)[0])
             return step_fn
 
-        def d_step_fn(main, r1, gain):
-            compute = make_d_compute(main, r1, gain)
+        def d_step_fn(name, main, r1, gain):
+            jit = name in jitted
+            fused = jit and not multi
+            compute = make_d_compute(main, r1, gain, jit, fused)
             counts = [N * g] * R if main else []
 
             if fused:
@@ -667,17 +677,17 @@ class Trainer:
                 update_w_avg(wsums, counts)
             return step_fn
 
-        @tf.function(jit_compile=True if fused else None, autograph=False)
+        @tf.function(jit_compile=True if self.jit and not multi else None, autograph=False)
         def ema_step(beta):
             loss_lib.update_ema(self.G, self.G_ema, beta)
 
         self._phase_fns = {
-            "Gmain": g_step_fn(True, False, 0.0),
-            "Greg": g_step_fn(False, True, float(self.G_reg_interval or 1)),
-            "Gboth": g_step_fn(True, True, 1.0),
-            "Dmain": d_step_fn(True, False, 1.0),
-            "Dreg": d_step_fn(False, True, float(self.D_reg_interval or 1)),
-            "Dboth": d_step_fn(True, True, 1.0),
+            "Gmain": g_step_fn("Gmain", True, False, 0.0),
+            "Greg": g_step_fn("Greg", False, True, float(self.G_reg_interval or 1)),
+            "Gboth": g_step_fn("Gboth", True, True, 1.0),
+            "Dmain": d_step_fn("Dmain", True, False, 1.0),
+            "Dreg": d_step_fn("Dreg", False, True, float(self.D_reg_interval or 1)),
+            "Dboth": d_step_fn("Dboth", True, True, 1.0),
         }
         self._ema_step = ema_step
         self._cache_graphs()
