@@ -30,6 +30,32 @@ class FusedAdam(keras.optimizers.Adam):
     """``keras.optimizers.Adam`` whose per-variable update is ``ResourceApplyAdam``
     (module docstring). Options the fused op does not cover (``amsgrad``) use Keras' update."""
 
+    _scalars = None  # dtype -> the step's shared scalar inputs, during one update
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        # One set of step scalars (beta powers, lr, betas, epsilon) per update of all variables,
+        # not one per variable: ~10 graph nodes fewer per variable in every traced phase.
+        self._scalars = {}
+        try:
+            return super()._distributed_tf_update_step(distribution, grads_and_vars,
+                                                       learning_rate)
+        finally:
+            self._scalars = None
+
+    def _step_scalars(self, dtype, learning_rate):
+        cached = None if self._scalars is None else self._scalars.get(dtype)
+        if cached is not None:
+            return cached
+        t = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.constant(self.beta_1, dtype)
+        beta_2 = tf.constant(self.beta_2, dtype)
+        out = dict(beta1_power=tf.pow(beta_1, t), beta2_power=tf.pow(beta_2, t),
+                   lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+                   epsilon=tf.constant(self.epsilon, dtype))
+        if self._scalars is not None:
+            self._scalars[dtype] = out
+        return out
+
     def update_step(self, gradient, variable, learning_rate):
         if self.amsgrad:
             return super().update_step(gradient, variable, learning_rate)
@@ -37,11 +63,6 @@ class FusedAdam(keras.optimizers.Adam):
         dtype = tf.as_dtype(variable.dtype)
         i = self._get_variable_index(variable)
         m, v = self._momentums[i], self._velocities[i]
-        t = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.constant(self.beta_1, dtype)
-        beta_2 = tf.constant(self.beta_2, dtype)
-        tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=m.handle, v=v.handle,
-            beta1_power=tf.pow(beta_1, t), beta2_power=tf.pow(beta_2, t),
-            lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-            epsilon=tf.constant(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+        tf.raw_ops.ResourceApplyAdam(var=variable.handle, m=m.handle, v=v.handle,
+                                     grad=tf.cast(gradient, dtype),
+                                     **self._step_scalars(dtype, learning_rate))

@@ -72,10 +72,17 @@ AUGPIPE_SPECS = {
 def _matrix(rows):
     """Stack a nested list of scalars / [B] tensors into [B, n, m] (at least one entry is a tensor)."""
     ref = next(e for row in rows for e in row if isinstance(e, tf.Tensor))
-    elems = [e if isinstance(e, tf.Tensor) else tf.fill(tf.shape(ref), tf.constant(e, ref.dtype))
-             for row in rows for e in row]
+    shape = tf.shape(ref)
+    fills = {}  # one [B] tensor per distinct constant entry (fewer graph nodes than one each)
+
+    def fill(e):
+        if e not in fills:
+            fills[e] = tf.fill(shape, tf.constant(e, ref.dtype))
+        return fills[e]
+
+    elems = [e if isinstance(e, tf.Tensor) else fill(e) for row in rows for e in row]
     out = tf.stack(elems, axis=-1)
-    return tf.reshape(out, tf.concat([tf.shape(ref), [len(rows), len(rows[0])]], 0))
+    return tf.reshape(out, tf.concat([shape, [len(rows), len(rows[0])]], 0))
 
 
 def _translate2d(tx, ty):

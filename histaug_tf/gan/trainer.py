@@ -157,20 +157,39 @@ def _apply(opt, grads, variables):
     opt.apply_gradients(pairs)
 
 
-def _nan_to_num(g):
+def _nan_to_num(g, consts=None):
     """Reference ``nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5)``.
 
     Written with comparisons only (NaN is the one value unequal to itself): TensorFlow lowers
     ``IsNan``, ``IsInf`` and ``Sign`` to XLA through a per-op MLIR pipeline that costs ~3 ms per
     op instance when a program is compiled or loaded from the cache (one per gradient tensor: 175
     in the four phase programs of the demo configuration), comparisons and selects ~0.3 ms
-    (docs/speed.md, "Warm-up: fewer ops that TensorFlow lowers one at a time")."""
+    (docs/speed.md, "Warm-up: fewer ops that TensorFlow lowers one at a time"). ``consts``:
+    the scalars of ``_nan_to_num_consts`` for ``g``'s dtype, shared by the gradients of a step."""
     if g is None:
         return None
-    big = tf.constant(1e5, g.dtype)
-    g = tf.where(tf.not_equal(g, g), tf.zeros_like(g), g)
-    g = tf.where(tf.equal(g, tf.constant(float("inf"), g.dtype)), big, g)
-    return tf.where(tf.equal(g, tf.constant(float("-inf"), g.dtype)), -big, g)
+    zero, inf, big = consts if consts is not None else _nan_to_num_consts(g.dtype)
+    g = tf.where(tf.not_equal(g, g), zero, g)
+    g = tf.where(tf.equal(g, inf[0]), big[0], g)
+    return tf.where(tf.equal(g, inf[1]), big[1], g)
+
+
+def _nan_to_num_consts(dtype):
+    """0, (+inf, -inf), (1e5, -1e5) in ``dtype`` (scalars: ``tf.where`` broadcasts them)."""
+    inf = float("inf")
+    return (tf.constant(0, dtype), (tf.constant(inf, dtype), tf.constant(-inf, dtype)),
+            (tf.constant(1e5, dtype), tf.constant(-1e5, dtype)))
+
+
+def _nan_to_num_all(grads):
+    """``_nan_to_num`` of each gradient (None stays None), with one set of scalars per dtype."""
+    consts = {}
+    out = []
+    for g in grads:
+        if g is not None and g.dtype not in consts:
+            consts[g.dtype] = _nan_to_num_consts(g.dtype)
+        out.append(None if g is None else _nan_to_num(g, consts[g.dtype]))
+    return out
 
 
 class Trainer:
@@ -546,7 +565,7 @@ class Trainer:
                                                       self.pl_mean.read_value(), loop)
             if pl and jit and multi:
                 pl_mean = tf.distribute.get_replica_context().all_reduce("MEAN", pl_mean)
-            _apply(self.G_opt, [_nan_to_num(x) for x in grads], self.G_vars)
+            _apply(self.G_opt, _nan_to_num_all(grads), self.G_vars)
             return stats, tf.reshape(wsums, [-1, wsums.shape[-1]]), pl_mean
 
         def g_replica(step, main, pl, compute, jit):
@@ -589,7 +608,7 @@ class Trainer:
                 return grads, st, ws, pl_mean
 
             grads, stats, wsums, _ = run_rounds(pick, compute_round, tf.constant(0.0), True)
-            _apply(self.D_opt, [_nan_to_num(x) for x in grads], self.D_vars)
+            _apply(self.D_opt, _nan_to_num_all(grads), self.D_vars)
             return stats, (None if wsums is None else tf.reshape(wsums, [-1, wsums.shape[-1]]))
 
         def d_replica(real, real_c, step, main, compute):
