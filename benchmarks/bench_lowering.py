@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_lowering.py --preset=demo --batch=32
     PYTHONPATH=. python benchmarks/bench_lowering.py --op_costs      # per-op lowering cost
+    PYTHONPATH=. python benchmarks/bench_lowering.py --rng_costs     # per random draw, compiled
 
 Prints one JSON object. With ``--jit`` the trainer's phases are XLA programs, and every process
 converts each program's graph to HLO (TensorFlow's tf2xla) before it compiles it or finds it in
@@ -80,6 +81,39 @@ def op_costs(n=100):
     return out
 
 
+def rng_costs(n=20):
+    """Milliseconds per random draw in an XLA program, the whole first call (tracing, lowering,
+    XLA compilation, one run) of a program of ``n`` draws of [4, 8] summed into its output, for
+    the draws the trainer's programs hold: the augment pipe's ``tf.random.Generator`` draws, the
+    per-layer noise (``layers.random_noise``: a fold-in and a stateless normal), plain stateless
+    draws, and a multiply for comparison."""
+    import tensorflow as tf
+
+    from histaug_tf.gan.layers import noise_seed, random_noise
+
+    gen = tf.random.Generator.from_seed(1)
+    seed = tf.constant([1, 2], tf.int64)
+    kinds = {
+        "multiply (baseline)": lambda i, x: x * float(i + 1),
+        "Generator.uniform": lambda i, x: gen.uniform([4, 8]),
+        "Generator.normal": lambda i, x: gen.normal([4, 8]),
+        "stateless_uniform": lambda i, x: tf.random.stateless_uniform([4, 8], seed + i),
+        "stateless_normal": lambda i, x: tf.random.stateless_normal([4, 8], seed + i),
+        "layers.random_noise": lambda i, x: random_noise([4, 8]),
+    }
+    out = {}
+    for name, draw in kinds.items():
+        def prog(x, draw=draw):
+            with noise_seed(seed):
+                return tf.add_n([draw(i, x) for i in range(n)])
+        f = tf.function(prog, jit_compile=True, autograph=False)
+        x = tf.ones([4, 8])
+        t0 = time.perf_counter()
+        f(x).numpy()
+        out[name] = round((time.perf_counter() - t0) / n * 1000, 1)
+    return out
+
+
 def phase_lowering(preset, resolution, batch, p, augpipe):
     from bench_train import build_trainer, xla_program
 
@@ -128,11 +162,16 @@ def main():
     ap.add_argument("--augpipe", default="bgc")
     ap.add_argument("--op_costs", action="store_true",
                     help="measure the lowering cost per instance of a list of op types instead")
+    ap.add_argument("--rng_costs", action="store_true",
+                    help="measure the whole first call (compilation included) per random draw "
+                    "in an XLA program instead")
     args = ap.parse_args()
     import tensorflow as tf
     out = {"benchmark": "lowering", "tensorflow": tf.__version__}
     if args.op_costs:
         out["ms_per_instance"] = op_costs()
+    elif args.rng_costs:
+        out["first_call_ms_per_draw"] = {n: rng_costs(n) for n in (10, 40)}
     else:
         out.update(phase_lowering(args.preset, args.resolution, args.batch, args.p,
                                   args.augpipe))
