@@ -168,17 +168,15 @@ def _nan_to_num(g, consts=None):
     the scalars of ``_nan_to_num_consts`` for ``g``'s dtype, shared by the gradients of a step."""
     if g is None:
         return None
-    zero, inf, big = consts if consts is not None else _nan_to_num_consts(g.dtype)
+    zero, pos_inf, neg_inf, pos_big, neg_big = consts or _nan_to_num_consts(g.dtype)
     g = tf.where(tf.not_equal(g, g), zero, g)
-    g = tf.where(tf.equal(g, inf[0]), big[0], g)
-    return tf.where(tf.equal(g, inf[1]), big[1], g)
+    g = tf.where(tf.equal(g, pos_inf), pos_big, g)
+    return tf.where(tf.equal(g, neg_inf), neg_big, g)
 
 
 def _nan_to_num_consts(dtype):
-    """0, (+inf, -inf), (1e5, -1e5) in ``dtype`` (scalars: ``tf.where`` broadcasts them)."""
-    inf = float("inf")
-    return (tf.constant(0, dtype), (tf.constant(inf, dtype), tf.constant(-inf, dtype)),
-            (tf.constant(1e5, dtype), tf.constant(-1e5, dtype)))
+    """0, +inf, -inf, 1e5, -1e5 in ``dtype`` (scalars: ``tf.where`` broadcasts them)."""
+    return tuple(tf.constant(v, dtype) for v in (0.0, float("inf"), float("-inf"), 1e5, -1e5))
 
 
 def _nan_to_num_all(grads):
@@ -319,6 +317,11 @@ class Trainer:
         self._rebuild_functions()
 
     @property
+    def fused_phases(self):
+        """The phases that are one XLA program each, Adam update included (one replica)."""
+        return self.jit_phases if self.num_replicas == 1 else ()
+
+    @property
     def seed(self):
         """The run's seed: the checkpoint's when resuming (every random stream is keyed by it)."""
         return int(self.seed_var.numpy())
@@ -415,7 +418,6 @@ class Trainer:
         jitted = jit_phase_set(self.config.distribution.jit_phases, jit=self.jit,
                                one_cpu_replica=on_cpu and not multi)
         self.jit_phases = tuple(sorted(jitted))
-        self.fused_phases = tuple(sorted(jitted)) if not multi else ()
         inv = 1.0 / (g * N)               # mean over one round on all replicas
         inv_pl = 1.0 / max(gpl * N, 1)
         res = int(self.G.img_resolution)
@@ -463,7 +465,7 @@ class Trainer:
             return self._local(noise[:N * R * gpl], R * gpl)
 
         # --- G phases: Gmain (main), Greg (pl, gain = interval), Gboth (both, gain 1) -----------
-        def make_g_compute(main, pl, gain_pl, jit, fused):
+        def make_g_compute(main, pl, gain_pl, jit):
             allreduce = multi and not jit  # under XLA: per-replica pl_mean (reference: per GPU)
 
             def compute(main_in, pl_in, pl_mean, seed):
@@ -488,7 +490,7 @@ class Trainer:
                         wsums.append(tf.reduce_sum(w0, axis=0))
                 grads = tape.gradient(total, self._G_tf)
                 return grads, {k: moments(v) for k, v in stats.items()}, tf.stack(wsums), new_mean
-            return xla_function(compute) if jit and not fused else compute
+            return xla_function(compute) if jit and multi else compute
 
         def run_rounds(round_in, compute, pl_mean, loop):
             """Rounds 0..R-1 of ``compute(round_in(k), pl_mean) -> (grads, stats, wsum,
@@ -572,7 +574,7 @@ class Trainer:
             return g_update(g_inputs(step, main, pl), main, pl, compute, jit)
 
         # --- D phases: Dmain (main), Dreg (R1, gain = interval), Dboth (both, gain 1) -----------
-        def make_d_compute(main, r1, gain, jit, fused):
+        def make_d_compute(main, r1, gain, jit):
             def compute(real, real_c, gen_in, seed):
                 with tf.GradientTape(watch_accessed_variables=False) as tape, noise_seed(seed):
                     tape.watch(self._D_tf)
@@ -589,7 +591,7 @@ class Trainer:
                     wsum = tf.reduce_sum(w0, axis=0)[None]
                 grads = tape.gradient(total, self._D_tf)
                 return grads, {k: moments(v) for k, v in stats.items()}, wsum
-            return xla_function(compute) if jit and not fused else compute
+            return xla_function(compute) if jit and multi else compute
 
         def d_inputs(real, real_c, step, main):
             xs = [stacked(real, g), stacked(real_c, g), None, None, None, None, None]
@@ -640,7 +642,7 @@ class Trainer:
         def g_step_fn(name, main, pl, gain_pl):
             jit = name in jitted
             fused = jit and not multi
-            compute = make_g_compute(main, pl, gain_pl, jit, fused)
+            compute = make_g_compute(main, pl, gain_pl, jit)
             counts = (([N * g] if main else []) + ([N * gpl] if pl else [])) * R
 
             if fused:
@@ -671,7 +673,7 @@ class Trainer:
         def d_step_fn(name, main, r1, gain):
             jit = name in jitted
             fused = jit and not multi
-            compute = make_d_compute(main, r1, gain, jit, fused)
+            compute = make_d_compute(main, r1, gain, jit)
             counts = [N * g] * R if main else []
 
             if fused:
