@@ -416,3 +416,25 @@ def test_global_rng_xla_float16_and_grayscale():
     assert y16.dtype == tf.float16 and y16.shape == (4, 16, 16, 3) and np.all(np.isfinite(y16.numpy()))
     gray = A.make_augment_pipe("bgc", p=1.0, seed=1)(tf.random.uniform([4, 16, 16, 1]))
     assert gray.shape == (4, 16, 16, 1) and np.all(np.isfinite(gray.numpy()))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_one_uniform_and_one_normal_draw_per_call_each_parameter_its_own_column(channels):
+    """Inside an XLA program each random draw is compiled on its own, so a call draws all its
+    per-image parameters at once: one uniform and one normal draw (and the noise op's per-pixel
+    normal), each parameter its own column. Counted in the traced graph of every preset."""
+    random_ops = {"StatelessRandomUniformV2", "StatelessRandomNormalV2",  # a seeded Generator
+                  "RandomUniform", "RandomStandardNormal"}  # TF's global RNG
+    for name, seed in [(name, seed) for name in A.AUGPIPE_SPECS for seed in (3, None)]:
+        pipe = A.make_augment_pipe(name, p=1.0, seed=seed)
+        graph = tf.function(pipe.__call__).get_concrete_function(
+            tf.TensorSpec([4, 8, 8, channels], tf.float32)).graph
+        draws = [op for op in graph.get_operations() if op.type in random_ops]
+        uniform, normal = pipe._draw_counts(channels)
+        expected = (uniform > 0) + (normal > 0) + (pipe.noise > 0)
+        assert len(draws) == expected, (name, channels, [op.type for op in draws])
+    # Each parameter its own column: with a shared one, xflip's "flip?" (u < 0.5 at p = 0.5) and
+    # its gate (u < 0.5) would never both allow a flip; drawn apart, a quarter of the images flip.
+    y = A.AugmentPipe(xflip=1, p=0.5, seed=5)(_ramp(400, 8, 8)).numpy()
+    flipped = np.mean(y[:, 0, 0, 0] > 0)
+    assert 0.18 < flipped < 0.32, flipped

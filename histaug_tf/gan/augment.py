@@ -264,6 +264,35 @@ class _MatrixCaches:
         self.filter = {}
 
 
+class _Draws:
+    """One pipe call's random numbers, handed out column by column: ``u(k)`` / ``n(k)`` give the
+    next ``k`` columns ([B] for k = 1, else [B, k]) of the uniform / normal draw."""
+
+    def __init__(self, uniform, normal):
+        self._src = {"u": uniform, "n": normal}
+        self._next = {"u": 0, "n": 0}
+
+    def _take(self, kind, k):
+        src, i = self._src[kind], self._next[kind]
+        if src is None or i + k > src.shape[1]:
+            raise AssertionError(f"AugmentPipe._draw_counts is short of {kind!r} columns")
+        self._next[kind] = i + k
+        return src[:, i] if k == 1 else src[:, i:i + k]
+
+    def u(self, k=1):
+        return self._take("u", k)
+
+    def n(self, k=1):
+        return self._take("n", k)
+
+    def check_all_taken(self):
+        for kind, src in self._src.items():
+            n = 0 if src is None else src.shape[1]
+            if self._next[kind] != n:
+                raise AssertionError(f"AugmentPipe._draw_counts: {n} {kind!r} columns drawn, "
+                                     f"{self._next[kind]} taken")
+
+
 class AugmentPipe(tf.Module):
     """Differentiable ADA augmentation of NHWC float images (any range; [-1, 1] in the GAN).
 
@@ -330,9 +359,27 @@ class AugmentPipe(tf.Module):
             return self._gen.normal(shape, dtype=tf.float32)
         return tf.random.normal(shape, dtype=tf.float32)
 
-    def _gate(self, shape, prob):
-        """Boolean ``shape`` mask: True with probability ``prob`` (a scalar tensor)."""
-        return self._uniform(shape) < prob
+    def _draw_counts(self, c):
+        """(uniform, normal) random numbers per image that one call needs for channels ``c``: the
+        one count of what ``_geometric``, ``_color``, ``_imgfilter``, noise and cutout take."""
+        rgb = c > 1
+        uniform = (2 * (self.xflip > 0) + 2 * (self.rotate90 > 0) + 3 * (self.xint > 0)
+                   + (self.scale > 0) + 4 * (self.rotate > 0) + (self.aniso > 0) + (self.xfrac > 0)
+                   + (self.brightness > 0) + (self.contrast > 0) + 2 * (self.lumaflip > 0)
+                   + 2 * (self.hue > 0 and rgb) + (self.saturation > 0 and rgb)
+                   + len(self.imgfilter_bands) * (self.imgfilter > 0)
+                   + (self.noise > 0) + 3 * (self.cutout > 0))
+        normal = ((self.scale > 0) + (self.aniso > 0) + 2 * (self.xfrac > 0)
+                  + (self.brightness > 0) + (self.contrast > 0) + (self.saturation > 0 and rgb)
+                  + len(self.imgfilter_bands) * (self.imgfilter > 0) + (self.noise > 0))
+        return int(uniform), int(normal)
+
+    def _draws(self, b, c):
+        """All per-image random numbers of one call in two draws ([B, n] uniform and normal)
+        rather than one draw per parameter: inside an XLA program every draw is a random-number
+        expansion compiled on its own (``benchmarks/bench_lowering.py --rng_costs``)."""
+        nu, nn = self._draw_counts(c)
+        return _Draws(self._uniform([b, nu]) if nu else None, self._normal([b, nn]) if nn else None)
 
     # ---------------------------------------------------------------- the pipe
     def __call__(self, images):
@@ -345,25 +392,27 @@ class AugmentPipe(tf.Module):
         b = tf.shape(x)[0]
         h, w, c = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
         p = tf.cast(tf.convert_to_tensor(self.p), tf.float32)
-        x = self._geometric(x, b, h, w, p)
-        x = self._color(x, b, c, p)
-        x = self._imgfilter(x, b, h, w, p)
+        d = self._draws(b, c)
+        x = self._geometric(x, d, b, h, w, p)
+        x = self._color(x, d, b, c, p)
+        x = self._imgfilter(x, d, b, h, w, p)
         if self.noise > 0:
-            sigma = tf.abs(self._normal([b, 1, 1, 1])) * self.noise_std
-            sigma = tf.where(self._gate([b, 1, 1, 1], self.noise * p), sigma, 0.0)
+            sigma = tf.abs(d.n()[:, None, None, None]) * self.noise_std
+            sigma = tf.where(d.u()[:, None, None, None] < self.noise * p, sigma, 0.0)
             x = x + self._normal(tf.shape(x)) * sigma
         if self.cutout > 0:
-            size = tf.where(self._gate([b, 1, 1, 1], self.cutout * p), self.cutout_size, 0.0)
-            center = self._uniform([b, 2, 1, 1])
+            size = tf.where(d.u()[:, None, None, None] < self.cutout * p, self.cutout_size, 0.0)
+            center = d.u(2)[:, :, None, None]
             cx = (tf.range(w, dtype=tf.float32)[None, None, :] + 0.5) / w  # [1, 1, W]
             cy = (tf.range(h, dtype=tf.float32)[None, :, None] + 0.5) / h  # [1, H, 1]
             keep_x = tf.abs(cx - center[:, 0, :, :]) >= size[:, 0] / 2  # [B, 1, W]
             keep_y = tf.abs(cy - center[:, 1, :, :]) >= size[:, 0] / 2  # [B, H, 1]
             mask = tf.cast(keep_x | keep_y, tf.float32)[..., None]
             x = x * mask
+        d.check_all_taken()
         return tf.cast(x, in_dtype)
 
-    def _geometric(self, x, b, h, w, p):
+    def _geometric(self, x, d, b, h, w, p):
         if not any(m > 0 for m in (self.xflip, self.rotate90, self.xint, self.scale, self.rotate,
                                    self.aniso, self.xfrac)):
             return x
@@ -372,51 +421,51 @@ class AugmentPipe(tf.Module):
         active = tf.zeros([b], tf.bool)
         zeros, ones = tf.zeros([b]), tf.ones([b])
         if self.xflip > 0:
-            i = tf.floor(self._uniform([b]) * 2)
-            gate = self._gate([b], self.xflip * p)
+            i = tf.floor(d.u() * 2)
+            gate = d.u() < self.xflip * p
             i = tf.where(gate, i, zeros)
             g_inv = g_inv @ _scale2d(1 - 2 * i, ones)  # its own inverse
             active |= gate
         if self.rotate90 > 0:
-            i = tf.floor(self._uniform([b]) * 4)
-            gate = self._gate([b], self.rotate90 * p)
+            i = tf.floor(d.u() * 4)
+            gate = d.u() < self.rotate90 * p
             i = tf.where(gate, i, zeros)
             g_inv = g_inv @ _rotate2d(np.pi / 2 * i)  # inverse of rotate(-pi/2 * i)
             active |= gate
         if self.xint > 0:
-            t = (self._uniform([b, 2]) * 2 - 1) * self.xint_max
-            gate = self._gate([b], self.xint * p)
+            t = (d.u(2) * 2 - 1) * self.xint_max
+            gate = d.u() < self.xint * p
             t = tf.where(gate[:, None], t, 0.0)
             g_inv = g_inv @ _translate2d(-tf.round(t[:, 0] * w), -tf.round(t[:, 1] * h))
             active |= gate
         if self.scale > 0:
-            s = tf.pow(2.0, self._normal([b]) * self.scale_std)
-            gate = self._gate([b], self.scale * p)
+            s = tf.pow(2.0, d.n() * self.scale_std)
+            gate = d.u() < self.scale * p
             s = tf.where(gate, s, ones)
             g_inv = g_inv @ _scale2d(1 / s, 1 / s)
             active |= gate
         p_rot = 1 - tf.sqrt(tf.clip_by_value(1 - self.rotate * p, 0.0, 1.0))  # P(pre or post) = rotate * p
         if self.rotate > 0:
-            theta = (self._uniform([b]) * 2 - 1) * np.pi * self.rotate_max
-            gate = self._gate([b], p_rot)
+            theta = (d.u() * 2 - 1) * np.pi * self.rotate_max
+            gate = d.u() < p_rot
             theta = tf.where(gate, theta, zeros)
             g_inv = g_inv @ _rotate2d(theta)  # inverse of rotate(-theta); before the anisotropic scaling
             active |= gate
         if self.aniso > 0:
-            s = tf.pow(2.0, self._normal([b]) * self.aniso_std)
-            gate = self._gate([b], self.aniso * p)
+            s = tf.pow(2.0, d.n() * self.aniso_std)
+            gate = d.u() < self.aniso * p
             s = tf.where(gate, s, ones)
             g_inv = g_inv @ _scale2d(1 / s, s)
             active |= gate
         if self.rotate > 0:
-            theta = (self._uniform([b]) * 2 - 1) * np.pi * self.rotate_max
-            gate = self._gate([b], p_rot)
+            theta = (d.u() * 2 - 1) * np.pi * self.rotate_max
+            gate = d.u() < p_rot
             theta = tf.where(gate, theta, zeros)
             g_inv = g_inv @ _rotate2d(theta)  # after the anisotropic scaling
             active |= gate
         if self.xfrac > 0:
-            t = self._normal([b, 2]) * self.xfrac_std
-            gate = self._gate([b], self.xfrac * p)
+            t = d.n(2) * self.xfrac_std
+            gate = d.u() < self.xfrac * p
             t = tf.where(gate[:, None], t, 0.0)
             g_inv = g_inv @ _translate2d(-t[:, 0] * w, -t[:, 1] * h)
             active |= gate
@@ -464,7 +513,7 @@ class AugmentPipe(tf.Module):
         x = bilinear_sample(x, sx, sy)
         return _apply_rows_cols(x, down_y, down_x)
 
-    def _color(self, x, b, c, p):
+    def _color(self, x, d, b, c, p):
         use_rgb = c > 1
         ops = (self.brightness, self.contrast, self.lumaflip) + ((self.hue, self.saturation) if use_rgb else ())
         if not any(m > 0 for m in ops):
@@ -478,32 +527,32 @@ class AugmentPipe(tf.Module):
         v = (np.array([1, 1, 1, 0]) / np.sqrt(3)).astype(np.float32)  # luma axis
         vv = tf.constant(np.outer(v, v))
         if self.brightness > 0:
-            br = self._normal([b]) * self.brightness_std
-            gate = self._gate([b], self.brightness * p)
+            br = d.n() * self.brightness_std
+            gate = d.u() < self.brightness * p
             br = tf.where(gate, br, zeros)
             cm = _translate3d(br, br, br) @ cm
             active |= gate
         if self.contrast > 0:
-            ct = tf.pow(2.0, self._normal([b]) * self.contrast_std)
-            gate = self._gate([b], self.contrast * p)
+            ct = tf.pow(2.0, d.n() * self.contrast_std)
+            gate = d.u() < self.contrast * p
             ct = tf.where(gate, ct, ones)
             cm = _scale3d(ct, ct, ct) @ cm
             active |= gate
         if self.lumaflip > 0:
-            i = tf.floor(self._uniform([b]) * 2)
-            gate = self._gate([b], self.lumaflip * p)
+            i = tf.floor(d.u() * 2)
+            gate = d.u() < self.lumaflip * p
             i = tf.where(gate, i, zeros)
             cm = (tf.eye(4) - 2 * vv * i[:, None, None]) @ cm  # Householder reflection
             active |= gate
         if self.hue > 0 and use_rgb:
-            theta = (self._uniform([b]) * 2 - 1) * np.pi * self.hue_max
-            gate = self._gate([b], self.hue * p)
+            theta = (d.u() * 2 - 1) * np.pi * self.hue_max
+            gate = d.u() < self.hue * p
             theta = tf.where(gate, theta, zeros)
             cm = _rotate3d(v[:3].tolist(), theta) @ cm
             active |= gate
         if self.saturation > 0 and use_rgb:
-            s = tf.pow(2.0, self._normal([b]) * self.saturation_std)
-            gate = self._gate([b], self.saturation * p)
+            s = tf.pow(2.0, d.n() * self.saturation_std)
+            gate = d.u() < self.saturation * p
             s = tf.where(gate, s, ones)
             cm = (vv + (tf.eye(4) - vv) * s[:, None, None]) @ cm
             active |= gate
@@ -514,7 +563,7 @@ class AugmentPipe(tf.Module):
             y = x * tf.reduce_sum(cm1[:, :3], axis=1)[:, None, None, None] + cm1[:, None, None, 3:]
         return tf.where(active[:, None, None, None], y, x)
 
-    def _imgfilter(self, x, b, h, w, p):
+    def _imgfilter(self, x, d, b, h, w, p):
         if not self.imgfilter > 0:
             return x
         bank = self._hz_fbank
@@ -523,8 +572,8 @@ class AugmentPipe(tf.Module):
         g = tf.ones([b, num_bands])
         active = tf.zeros([b], tf.bool)
         for i, band_strength in enumerate(self.imgfilter_bands):
-            t_i = tf.pow(2.0, self._normal([b]) * self.imgfilter_std)
-            gate = self._gate([b], self.imgfilter * p * band_strength)
+            t_i = tf.pow(2.0, d.n() * self.imgfilter_std)
+            gate = d.u() < self.imgfilter * p * band_strength
             t_i = tf.where(gate, t_i, tf.ones([b]))
             t = tf.concat([tf.ones([b, i]), t_i[:, None], tf.ones([b, num_bands - i - 1])], axis=1)
             t = t / tf.sqrt(tf.reduce_sum(expected_power * tf.square(t), axis=-1, keepdims=True))
