@@ -231,6 +231,29 @@ def test_random_noise_under_noise_seed_is_a_function_of_seed_and_draw():
         assert np.abs(layer(x, w).numpy() - layer(x, w).numpy()).max() > 1e-3
 
 
+def test_noise_pool_is_one_draw_sliced_in_announced_order():
+    """``noise_pool``: the next draws are consecutive slices of one stateless normal draw keyed by
+    the block's next draw number (here 0), reshaped per image; a size other than announced, or a
+    draw announced and not taken, is an error."""
+    seed = tf.constant([3, 4], tf.int64)
+    with L.noise_seed(seed), L.noise_pool(2, [16, 64, 64]):
+        got = [L.random_noise([2, 4, 4, 1]), L.random_noise([2, 8, 8, 1]),
+               L.random_noise([2, 8, 8, 1])]
+    whole = tf.random.stateless_normal(
+        [2, 144], tf.random.experimental.stateless_fold_in(seed, 0, alg="philox"),
+        alg="philox").numpy()
+    np.testing.assert_array_equal(got[0].numpy(), whole[:, :16].reshape(2, 4, 4, 1))
+    np.testing.assert_array_equal(got[1].numpy(), whole[:, 16:80].reshape(2, 8, 8, 1))
+    np.testing.assert_array_equal(got[2].numpy(), whole[:, 80:].reshape(2, 8, 8, 1))
+    with pytest.raises(AssertionError, match="does not match"):
+        with L.noise_seed(seed), L.noise_pool(2, [16]):
+            L.random_noise([2, 8, 8, 1])
+    with pytest.raises(AssertionError, match="1 of 2 announced"):
+        with L.noise_pool(2, [16, 16]):
+            L.random_noise([2, 4, 4, 1])
+    assert not L._pool_stack()
+
+
 def test_torgb_no_demodulation():
     layer = L.ToRGBLayer(4, 3, w_dim=5)
     layer.build()

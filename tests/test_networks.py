@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from histaug_tf.gan.layers import noise_seed
 from histaug_tf.gan.networks import Generator, Discriminator, count_params
 from histaug_tf.gan.presets import get_preset
 
@@ -171,6 +172,29 @@ def test_noise_modes_on_generator():
     np.testing.assert_array_equal(c1, G(z, None, noise_mode="const").numpy())
     assert np.abs(G(z, None, noise_mode="random").numpy() - c1).max() > 1e-4
     assert np.abs(G(z, None, noise_mode="none").numpy() - c1).max() > 1e-4
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_synthesis_draws_all_layers_noise_at_once(seeded):
+    """In an XLA program each random draw is compiled on its own: the synthesis network draws
+    the random noise of all its layers in one draw (stateless under ``noise_seed``, else
+    TensorFlow's global RNG), as many values per image as its layers' noise maps hold (each
+    layer's slice: ``tests/test_layers.py``)."""
+    G = tiny_G(16)
+    for v in G.trainable_variables:
+        if v.path.endswith("noise_strength"):
+            v.assign(1.0)
+    ws = tf.constant(RNG.standard_normal([2, G.num_ws, 8]), tf.float32)
+
+    def synth(ws):
+        with noise_seed(tf.constant([1, 2], tf.int64) if seeded else None):
+            return G.synthesis(ws, noise_mode="random")
+
+    graph = tf.function(synth).get_concrete_function(ws).graph
+    normal = [op for op in graph.get_operations()
+              if op.type in ("StatelessRandomNormalV2", "RandomStandardNormal")]
+    assert len(normal) == 1, [op.type for op in normal]
+    assert normal[0].outputs[0].shape[1] == sum(G.synthesis._noise_sizes()) == 16 + 2 * 64 + 2 * 256
 
 
 def test_fused_modconv_generator_agrees():

@@ -68,9 +68,50 @@ def noise_seed(seed):
         stack.pop()
 
 
-def random_noise(shape, dtype=tf.float32):
-    """A standard normal tensor for per-layer noise: stateless under ``noise_seed``, else from
-    TensorFlow's global RNG."""
+def _pool_stack():
+    if not hasattr(_noise_seeds, "pools"):
+        _noise_seeds.pools = []
+    return _noise_seeds.pools
+
+
+class _NoisePool:
+    """One normal draw [B, sum(sizes)] handed out as the next ``len(sizes)`` noise tensors."""
+
+    def __init__(self, draw, sizes):
+        self.draw, self.sizes, self.taken, self.offset = draw, list(sizes), 0, 0
+
+    def take(self, shape):
+        n = int(np.prod(shape[1:]))
+        if self.taken >= len(self.sizes) or self.sizes[self.taken] != n:
+            raise AssertionError(f"noise_pool: draw {self.taken} of {n} values per image does "
+                                 f"not match the announced sizes {self.sizes}")
+        cols = self.draw[:, self.offset:self.offset + n]
+        self.taken, self.offset = self.taken + 1, self.offset + n
+        return tf.reshape(cols, [-1] + [int(d) for d in shape[1:]])
+
+
+@contextlib.contextmanager
+def noise_pool(batch, sizes):
+    """Inside: the next ``len(sizes)`` ``random_noise`` draws of this thread (``sizes[i]`` values
+    per image, in that order) are slices of one standard normal draw ``[batch, sum(sizes)]``,
+    itself one draw of the enclosing ``noise_seed`` block (or of TensorFlow's global RNG). In an
+    XLA program every random draw is compiled on its own, so the synthesis network draws all its
+    layers' noise at once. Empty ``sizes`` changes nothing."""
+    if not sizes:
+        yield
+        return
+    pools = _pool_stack()
+    pool = _NoisePool(_normal_draw([batch, int(sum(sizes))]), sizes)
+    pools.append(pool)
+    try:
+        yield
+    finally:
+        pools.pop()
+    if pool.taken != len(pool.sizes):
+        raise AssertionError(f"noise_pool: {pool.taken} of {len(pool.sizes)} announced draws taken")
+
+
+def _normal_draw(shape, dtype=tf.float32):
     stack = _noise_stack()
     if not stack:
         return tf.random.normal(shape, dtype=dtype)
@@ -78,6 +119,15 @@ def random_noise(shape, dtype=tf.float32):
     k, entry[1] = entry[1], entry[1] + 1
     seed = tf.random.experimental.stateless_fold_in(entry[0], k, alg="philox")
     return tf.random.stateless_normal(shape, seed, dtype=dtype, alg="philox")
+
+
+def random_noise(shape, dtype=tf.float32):
+    """A standard normal tensor for per-layer noise: a slice of the open ``noise_pool``, else its
+    own draw; stateless under ``noise_seed``, else from TensorFlow's global RNG."""
+    pools = _pool_stack()
+    if pools:
+        return tf.cast(pools[-1].take(shape), dtype)
+    return _normal_draw(shape, dtype)
 
 
 # Default gain of each activation (the NVlabs ``bias_act`` activation table).

@@ -29,7 +29,7 @@ from histaug_tf.gan.layers import (CheckpointedLists, _Layer, _register, _dim,
                                    FullyConnectedLayer, Conv2dLayer,
                                    SynthesisLayer, ToRGBLayer, MinibatchStdLayer,
                                    setup_resample_filter,
-                                   normalize_2nd_moment)
+                                   normalize_2nd_moment, noise_pool)
 
 
 def _nf(channel_base, channel_max, res):
@@ -307,13 +307,19 @@ class SynthesisNetwork(_Layer):
             raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {ws.shape}")
         x = img = None
         w_idx = 0
-        for block in self.blocks:
-            n = block.num_conv + block.num_torgb
-            cur = ws[:, w_idx:w_idx + n]
-            w_idx += block.num_conv
-            x, img = block(x, img, cur, noise_mode=noise_mode, fused_modconv=fused_modconv,
-                           force_fp32=force_fp32)
+        with noise_pool(tf.shape(ws)[0], self._noise_sizes() if noise_mode == "random" else []):
+            for block in self.blocks:
+                n = block.num_conv + block.num_torgb
+                cur = ws[:, w_idx:w_idx + n]
+                w_idx += block.num_conv
+                x, img = block(x, img, cur, noise_mode=noise_mode, fused_modconv=fused_modconv,
+                               force_fp32=force_fp32)
         return img
+
+    def _noise_sizes(self):
+        """Values per image of each layer's random noise, in the order the layers draw it."""
+        return [layer.resolution ** 2 for block in self.blocks for layer in (block.conv0, block.conv1)
+                if layer is not None and layer.use_noise]
 
     def get_config(self):
         cfg = super().get_config()
