@@ -37,6 +37,29 @@ def test_unknown_fields_and_flat_files_are_refused():
         TrainingConfig.from_dict({"cfg": "tiny", "resolution": 16})
 
 
+def test_values_of_another_type_are_refused_naming_the_field():
+    """A field gets a value of its annotated type (an int also fits a float, a JSON list a
+    tuple, None an optional); anything else (a damaged training_options.json) is a ValueError
+    naming section.field, never a config that fails later."""
+    ok = TrainingConfig.from_flat(gamma=1, class_filter=None, label_names=["a"], jit=False,
+                                  resolution=np.int64(32))
+    assert ok.loss.gamma == 1 and ok.data.label_names == ("a",) and ok.data.resolution == 32
+    for name, value, section in (("gamma", "0.5", "loss"), ("resolution", 32.5, "data"),
+                                 ("resolution", True, "data"), ("jit", 1, "distribution"),
+                                 ("label_names", 5, "data"), ("cfg", None, "networks"),
+                                 ("class_filter", "1", "data")):
+        with pytest.raises(ValueError, match=rf"^{section}\.{name}: "):
+            TrainingConfig.from_flat(**{name: value})
+        d = TrainingConfig().to_dict()
+        d[section][name] = value
+        with pytest.raises(ValueError, match=rf"^{section}\.{name}: "):
+            TrainingConfig.from_dict(d)
+    d = TrainingConfig().to_dict()
+    d["preset"] = [1]
+    with pytest.raises(ValueError, match="preset"):
+        TrainingConfig.from_dict(d)
+
+
 def test_statistics_by_name_against_numpy():
     rnd = np.random.RandomState(0)
     a, b = rnd.randn(7).astype(np.float32), rnd.randn(5).astype(np.float32)

@@ -218,3 +218,10 @@ def test_rerun_with_other_resolution_or_label_set_is_refused(toy_data, tmp_path)
     path.write_text(json.dumps(dict(flat, class_filter=1)))
     with pytest.raises(UserError, match=r"--class_filter: run 1, now null"):
         check_rerun(opts)
+    # a damaged sectioned file (fields of the wrong type): one line naming it, not a traceback
+    for field, value in (("label_names", 5), ("image_shape", 7)):
+        damaged = opts.to_dict()
+        damaged["data"][field] = value
+        path.write_text(json.dumps(damaged))
+        with pytest.raises(UserError, match=rf"training_options.json: cannot be read \(data.{field}"):
+            check_rerun(opts)

@@ -9,7 +9,7 @@ import json
 import os
 
 from histaug_tf.common import UserError
-from histaug_tf.gan.config import TrainingConfig, jit_phase_set
+from histaug_tf.gan.config import SECTION_OF, SECTIONS, TrainingConfig, jit_phase_set
 
 AUG_MODES = ("ada", "noaug", "fixed")
 
@@ -209,15 +209,17 @@ RUN_IDENTITY = ("cfg", "resolution", "cond", "c_dim", "label_names", "image_chan
 
 
 def _identity(options):
-    """RUN_IDENTITY of a ``training_options.json``: the sectioned config, or the flat options
-    dict that versions before the typed config wrote."""
-    try:
-        c = TrainingConfig.from_dict(options)
-    except (ValueError, TypeError):  # flat: the keys it has
+    """RUN_IDENTITY of a ``training_options.json``: the sectioned config (fields of this version
+    only; one of the wrong type: ValueError), or the flat options dict that versions before the
+    typed config wrote."""
+    if not all(isinstance(options.get(sec), dict) for sec in SECTIONS):  # flat: the keys it has
         out = {k: options[k] for k in RUN_IDENTITY if k in options}
-        if options.get("image_shape"):
+        if isinstance(options.get("image_shape"), list) and options["image_shape"]:
             out["image_channels"] = options["image_shape"][-1]
         return out
+    known = {sec: {k: v for k, v in options[sec].items() if SECTION_OF.get(k) == sec}
+             for sec in SECTIONS}
+    c = TrainingConfig.from_dict(dict(options, **known))
     return {"cfg": c.networks.cfg, "resolution": c.data.resolution, "cond": c.networks.cond,
             "c_dim": c.networks.c_dim, "label_names": list(c.data.label_names),
             "image_channels": (list(c.data.image_shape) or [None])[-1],
@@ -238,7 +240,11 @@ def check_rerun(config):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot be read ({e}); use a new --outdir") from None
-    was, now = _identity(old), _identity(config.to_dict())
+    try:
+        was = _identity(old)
+    except ValueError as e:
+        raise UserError(f"{path}: cannot be read ({e}); use a new --outdir") from None
+    now = _identity(config.to_dict())
     flag = {"c_dim": "class count", "label_names": "dataset label names",
             "image_channels": "dataset image channels"}
     diff = [f"{flag.get(k, '--' + k)}: run {json.dumps(was[k])}, now {json.dumps(now[k])}"

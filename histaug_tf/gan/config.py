@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +153,29 @@ def _section_of():
 SECTION_OF = _section_of()
 
 
+def _type_ok(annotation: str, value) -> bool:
+    """``value`` fits a field annotated ``annotation`` (the annotations of this module: bool,
+    int, float, str, tuple, dict, each optionally ``| None``; a JSON list fits a tuple, an int a
+    float)."""
+    if annotation.endswith(" | None"):
+        if value is None:
+            return True
+        annotation = annotation[:-len(" | None")]
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, {"int": numbers.Integral, "float": numbers.Real, "str": str,
+                              "tuple": (tuple, list), "dict": dict}[annotation])
+
+
+def _check_type(name: str, value) -> None:
+    sec = SECTION_OF[name]
+    annotation = {f.name: f.type for f in dataclasses.fields(SECTIONS[sec])}[name]
+    if not _type_ok(annotation, value):
+        raise ValueError(f"{sec}.{name}: {json.dumps(value, default=str)} is not {annotation}")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     outdir: str = ""
@@ -166,12 +190,14 @@ class TrainingConfig:
 
     @classmethod
     def from_flat(cls, outdir="", preset=None, **fields: Any) -> "TrainingConfig":
-        """Each keyword into the section that has a field of its name (unknown: TypeError)."""
+        """Each keyword into the section that has a field of its name (unknown: TypeError; a
+        value of another type than the field's: ValueError naming ``section.field``)."""
         parts = {sec: {} for sec in SECTIONS}
         for name, value in fields.items():
             sec = SECTION_OF.get(name)
             if sec is None:
                 raise TypeError(f"no training config field {name!r}")
+            _check_type(name, value)
             parts[sec][name] = tuple(value) if name in _TUPLES and value is not None else value
         return cls(outdir=outdir, preset=dict(preset or {}),
                    **{sec: SECTIONS[sec](**kw) for sec, kw in parts.items()})
@@ -188,6 +214,8 @@ class TrainingConfig:
         ``d`` is not one (e.g. the flat options file of an older version)."""
         if not isinstance(d, dict) or not all(isinstance(d.get(s), dict) for s in SECTIONS):
             raise ValueError("not a sectioned training config")
+        if not isinstance(d.get("preset") or {}, dict) or not isinstance(d.get("outdir", ""), str):
+            raise ValueError("preset: not a JSON object, or outdir: not a string")
         flat = {}
         for sec in SECTIONS:
             for k, v in d[sec].items():
