@@ -271,3 +271,16 @@ def test_normalize_2nd_moment():
     x = RNG.standard_normal([3, 7]).astype(np.float32) * 5
     got = L.normalize_2nd_moment(tf.constant(x)).numpy()
     np.testing.assert_allclose(got, x / np.sqrt((x ** 2).mean(axis=1, keepdims=True) + 1e-8), rtol=1e-5)
+
+
+def test_tf_variable_is_the_variable_behind_a_keras_variable():
+    """``tf_variable``: a Keras 3 variable's own ``tf.Variable`` (what a GradientTape watches and
+    the trainer, EMA and variable copies use); a plain ``tf.Variable`` or a tensor unchanged
+    (``tf.Variable.value`` is a method there, not a variable)."""
+    layer = L.FullyConnectedLayer(3, 2)
+    layer.build()
+    kv = layer.weight
+    assert not isinstance(kv, tf.Variable) and isinstance(L.tf_variable(kv), tf.Variable)
+    assert L.tf_variable(kv) is kv.value
+    plain, t = tf.Variable([1.0]), tf.constant([2.0])
+    assert L.tf_variable(plain) is plain and L.tf_variable(t) is t

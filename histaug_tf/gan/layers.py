@@ -330,6 +330,13 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=0,
 # --------------------------------------------------------------------------------------------
 # Layers.
 
+def tf_variable(v):
+    """The ``tf.Variable`` behind a Keras 3 variable (what GradientTape watches and what an
+    ``assign`` reads); anything else unchanged."""
+    inner = getattr(v, "value", None)
+    return inner if isinstance(inner, tf.Variable) else v
+
+
 class CheckpointedLists:
     """Mixin for Keras layers and models: sublayers kept in a list attribute (``self.blocks =
     [...]``) are children of the layer in a ``tf.train.Checkpoint`` (keys ``blocks/0/...``).

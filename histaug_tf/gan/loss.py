@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from histaug_tf.gan.layers import tf_variable
+
 
 # ---------------------------------------------------------------------------------------------
 # Schedules.
@@ -77,7 +79,7 @@ def update_ema(G, G_ema, beta):
     (w_avg, constant noise, ...) copied. Call in cross-replica context (or without a strategy)."""
     beta = tf.convert_to_tensor(beta, tf.float32)
     for p, p_ema, trainable in paired_variables(G, G_ema):
-        v = p.value if hasattr(p, "value") else p
+        v = tf_variable(p)
         if trainable and v.dtype.is_floating:
             b = tf.cast(beta, v.dtype)
             p_ema.assign(v + (p_ema.value - v) * b)

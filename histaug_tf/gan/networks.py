@@ -29,7 +29,7 @@ from histaug_tf.gan.layers import (CheckpointedLists, _Layer, _register, _dim,
                                    FullyConnectedLayer, Conv2dLayer,
                                    SynthesisLayer, ToRGBLayer, MinibatchStdLayer,
                                    setup_resample_filter,
-                                   normalize_2nd_moment, noise_pool)
+                                   normalize_2nd_moment, noise_pool, tf_variable)
 
 
 def _nf(channel_base, channel_max, res):
@@ -632,14 +632,14 @@ def copy_matching_variables(src_model, dst_model):
     for v in dst_model.variables:
         s = src.get(v.path)
         if s is not None and tuple(s.shape) == tuple(v.shape):
-            v.assign(s.value if hasattr(s, "value") else s)
+            v.assign(tf_variable(s))
             n += 1
     if n == 0:
         # Fall back to positional matching (same architecture built in another scope).
         sv, dv = list(src_model.variables), list(dst_model.variables)
         if len(sv) == len(dv) and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(sv, dv)):
             for a, b in zip(sv, dv):
-                b.assign(a.value if hasattr(a, "value") else a)
+                b.assign(tf_variable(a))
             n = len(dv)
     return n
 

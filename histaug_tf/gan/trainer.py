@@ -44,7 +44,7 @@ from histaug_tf.gan import loss as loss_lib
 from histaug_tf.gan.ada import Ada
 from histaug_tf.gan.config import jit_phase_set
 from histaug_tf.gan.adam import FusedAdam
-from histaug_tf.gan.layers import CheckpointedLists, noise_seed
+from histaug_tf.gan.layers import CheckpointedLists, noise_seed, tf_variable
 from histaug_tf.gan.networks import copy_matching_variables, freeze_d_variables
 from histaug_tf.gan.stats import TrainingStats, moments
 from histaug_tf.ops.upfirdn2d import xla_function
@@ -144,11 +144,6 @@ def verify_checkpoint_files(prefix, chunk=64):
         data = sorted(glob.glob(glob.escape(prefix) + ".data-*")) or [prefix + ".data-*"]
         raise CheckpointDamaged(f"{', '.join(data)}: cannot be read ({_one_line(e)})") from None
     return shapes
-
-
-def _tf_var(v):
-    """The tf.Variable behind a Keras 3 variable (what GradientTape watches)."""
-    return v.value if hasattr(v, "value") and isinstance(v.value, tf.Variable) else v
 
 
 def _apply(opt, grads, variables):
@@ -281,8 +276,8 @@ class Trainer:
             self.D_vars = [v for v in self.D.trainable_variables if id(v) not in frozen]
             self.G_opt.build(self.G_vars)
             self.D_opt.build(self.D_vars)
-            self._G_tf = [_tf_var(v) for v in self.G_vars]
-            self._D_tf = [_tf_var(v) for v in self.D_vars]
+            self._G_tf = [tf_variable(v) for v in self.G_vars]
+            self._D_tf = [tf_variable(v) for v in self.D_vars]
             self.pl_mean = tf.Variable(0.0, trainable=False, name="pl_mean")
         # Host-side counters and accumulators (cross-replica only; identical on every worker).
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -633,7 +628,7 @@ class Trainer:
             if self._w_avg is None or wsums is None:
                 return
             sums = tf.cast(reduce_sum(wsums), tf.float32)
-            w = tf.convert_to_tensor(_tf_var(self._w_avg))
+            w = tf.convert_to_tensor(tf_variable(self._w_avg))
             for i, n in enumerate(counts):
                 mean = sums[i] / n
                 w = mean + (w - mean) * self._w_avg_beta
@@ -773,7 +768,7 @@ class Trainer:
         objs, paths = graph_view.ObjectGraphView(root).breadth_first_traversal()
         out, seen = [], set()
         for o in objs:
-            v = _tf_var(o)
+            v = tf_variable(o)
             if isinstance(v, tf.Variable) and id(v) not in seen:
                 seen.add(id(v))
                 out.append(("/".join(r.name for r in paths[o]), v))
