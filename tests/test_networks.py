@@ -181,9 +181,6 @@ def test_synthesis_draws_all_layers_noise_at_once(seeded):
     TensorFlow's global RNG), as many values per image as its layers' noise maps hold (each
     layer's slice: ``tests/test_layers.py``)."""
     G = tiny_G(16)
-    for v in G.trainable_variables:
-        if v.path.endswith("noise_strength"):
-            v.assign(1.0)
     ws = tf.constant(RNG.standard_normal([2, G.num_ws, 8]), tf.float32)
 
     def synth(ws):

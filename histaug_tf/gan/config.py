@@ -169,11 +169,14 @@ def _type_ok(annotation: str, value) -> bool:
                               "tuple": (tuple, list), "dict": dict}[annotation])
 
 
+_ANNOTATION_OF = {f.name: f.type for sec in SECTIONS.values() for f in dataclasses.fields(sec)}
+
+
 def _check_type(name: str, value) -> None:
-    sec = SECTION_OF[name]
-    annotation = {f.name: f.type for f in dataclasses.fields(SECTIONS[sec])}[name]
+    annotation = _ANNOTATION_OF[name]
     if not _type_ok(annotation, value):
-        raise ValueError(f"{sec}.{name}: {json.dumps(value, default=str)} is not {annotation}")
+        raise ValueError(f"{SECTION_OF[name]}.{name}: {json.dumps(value, default=str)} is not "
+                         f"{annotation}")
 
 
 @dataclass(frozen=True)
@@ -214,8 +217,10 @@ class TrainingConfig:
         ``d`` is not one (e.g. the flat options file of an older version)."""
         if not isinstance(d, dict) or not all(isinstance(d.get(s), dict) for s in SECTIONS):
             raise ValueError("not a sectioned training config")
-        if not isinstance(d.get("preset") or {}, dict) or not isinstance(d.get("outdir", ""), str):
-            raise ValueError("preset: not a JSON object, or outdir: not a string")
+        if not isinstance(d.get("preset") or {}, dict):
+            raise ValueError("preset: not a JSON object")
+        if not isinstance(d.get("outdir", ""), str):
+            raise ValueError("outdir: not a string")
         flat = {}
         for sec in SECTIONS:
             for k, v in d[sec].items():

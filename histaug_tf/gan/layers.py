@@ -42,13 +42,18 @@ PACKAGE = "histaug_tf"
 # Per-layer noise ("random" noise mode). Outside ``noise_seed`` it comes from TensorFlow's global
 # RNG, as before; the trainer draws it statelessly so that a run resumed from any checkpoint (and
 # a process that loads cached graphs) continues with exactly the noise of an uninterrupted run.
-_noise_seeds = threading.local()  # .stack: [[seed, draws so far], ...] of the open blocks
+_noise_seeds = threading.local()  # .stack: [[seed, draws so far], ...] of the open blocks;
+#                                   .pools: the open noise_pool blocks
+
+
+def _thread_list(name):
+    if not hasattr(_noise_seeds, name):
+        setattr(_noise_seeds, name, [])
+    return getattr(_noise_seeds, name)
 
 
 def _noise_stack():
-    if not hasattr(_noise_seeds, "stack"):
-        _noise_seeds.stack = []
-    return _noise_seeds.stack
+    return _thread_list("stack")
 
 
 @contextlib.contextmanager
@@ -69,9 +74,7 @@ def noise_seed(seed):
 
 
 def _pool_stack():
-    if not hasattr(_noise_seeds, "pools"):
-        _noise_seeds.pools = []
-    return _noise_seeds.pools
+    return _thread_list("pools")
 
 
 class _NoisePool:

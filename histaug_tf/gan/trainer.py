@@ -635,8 +635,7 @@ class Trainer:
             self._w_avg.assign(w)
 
         def g_step_fn(name, main, pl, gain_pl):
-            jit = name in jitted
-            fused = jit and not multi
+            jit, fused = name in jitted, name in self.fused_phases
             compute = make_g_compute(main, pl, gain_pl, jit)
             counts = (([N * g] if main else []) + ([N * gpl] if pl else [])) * R
 
@@ -666,8 +665,7 @@ class Trainer:
             return step_fn
 
         def d_step_fn(name, main, r1, gain):
-            jit = name in jitted
-            fused = jit and not multi
+            jit, fused = name in jitted, name in self.fused_phases
             compute = make_d_compute(main, r1, gain, jit)
             counts = [N * g] * R if main else []
 
