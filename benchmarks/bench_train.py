@@ -27,6 +27,8 @@ What each result explains (docs/speed.md, "Where the time goes"):
   against ``matmul_peak_gflops``, a float32 1024x1024 XLA matmul timed in the same process with
   the same threads.
 * ``peak_rss_gb``: the process's peak resident memory after this configuration.
+* ``allocator``: like every stage, the benchmark restarts itself under jemalloc when
+  ``HISTAUG_MALLOC`` asks for it (``histaug_tf.common.preload_allocator``); else ``glibc``.
 """
 import argparse
 import json
@@ -289,6 +291,8 @@ def main():
     ap.add_argument("--paper256_jit", action="store_true",
                     help="also compile paper256 with XLA (slow to compile on CPU)")
     args = ap.parse_args()
+    from histaug_tf.common import preload_allocator
+    allocator = preload_allocator()  # as every stage: $HISTAUG_MALLOC=jemalloc restarts under it
     import tensorflow as tf
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -326,6 +330,8 @@ def main():
         # float32 matmul 1024^3 (XLA or TF kernel), best of 10 each, before and after the runs
         "matmul_peak_gflops_before_after": [peak0, peak1],
         "xla_flags": os.environ.get("TF_XLA_FLAGS", ""),
+        # the preloaded allocator (common.preload_allocator; $HISTAUG_MALLOC), or glibc's
+        "allocator": allocator or "glibc",
         "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(default)"),
         "results": results,
     }
