@@ -133,11 +133,7 @@ def preload_allocator(argv=None, environ=None, execve=None, find=find_jemalloc) 
     new_env = dict(env)
     new_env["LD_PRELOAD"] = f"{lib}:{preload}" if preload else lib
     new_env[MALLOC_ACTIVE_ENV] = lib
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed stream must not stop the start
-            pass
+    _flush_stdio()  # what this image printed must not be lost with it
     try:
         (execve or os.execve)(sys.executable, argv, new_env)
     except OSError as e:
@@ -150,7 +146,8 @@ def run_main(main_fn):
     """Wrap an absl ``main(argv)`` so a ``UserError`` becomes one line on stderr and exit code 1.
 
     Also restarts the process under jemalloc when ``$HISTAUG_MALLOC`` asks for it
-    (``preload_allocator``) and turns on the persistent XLA compilation cache (``enable_xla_cache``) for every stage.
+    (``preload_allocator``) and turns on the persistent XLA compilation cache
+    (``enable_xla_cache``) for every stage.
     """
 
     def wrapped(argv):
@@ -175,12 +172,18 @@ def exit_now(code: int):
     exit on a loaded CI machine (the error line was printed, the process then never ended). A
     report that was printed must also end the process.
     """
+    _flush_stdio()
+    os._exit(code)
+
+
+def _flush_stdio():
+    """Flush stdout and stderr, ignoring a stream that is closed (before ``os._exit`` or
+    ``os.execve``, which skip Python's own flushing)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001 - a closed stream must not hide the exit code
+        except Exception:  # noqa: BLE001 - a closed stream must not hide the exit or the restart
             pass
-    os._exit(code)
 
 
 @contextlib.contextmanager
