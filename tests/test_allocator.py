@@ -53,7 +53,8 @@ def test_off_by_default_and_when_switched_off(value):
 def test_jemalloc_not_found_is_one_warning(capsys):
     assert _decide({common.MALLOC_ENV: "jemalloc"}, find=lambda: None) == (None, [])
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"warning: {common.MALLOC_ENV}=jemalloc: no libjemalloc")
+    assert len(err) == 1
+    assert err[0].startswith(f"warning: {common.MALLOC_ENV}=jemalloc: no libjemalloc")
 
 
 def test_a_restarted_process_does_not_restart_again():
