@@ -113,6 +113,10 @@ def preload_allocator(argv=None, environ=None, execve=None, find=find_jemalloc) 
     argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
     if not argv:
         return None
+    if (sys.argv[:1] or [""])[0] in ("", "-"):  # a program read from stdin cannot be read twice
+        print(f"warning: {MALLOC_ENV}={choice}: a program read from stdin is not restarted; "
+              "running with glibc's allocator", file=sys.stderr, flush=True)
+        return None
     if choice.lower() == "jemalloc":
         lib = find()
         if lib is None:

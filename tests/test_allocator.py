@@ -83,6 +83,17 @@ def test_a_failed_restart_is_one_warning_and_the_run_goes_on(capsys):
     assert "could not restart under /opt/lib/libjemalloc.so.2" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux only")
+def test_a_program_read_from_stdin_is_not_restarted(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", common.MALLOC_ACTIVE_ENV)}
+    env.update(PYTHONPATH=ROOT, **{common.MALLOC_ENV: _libm_path()})
+    prog = "from histaug_tf import common\nprint('ran', common.preload_allocator())\n"
+    p = subprocess.run([sys.executable, "-"], input=prog, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.split() == ["ran", "None"], (p.stdout, p.stderr)
+    assert "a program read from stdin is not restarted" in p.stderr
+
+
 def test_find_looks_in_ld_library_path(tmp_path, monkeypatch):
     lib = tmp_path / "libjemalloc.so.2"
     lib.write_bytes(b"")
