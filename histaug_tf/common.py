@@ -19,6 +19,9 @@ class UserError(Exception):
     """
 
 
+# what switches an environment setting of this module off (the XLA cache, the allocator)
+_OFF_WORDS = ("", "0", "off", "none", "false")
+
 XLA_CACHE_ENV = "HISTAUG_XLA_CACHE"
 _XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 
@@ -31,7 +34,7 @@ def xla_cache_dir() -> str | None:
     """
     v = os.environ.get(XLA_CACHE_ENV)
     if v is not None:
-        return None if v.strip().lower() in ("", "0", "off", "none", "false") else os.path.abspath(v)
+        return None if v.strip().lower() in _OFF_WORDS else os.path.abspath(v)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "histaug_tf", "xla")
 
@@ -66,7 +69,6 @@ MALLOC_ENV = "HISTAUG_MALLOC"
 # set in the environment of a process started with the allocator preloaded (and inherited by the
 # processes it starts): the loop guard of ``preload_allocator``
 MALLOC_ACTIVE_ENV = "HISTAUG_MALLOC_ACTIVE"
-_OFF = ("", "0", "off", "none", "false", "glibc")
 
 
 def find_jemalloc() -> str | None:
@@ -108,7 +110,7 @@ def preload_allocator(argv=None, environ=None, execve=None, find=find_jemalloc) 
     if env.get(MALLOC_ACTIVE_ENV):  # started by this function (or by a process that was)
         return env[MALLOC_ACTIVE_ENV]
     choice = env.get(MALLOC_ENV, "off").strip()
-    if choice.lower() in _OFF or not sys.platform.startswith("linux"):
+    if choice.lower() in _OFF_WORDS + ("glibc",) or not sys.platform.startswith("linux"):
         return None
     argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
     if not argv:
