@@ -48,8 +48,9 @@ flags.DEFINE_float("ada_kimg", 500.0, "ADA speed: kimg for p to move from 0 to 1
 flags.DEFINE_string("strategy", "auto", "auto, default, mirrored or multiworker.")
 flags.DEFINE_bool("jit", False, "XLA-compile the per-replica loss/gradient computation.")
 flags.DEFINE_string("jit_phases", "auto", "With --jit, the phases XLA compiles: 'all', a comma "
-                    "list of Gmain,Greg,Dmain,Dreg, or 'auto' (all; on one CPU replica all but "
-                    "Greg, which runs as fast without XLA and would lengthen the start).")
+                    "list of Gmain,Greg,Dmain,Dreg, or 'auto' (all; on one CPU replica Gmain "
+                    "and Dmain only: the regularisers' compilation would lengthen the start "
+                    "by more than XLA saves them).")
 flags.DEFINE_bool("mixed_precision", None, "float16 on the top resolutions (default: on GPU).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_list("metrics", [], "Metrics to compute at snapshots (needs histaug_tf.metrics).")

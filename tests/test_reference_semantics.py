@@ -109,9 +109,12 @@ def _lerp_w_avg(w, ws0_rounds, beta=0.995):
 def test_batch_gpu_rounds_equal_summed_per_round_gradients(tmp_path, jit):
     """Batch 8 as 4 rounds of 2 on the real networks (mbstd group 4 -> groups of 2 per round):
     each phase of step 0 (Gmain, Greg, Dmain, Dreg) applies the sum of the 4 per-round gradients
-    computed separately; pl_mean after 4 sequential lerps; w_avg after one lerp per round."""
+    computed separately; pl_mean after 4 sequential lerps; w_avg after one lerp per round.
+    With jit, every phase is an XLA program (``all``: on the CPU ``auto`` leaves the
+    regularisers to TensorFlow, which the run without jit checks)."""
     R, g = 4, 2
-    t = _trainer(tmp_path, _real_networks(), batch=8, batch_gpu=g, jit=jit)
+    t = _trainer(tmp_path, _real_networks(), batch=8, batch_gpu=g, jit=jit,
+                 jit_phases="all" if jit else "auto")
     assert t.rounds == R and t.phases_at(0) == ["Gmain", "Greg", "Dmain", "Dreg"]
     G, D = t.G, t.D
     Gv, Dv = t._G_tf, t._D_tf
@@ -349,3 +352,29 @@ def test_flips_flag_errors(tmp_path):
     with pytest.raises(UserError, match="--flips=yes: expected one of none, x, xy, all"):
         resolve_config(data=data, outdir=out, cfg="tiny", flips="yes")
     assert resolve_config(data=data, outdir=out, cfg="tiny", mirror=True, flips="x").data.flips == "x"
+
+
+@pytest.mark.slow
+def test_regularisers_without_xla_match_the_compiled_ones(tmp_path):
+    """The real networks: Greg and Dreg run by TensorFlow's executor (``auto`` on the CPU: the
+    ``conv`` FIR and TensorFlow's strided convolutions) and as XLA programs (``all``: the
+    ``slices`` FIR and the polyphase convolutions) from the same state apply the same gradients
+    to G and D (to float32 rounding; nonzero), give the same pl_mean and the same regulariser
+    statistics."""
+    out = {}
+    for spec in ("all", "auto"):
+        t = _trainer(tmp_path / spec, _real_networks(), batch=4, jit=True, jit_phases=spec)
+        assert ("Dreg" in t.jit_phases) == ("Greg" in t.jit_phases) == (spec == "all")
+        step = tf.constant(0, tf.int64)
+        real, real_c = t._next_batch()
+        g = _applied_gradient(t.G_opt, t._G_tf, lambda: t._phase_fns["Greg"](step))
+        d = _applied_gradient(t.D_opt, t._D_tf, lambda: t._phase_fns["Dreg"](real, real_c, step))
+        out[spec] = (g, d, float(t.pl_mean.numpy()), t.stats.read())
+    assert out["all"][2] != 0.0
+    np.testing.assert_allclose(out["auto"][2], out["all"][2], rtol=1e-5)
+    assert set(out["auto"][3]) == set(out["all"][3]) and "Loss/r1_penalty" in out["all"][3]
+    for name, value in out["all"][3].items():
+        np.testing.assert_allclose(out["auto"][3][name], value, rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    for i, net in ((0, "G"), (1, "D")):
+        _assert_grads(out["auto"][i], out["all"][i], f"{net}reg without XLA")

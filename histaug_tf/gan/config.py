@@ -99,10 +99,11 @@ class DistributionConfig:
 
 # The phases --jit_phases can name; Gboth/Dboth (no lazy regularisation) follow Gmain/Dmain.
 JIT_PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
-# "auto" on one CPU replica: every phase but these, which ran as fast without XLA and whose
-# compilation is part of every cold start (docs/speed.md, "Warm-up: the path-length phase
-# without XLA").
-JIT_AUTO_SKIP_ON_CPU = ("Greg",)
+# "auto" on one CPU replica: every phase but the two lazy regularisers. Greg ran as fast without
+# XLA; Dreg (R1, once every 16 steps) runs ~0.2 s slower per call without it (~1 % of the
+# training time), but its compilation was 4-6 s of every cold start (docs/speed.md, "Warm-up:
+# the path-length phase without XLA" and "Warm-up: R1 without XLA").
+JIT_AUTO_SKIP_ON_CPU = ("Greg", "Dreg")
 
 
 def jit_phase_set(spec: str, *, jit: bool = True, one_cpu_replica: bool = False) -> frozenset:
