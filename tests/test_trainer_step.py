@@ -140,3 +140,45 @@ def test_jit_phases_auto_leaves_the_regularisers_to_tensorflow_on_cpu(tmp_path):
     assert jit_phase_set("all", jit=False) == frozenset()
     assert jit_phase_set("auto", one_cpu_replica=False) == frozenset(
         ["Gmain", "Greg", "Dmain", "Dreg", "Gboth", "Dboth"])
+
+
+def test_grappler_off_inside_and_on_again_outside():
+    """``_grappler_off``: Grappler folds ``(x + 3) + 3`` into ``x + 6``, which rounds differently
+    in float32 at 1e8 (spacing 8). Against NumPy's float32: two roundings inside the context
+    (Grappler off), one outside it, before and after (on); the options are restored after an
+    exception too."""
+    from histaug_tf.gan.trainer import _grappler_off
+
+    x = np.float32(1e8)
+    two_roundings = (x + np.float32(3)) + np.float32(3)
+    one_rounding = x + np.float32(6)
+    assert two_roundings != one_rounding
+
+    def fresh():
+        return tf.function(lambda v: (v + 3.0) + 3.0)
+
+    assert fresh()(tf.constant(x)).numpy() == one_rounding
+    with _grappler_off():
+        assert fresh()(tf.constant(x)).numpy() == two_roundings
+    assert fresh()(tf.constant(x)).numpy() == one_rounding
+    try:
+        with _grappler_off():
+            raise KeyError("x")
+    except KeyError:
+        pass
+    assert fresh()(tf.constant(x)).numpy() == one_rounding
+
+
+def test_only_the_xla_phases_run_without_grappler(tmp_path):
+    """With jit on one CPU replica the XLA phases (and the G EMA update) are wrapped in
+    ``_grappler_off``; the regularisers TensorFlow runs are not; without jit nothing is."""
+    from histaug_tf.gan.trainer import _WithoutGrappler
+
+    t = make_tiny_trainer(str(tmp_path / "jit"), batch=4, jit=True)
+    wrapped = {n for n, f in t._phase_fns.items() if isinstance(f, _WithoutGrappler)}
+    assert wrapped == {"Gmain", "Gboth", "Dmain", "Dboth"} == set(t.fused_phases)
+    assert isinstance(t._ema_step, _WithoutGrappler)
+    t.train_step()  # runs through the wrappers
+    t0 = make_tiny_trainer(str(tmp_path / "nojit"), batch=4, jit=False)
+    assert not any(isinstance(f, _WithoutGrappler) for f in t0._phase_fns.values())
+    assert not isinstance(t0._ema_step, _WithoutGrappler)

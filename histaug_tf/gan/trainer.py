@@ -26,6 +26,7 @@ worker batch is split over the worker's local replicas.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -37,6 +38,8 @@ import weakref
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tensorflow.python.eager import context as _context
 
 from histaug_tf import graph_cache
 from histaug_tf.common import UserError, write_text_atomic
@@ -150,6 +153,53 @@ def _apply(opt, grads, variables):
     """apply_gradients without the variables that get no gradient (e.g. the last bias in R1)."""
     pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
     opt.apply_gradients(pairs)
+
+
+@contextlib.contextmanager
+def _grappler_off():
+    """TensorFlow's graph optimiser (Grappler) off for the functions this thread calls inside
+    (the call options carry the session configuration; so do the calls traced inside, into the
+    caller's graph). For the phases that are XLA programs: Grappler
+    would only rewrite the caller around the XLA call and the program's TensorFlow body, which XLA
+    compiles from the function definition anyway; it took ~1.5 s of each such phase's first call
+    (docs/speed.md, "Warm-up: no graph optimiser around the XLA programs")."""
+    ctx = _context.context()
+    saved = ctx.function_call_options
+    config = tf.compat.v1.ConfigProto()
+    config.ParseFromString(saved.config_proto_serialized)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    ctx.function_call_options = _context.FunctionCallOptions(
+        executor_type=saved.executor_type, config_proto=config)
+    try:
+        yield
+    finally:
+        ctx.function_call_options = saved
+
+
+class _WithoutGrappler:
+    """``fn`` (a phase function) called, traced (``prepare``, ``get_concrete_function``) and
+    otherwise used as itself, inside ``_grappler_off()``."""
+
+    _TRACERS = ("prepare", "get_concrete_function")
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __getattr__(self, attr):
+        if attr.startswith("__") or attr == "_fn":
+            raise AttributeError(attr)
+        value = getattr(self._fn, attr)
+        if attr not in self._TRACERS:
+            return value
+
+        def traced(*args, **kwargs):
+            with _grappler_off():
+                return value(*args, **kwargs)
+        return traced
+
+    def __call__(self, *args):
+        with _grappler_off():
+            return self._fn(*args)
 
 
 def _nan_to_num(g, consts=None):
@@ -705,6 +755,11 @@ class Trainer:
         }
         self._ema_step = ema_step
         self._cache_graphs()
+        # The XLA programs run without Grappler (the phases TensorFlow runs keep it).
+        for name in self.fused_phases:
+            self._phase_fns[name] = _WithoutGrappler(self._phase_fns[name])
+        if self.jit and not multi:
+            self._ema_step = _WithoutGrappler(self._ema_step)
 
     # Trainer attributes that do not reach a traced graph (paths, loop state, callbacks).
     _NOT_IN_GRAPHS = ("run_dir", "ckpt_dir", "input_ckpt_dir", "resumed_from", "_tmp_ckpt_dir",
