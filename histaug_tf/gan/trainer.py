@@ -158,11 +158,11 @@ def _apply(opt, grads, variables):
 @contextlib.contextmanager
 def _grappler_off():
     """TensorFlow's graph optimiser (Grappler) off for the functions this thread calls inside
-    (the call options carry the session configuration; so do the calls traced inside, into the
-    caller's graph). For the phases that are XLA programs: Grappler
-    would only rewrite the caller around the XLA call and the program's TensorFlow body, which XLA
-    compiles from the function definition anyway; it took ~1.5 s of each such phase's first call
-    (docs/speed.md, "Warm-up: no graph optimiser around the XLA programs")."""
+    (the call options carry the session configuration; a call traced inside keeps them in the
+    caller's graph). For the phases that are XLA programs: Grappler would only rewrite the caller
+    around the XLA call and the program's TensorFlow body, which XLA compiles from the function
+    definition anyway; it took up to ~1.5 s of each such phase's first call (docs/speed.md,
+    "Warm-up: no graph optimiser around the XLA programs")."""
     ctx = _context.context()
     saved = ctx.function_call_options
     config = tf.compat.v1.ConfigProto()
