@@ -80,7 +80,7 @@ def scalars(obj, exclude=()) -> dict:
     plain = (bool, int, float, str, type(None), np.generic)
     out = {}
     for k, v in sorted(vars(obj).items()):
-        if k in exclude:
+        if k in exclude or k.startswith("_self_"):  # (tf.Module's bookkeeping: changes on restore)
             continue
         if isinstance(v, np.ndarray):
             out[k] = [str(v.dtype), list(v.shape), v.tolist()]

@@ -22,7 +22,8 @@ import tensorflow as tf  # noqa: E402
 from _training_tiny import tiny_input_fn  # noqa: E402
 
 
-def make_trainer(run_dir, jit, gamma=0.5, global_seed=5, log=None, seed=0, class_counts=None):
+def make_trainer(run_dir, jit, gamma=0.5, global_seed=5, log=None, seed=0, class_counts=None,
+                 kimg=1):
     import keras
     from histaug_tf.apps.train_gan import networks_builder
     from histaug_tf.gan import augment
@@ -34,7 +35,8 @@ def make_trainer(run_dir, jit, gamma=0.5, global_seed=5, log=None, seed=0, class
     c_dim = 2 if class_counts else 0
     build = networks_builder(get_preset("tiny", 16, c_dim=c_dim, mixed_precision=False))
     config = TrainingConfig.from_flat(
-        outdir=str(run_dir), batch=4, G_reg_interval=2, D_reg_interval=2, kimg=1, gamma=gamma,
+        outdir=str(run_dir), preset={"kimg": kimg}, batch=4, G_reg_interval=2, D_reg_interval=2,
+        kimg=kimg, gamma=gamma,
         ema_kimg=0.01, p=0.5, jit=jit, seed=seed, c_dim=c_dim,
         class_counts=list(class_counts or []), label_names=["a", "b"] if c_dim else [])
     return Trainer(config, strategy=tf.distribute.get_strategy(), build_networks=build,

@@ -93,6 +93,22 @@ def test_key_follows_what_the_graphs_depend_on(tmp_path, monkeypatch):
     assert base != _entry(make_trainer(tmp_path / "e", jit=False, global_seed=6))
 
 
+def test_a_resumed_run_that_trains_longer_loads_the_graphs(tmp_path, monkeypatch):
+    """Resuming with a longer --kimg (the usual resume) has the key of the run it continues:
+    the length is not in the graphs, nor is what restoring a checkpoint changes (the
+    checkpoint's save counter, which exists only after a save or restore unless created up
+    front, and tf.Module's restore bookkeeping on the ADA state)."""
+    from _graph_cache_probe import make_trainer
+    monkeypatch.setenv("HISTAUG_GRAPH_CACHE", str(tmp_path / "graphs"))
+    first = make_trainer(tmp_path / "run", jit=False, kimg=1)
+    base = _entry(first)
+    first.train_step()
+    first.save_checkpoint()
+    resumed = make_trainer(tmp_path / "run", jit=False, kimg=2)
+    assert resumed.resumed_from
+    assert _entry(resumed) == base
+
+
 def test_source_fingerprint_covers_every_python_file(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)

@@ -789,6 +789,7 @@ class Trainer:
         cfg["networks"].pop("resume", None)
         for k in ("kimg", "tick", "snap", "checkpoint_ticks", "grid", "tensorboard", "seed"):
             cfg["schedule"].pop(k, None)
+        cfg.get("preset", {}).pop("kimg", None)  # the record of --kimg (resuming to train longer)
         key = {
             "config": cfg,
             "trainer": graph_cache.scalars(self, exclude=self._NOT_IN_GRAPHS),
@@ -870,6 +871,9 @@ class Trainer:
         self._ckpt_objects = tuple(sorted(objs))
         self._ckpt_shapes = None  # {name: shape} of the last checkpoint verified in this process
         self.ckpt = tf.train.Checkpoint(**objs)
+        # Its save counter now, not at the first save or restore: a fresh and a resumed process
+        # then hold the same variables (they are part of the graph cache's key).
+        _ = self.ckpt.save_counter
         # Checkpoints written before ADA was one object keep its state at the top level
         # (ada_sum, ada_num, augment_p); they are read into ``self.ada`` (converted on resume;
         # the next checkpoint is written in the current layout).
