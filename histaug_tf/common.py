@@ -26,17 +26,28 @@ XLA_CACHE_ENV = "HISTAUG_XLA_CACHE"
 _XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 
 
+def user_cache_dir(name: str) -> str:
+    """``$XDG_CACHE_HOME/histaug_tf/<name>`` (``~/.cache/histaug_tf/<name>``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "histaug_tf", name)
+
+
+def cache_dir_setting(env: str, name: str) -> str | None:
+    """A cache directory named by ``$<env>`` (``off``, ``0``, ``none``, ``false`` or empty: None,
+    the cache is off), else ``user_cache_dir(name)``."""
+    v = os.environ.get(env)
+    if v is not None:
+        return None if v.strip().lower() in _OFF_WORDS else os.path.abspath(v)
+    return user_cache_dir(name)
+
+
 def xla_cache_dir() -> str | None:
     """Where compiled XLA programs are kept between processes, or None when switched off.
 
     ``$HISTAUG_XLA_CACHE`` names the directory (``off``, ``0`` or empty switches the cache off);
     the default is ``$XDG_CACHE_HOME/histaug_tf/xla`` (``~/.cache/histaug_tf/xla``).
     """
-    v = os.environ.get(XLA_CACHE_ENV)
-    if v is not None:
-        return None if v.strip().lower() in _OFF_WORDS else os.path.abspath(v)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "histaug_tf", "xla")
+    return cache_dir_setting(XLA_CACHE_ENV, "xla")
 
 
 def enable_xla_cache() -> str | None:

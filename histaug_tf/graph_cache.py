@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import context as _context
 
-from histaug_tf.common import atomic_path
+from histaug_tf.common import atomic_path, cache_dir_setting
 
 GRAPH_CACHE_ENV = "HISTAUG_GRAPH_CACHE"
 FORMAT = 1
@@ -51,11 +51,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def graph_cache_dir() -> str | None:
     """The cache directory, or None when switched off (``$HISTAUG_GRAPH_CACHE``)."""
-    v = os.environ.get(GRAPH_CACHE_ENV)
-    if v is not None:
-        return None if v.strip().lower() in ("", "0", "off", "none", "false") else os.path.abspath(v)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "histaug_tf", "graphs")
+    return cache_dir_setting(GRAPH_CACHE_ENV, "graphs")
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from histaug_tf.common import Progress, UserError, save_npz_atomic
+from histaug_tf.common import Progress, UserError, save_npz_atomic, user_cache_dir
 from histaug_tf.metrics import stats as stats_lib
 
 KNOWN_METRICS = ("fid", "kid", "pr")
@@ -65,10 +65,7 @@ class MetricSpec:
 def default_cache_dir() -> str:
     """``$HISTAUG_CACHE/stats``, else ``$XDG_CACHE_HOME/histaug_tf/stats``, else ``~/.cache/...``."""
     root = os.environ.get("HISTAUG_CACHE")
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                            "histaug_tf")
-    return os.path.join(root, "stats")
+    return os.path.join(root, "stats") if root else user_cache_dir("stats")
 
 
 def parse_metric_spec(metrics) -> list[MetricSpec]:
