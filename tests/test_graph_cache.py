@@ -233,3 +233,16 @@ def test_a_failing_cache_never_stops_the_call(tmp_path):
     assert float(cf(tf.constant(2.0))) == 3.0
     assert cf.last_prepare["source"] == "uncached"
     assert logs == ["warning: graph cache: f not cached (listing failed)"]
+
+
+def test_cache_directory_default_and_switch(tmp_path, monkeypatch):
+    """``$HISTAUG_GRAPH_CACHE`` unset: ``$XDG_CACHE_HOME/histaug_tf/graphs``; ``off``: no cache;
+    a relative path: made absolute (docs/speed.md)."""
+    monkeypatch.delenv("HISTAUG_GRAPH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert graph_cache.graph_cache_dir() == str(tmp_path / "histaug_tf" / "graphs")
+    monkeypatch.setenv("HISTAUG_GRAPH_CACHE", "Off")
+    assert graph_cache.graph_cache_dir() is None
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HISTAUG_GRAPH_CACHE", "g")
+    assert graph_cache.graph_cache_dir() == str(tmp_path / "g")
