@@ -27,7 +27,9 @@ setup(
         "psutil>=5.9,<8",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4",
+                 # an independent HED reference for the stain augmentation tests
+                 "scikit-image>=0.22,<0.27"],
         # CUDA-enabled TensorFlow wheels (Linux x86_64).
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         # Importing NVlabs pickles needs nothing extra: tensor storages are parsed without torch

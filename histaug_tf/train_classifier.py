@@ -35,7 +35,10 @@ flags.DEFINE_float("dropout", 0.2, "Dropout before the output layer.")
 flags.DEFINE_integer("patience", 5, "Stop after this many epochs without a better validation AUC.")
 flags.DEFINE_enum("balance", "class_weight", ["class_weight", "sampling", "none"],
                   "Class-imbalance handling.")
-flags.DEFINE_boolean("augment", True, "Random flips and 90-degree rotations while training.")
+flags.DEFINE_string("augment", "flips", "Training augmentation, a comma list of: flips (flips and "
+                    "90-degree rotations), hed|hed_light|hed_strong (HED stain jitter), "
+                    "hsv|hsv_light|hsv_strong, bc (brightness/contrast), none. "
+                    "See histaug_tf/classifier/stain.py and docs/classifier.md.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("strategy", "auto", "auto | default | mirrored | multiworker.")
 flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 (GPUs).")

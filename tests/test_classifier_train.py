@@ -209,3 +209,35 @@ def test_the_stream_train_classifier_fits_on_mixes_synthetic_at_the_ratio(tmp_pa
             if "synthetic_count" in case:  # the count is global: 15 + 15 distinct, not 30 + 30
                 assert not seen_syn[0] & seen_syn[1]
                 assert [len(s) for s in seen_syn] == [15, 15], [len(s) for s in seen_syn]
+
+
+def test_colour_augmentation_reaches_the_training_batches(real, synthetic, tmp_path):
+    """The stream train_classifier fits on: batch i of the mixed (real + synthetic) stream carries
+    exactly the stain jitter of seed pair (seed, i) — checked by redoing it from the un-jittered
+    stream with stain.colour_augment — and a run with --augment=flips,hed_strong,bc records it."""
+    import tensorflow as tf
+    from histaug_tf.classifier import stain
+    kw = dict(train_split="train", real_counts=[120, 40], synthetic_data=synthetic,
+              synthetic_split="train", syn_counts=[50, 50], ratio=0.5, synthetic_count=None,
+              seed=3, balance="class_weight", resolution=None, resize_mode="crop",
+              num_workers=1, worker_index=0, shuffle_buffer=64)
+    plain = ct.training_stream(real, augment="none", **kw).batch(16).take(3)
+    spec = stain.parse_augment("hed_strong,bc")
+    jittered = ct.colour_batches(
+        ct.training_stream(real, augment="none", **kw).batch(16), spec, seed=11).take(3)
+    n = 0
+    for i, ((x0, y0), (x1, y1)) in enumerate(zip(plain, jittered)):
+        assert np.array_equal(y0, y1)
+        want = stain.colour_augment(x0, tf.constant([11, i], tf.int64), spec)
+        np.testing.assert_allclose(x1.numpy(), want.numpy(), atol=1e-6)
+        assert np.abs(x1.numpy() - x0.numpy()).max() > 0.02
+        n += 1
+    assert n == 3
+    m = ct.train_classifier(str(tmp_path / "classic"), real, augment="flips,hed_strong,bc",
+                            batch_size=32, epochs=1, n_boot=20, strategy="default",
+                            verbose=False)
+    assert json.load(open(tmp_path / "classic" / "options.json"))["augment"] == "flips,hed_strong,bc"
+    assert 0 <= m["auc"] <= 1
+    with pytest.raises(UserError, match="unknown 'hue'"):
+        ct.train_classifier(str(tmp_path / "bad"), real, augment="flips,hue", verbose=False)
+    assert not (tmp_path / "bad").exists()

@@ -68,7 +68,7 @@ def sets(tmp_path_factory):
     )
 
 
-CLF = ["--epochs=1", "--batch=8", "--n_boot=10", "--noaugment", "--strategy=default"]
+CLF = ["--epochs=1", "--batch=8", "--n_boot=10", "--augment=none", "--strategy=default"]
 
 
 # ------------------------------------------------------------------------------ labels

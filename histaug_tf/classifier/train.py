@@ -32,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from histaug_tf.classifier import evaluate as ev
+from histaug_tf.classifier.stain import colour_augment, parse_augment
 from histaug_tf.common import atomic_path, save_npz_atomic, write_json_atomic
 from histaug_tf.common import UserError
 
@@ -87,8 +88,9 @@ def _train_stream(data_dir, split, *, counts, balance, resolution, resize_mode, 
     import tensorflow as tf
     from histaug_tf.data.pipeline import make_dataset
 
-    common = dict(resolution=resolution, resize_mode=resize_mode, pixel_range=(-1, 1), flips=augment,
-                  rot90=augment, shuffle_buffer=shuffle_buffer, repeat=True, seed=seed,
+    common = dict(resolution=resolution, resize_mode=resize_mode, pixel_range=(-1, 1),
+                  flips=augment.flips, rot90=augment.flips, shuffle_buffer=shuffle_buffer,
+                  repeat=True, seed=seed,
                   num_workers=num_workers, worker_index=worker_index, with_meta=with_meta)
     if balance != "sampling":
         return make_dataset(data_dir, split, **common)
@@ -106,11 +108,14 @@ def training_stream(train_data, train_split, *, real_counts, synthetic_data, syn
     Real examples of ``train_data``, with ``synthetic_data`` mixed in at ``ratio`` (exactly p of
     every q consecutive elements, ``pipeline.mix``); this worker's file shard of both. With
     ``with_meta`` the same stream yields the pipeline's dicts (key, source, ...) instead of
-    (image, label): the seam tests use to measure what is really mixed in.
+    (image, label): the seam tests use to measure what is really mixed in. ``augment`` (an
+    ``stain.AugmentSpec``): its ``flips`` are applied here, per stream; its colour part is applied
+    to whole batches afterwards (``colour_batches``), to real and synthetic images alike.
     """
     import tensorflow as tf
     from histaug_tf.data.pipeline import make_dataset, mix
 
+    augment = parse_augment(augment)
     stream_kw = dict(balance=balance, resolution=resolution, resize_mode=resize_mode,
                      augment=augment, num_workers=num_workers, worker_index=worker_index,
                      shuffle_buffer=shuffle_buffer, with_meta=with_meta)
@@ -133,7 +138,7 @@ def training_stream(train_data, train_split, *, real_counts, synthetic_data, syn
             sds = sds.take(mine).repeat()
             if shuffle_buffer:
                 sds = sds.shuffle(max(1, min(shuffle_buffer, mine)), seed=seed + 2)
-            if augment:
+            if augment.flips:
                 aug = _augment_fn(seed + 3)
                 if with_meta:
                     sds = sds.map(lambda d: dict(d, image=aug(d["image"], d["label"])[0]),
@@ -142,6 +147,21 @@ def training_stream(train_data, train_split, *, real_counts, synthetic_data, syn
                     sds = sds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
         ds = mix(ds, sds, ratio, seed=seed + 4)
     return ds
+
+
+def colour_batches(ds, augment, seed: int):
+    """Apply the colour part of ``augment`` to a batched (x, y, ...) stream: batch i gets the
+    stateless parameters of seed pair (seed, i), so a run is reproducible."""
+    import tensorflow as tf
+    augment = parse_augment(augment)
+    if not augment.colour:
+        return ds
+
+    def f(i, elem):
+        x = colour_augment(elem[0], tf.stack([tf.constant(seed, tf.int64), i]), augment)
+        return (x, *elem[1:])
+    return tf.data.Dataset.zip((tf.data.Dataset.counter(), ds)).map(
+        f, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _eval_dataset(data_dir, split, *, resolution, resize_mode, batch_size):
@@ -235,7 +255,7 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
                      resize_mode: str = "crop", batch_size: int = 64, epochs: int = 30,
                      min_steps_per_epoch: int = 1, learning_rate: float = 1e-3,
                      weight_decay: float = 1e-4, dropout: float = 0.2, patience: int = 5,
-                     balance: str = "class_weight", augment: bool = True, seed: int = 0,
+                     balance: str = "class_weight", augment="flips", seed: int = 0,
                      strategy: str = "auto", mixed_precision: bool = False,
                      jit_compile: str = "auto", n_boot: int = 1000, threshold: float = 0.5,
                      shuffle_buffer: int = 2048, overwrite: bool = False,
@@ -278,6 +298,7 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
     from histaug_tf.data.manifest import check_same_label_names, load_manifest
 
     t_start = time.time()
+    augment = parse_augment(augment)
     if balance not in BALANCE:
         raise UserError(f"--balance={balance}: expected one of {', '.join(BALANCE)}")
     if synthetic_ratio is not None and synthetic_count is not None:
@@ -306,6 +327,9 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
     if n_real == 0:
         raise UserError(f"{train_data}: split {train_split!r} is empty")
     image_shape = _image_shape(man, resolution)
+    if augment.colour and image_shape[2] != 3:
+        raise UserError(f"{train_data}: --augment={augment} needs RGB images, the dataset has "
+                        f"{image_shape[2]} channel(s)")
     _check_mapping(man, train_data, resolution, resize_mode)
     for d, sp in ((val_data, val_split), (test_data, test_split)):
         m2 = load_manifest(d, check=check)
@@ -345,7 +369,7 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
                 image_shape=list(image_shape), resize_mode=resize_mode, batch_size=batch_size,
                 epochs=epochs, steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
                 weight_decay=weight_decay, dropout=dropout, patience=patience, balance=balance,
-                class_weights=class_w.tolist(), augment=augment, seed=seed, strategy=strategy,
+                class_weights=class_w.tolist(), augment=str(augment), seed=seed, strategy=strategy,
                 mixed_precision=mixed_precision, jit_compile=jit_compile, n_boot=n_boot,
                 threshold=threshold, real_train_class_counts=real_counts.tolist(),
                 synthetic_class_counts=syn_counts.tolist())
@@ -375,8 +399,9 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
         y = tf.cast(y, tf.int32)
         return x, tf.cast(y, tf.float32)[:, None], tf.gather(cw, y)
 
-    ds = (ds.batch(batch_size, drop_remainder=True).map(to_xyw, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
+    ds = colour_batches(ds.batch(batch_size, drop_remainder=True), augment,
+                        seed=seed * 1000 + 5 + worker_index)
+    ds = ds.map(to_xyw, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     val_ds = _eval_dataset(val_data, val_split, resolution=resolution, resize_mode=resize_mode,
                            batch_size=max(batch_size, 64))
