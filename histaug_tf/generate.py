@@ -32,6 +32,15 @@ flags.DEFINE_enum("encoding", "png", ["png", "raw"], "Image encoding in the shar
 flags.DEFINE_integer("shard_size", 4096, "Examples per shard.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing output dataset.")
 flags.DEFINE_boolean("jit", False, "Compile the generator with XLA.")
+flags.DEFINE_string("filter_classifier", None, "A finished train_classifier run (e.g. on the GAN's "
+                    "real subset): keep a synthetic patch only when it gives the patch's class at "
+                    "least --min_confidence; oversample until each class has --num_per_class.")
+flags.DEFINE_float("min_confidence", 0.5, "With --filter_classifier: the least probability of the "
+                   "conditioning class for a patch to be kept.")
+flags.DEFINE_float("filter_max_draws", 4.0, "With --filter_classifier: draw at most this many "
+                   "times --num_per_class patches per class.")
+flags.DEFINE_float("filter_min_kept", 0.5, "With --filter_classifier: refuse the set (no output) "
+                   "when a class keeps fewer than this fraction of --num_per_class.")
 
 
 def main(argv):
@@ -55,18 +64,25 @@ def main(argv):
     used = {k: getattr(FLAGS, k) for k in (
         "network", "networks", "outdir", "num_per_class", "num", "classes", "trunc", "trunc_cutoff",
         "noise_mode", "seed", "batch", "grid", "label_names", "name", "run_name", "encoding",
-        "shard_size", "jit")}
+        "shard_size", "jit", "filter_classifier", "min_confidence", "filter_max_draws",
+        "filter_min_kept")}
     res = generate_dataset(
         FLAGS.outdir, network=FLAGS.network, networks=FLAGS.networks, num_per_class=n,
         classes=classes, truncation_psi=FLAGS.trunc, truncation_cutoff=FLAGS.trunc_cutoff,
         noise_mode=FLAGS.noise_mode, seed=FLAGS.seed, batch_size=FLAGS.batch, grid=FLAGS.grid,
         label_names=FLAGS.label_names, name=FLAGS.name, run_name=FLAGS.run_name,
         encoding=FLAGS.encoding, shard_size=FLAGS.shard_size, overwrite=FLAGS.overwrite,
-        jit_compile=FLAGS.jit, flags=used)
+        jit_compile=FLAGS.jit, flags=used, filter_classifier=FLAGS.filter_classifier,
+        min_confidence=FLAGS.min_confidence, filter_max_draws=FLAGS.filter_max_draws,
+        filter_min_kept=FLAGS.filter_min_kept)
     m = res["manifest"]
     print(f"wrote {m['splits']['train']['num_examples']} images {m['image_shape']} "
           f"(class counts {m['splits']['train']['class_counts']}) to {FLAGS.outdir} "
           f"at {res['images_per_second']:.1f} img/s")
+    filt = m.get("provenance", {}).get("filter")
+    if filt:
+        print("filter: " + "; ".join(f"{k} kept {v['kept']} of {v['drawn']} drawn"
+                                     for k, v in filt["per_class"].items()))
 
 
 if __name__ == "__main__":

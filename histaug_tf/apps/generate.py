@@ -189,6 +189,92 @@ def label_names_from_metadata(meta: dict):
 
 
 # ------------------------------------------------------------------------------------------------
+# Filtering by a classifier of the real data.
+# ------------------------------------------------------------------------------------------------
+
+class ClassifierFilter:
+    """Keep a synthetic patch of class k when a real-data classifier gives class k a probability
+    of at least ``min_confidence`` (binary classifiers: P(class 1) = sigmoid(logit))."""
+
+    def __init__(self, run_dir, image_shape, label_names, min_confidence, max_draws, min_kept):
+        from histaug_tf.classifier.train import load_trained
+        from histaug_tf.data.manifest import check_same_labels, load_manifest
+
+        if not 0.0 <= float(min_confidence) <= 1.0:
+            raise UserError(f"--min_confidence={min_confidence}: must be within [0, 1]")
+        if float(max_draws) < 1.0:
+            raise UserError(f"--filter_max_draws={max_draws}: must be >= 1")
+        if not 0.0 <= float(min_kept) <= 1.0:
+            raise UserError(f"--filter_min_kept={min_kept}: must be within [0, 1]")
+        if len(label_names) != 2:
+            raise UserError(f"--filter_classifier: needs a two-class network, got labels "
+                            f"{list(label_names)}")
+        self.model, opts = load_trained(run_dir)
+        want = tuple(int(v) for v in opts["image_shape"])
+        if want != tuple(image_shape):
+            raise UserError(f"{run_dir}: the classifier takes {want[0]}x{want[1]}x{want[2]} images, "
+                            f"the generator makes {image_shape[0]}x{image_shape[1]}x"
+                            f"{image_shape[2]}")
+        train = opts.get("train_data")
+        if train and os.path.isfile(os.path.join(train, "manifest.json")):
+            check_same_labels(load_manifest(train, check="exists")["label_names"], label_names,
+                              f"{train}/manifest.json (the filter classifier's training labels)",
+                              "the generator's label names")
+        self.label_names = list(label_names)
+        self.min_confidence = float(min_confidence)
+        self.max_draws = float(max_draws)
+        self.min_kept = float(min_kept)
+        self.record = {"classifier": os.path.abspath(run_dir),
+                       "min_confidence": self.min_confidence,
+                       "max_draws_per_class": self.max_draws, "min_kept_fraction": self.min_kept,
+                       "per_class": {}}
+        import tensorflow as tf
+        self._logits = tf.function(lambda x: tf.cast(self.model(x, training=False), tf.float32),
+                                   reduce_retracing=True)
+
+    def confidence(self, images: np.ndarray, label: int) -> np.ndarray:
+        """The classifier's probability of ``label`` for uint8 images [N, H, W, C]."""
+        x = images.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)  # as the pipeline
+        p1 = 1.0 / (1.0 + np.exp(-np.asarray(self._logits(x), np.float64)[:, 0]))
+        return p1 if label == 1 else 1.0 - p1
+
+    def run_class(self, synth, c, num, seed, add, bar, grid=None, grid_size=0) -> None:
+        """Draw class ``c`` from ``seed`` on until ``num`` patches are kept or the draw limit is
+        hit; ``add(seed, image)`` each kept one. Records the counts; UserError below the floor."""
+        import math
+        limit = int(math.ceil(self.max_draws * num))
+        kept = drawn = 0
+        nxt = int(seed)
+        while kept < num and drawn < limit:
+            k = min(synth.batch_size, limit - drawn)
+            seeds = np.arange(nxt, nxt + k, dtype=np.int64)
+            images = synth(seeds, np.full(seeds.shape, c))
+            ok = self.confidence(images, c) >= self.min_confidence
+            before = kept
+            for i in range(k):  # in seed order, stopping where the quota fills
+                drawn += 1
+                if ok[i]:
+                    add(seeds[i], images[i])
+                    kept += 1
+                    if grid is not None and len(grid) < grid_size:
+                        grid.append(images[i])
+                    if kept == num:
+                        break
+            nxt += k
+            bar.update(kept - before)
+        name = self.label_names[c]
+        self.record["per_class"][name] = {"drawn": drawn, "kept": kept, "refused": drawn - kept,
+                                          "kept_fraction_of_drawn": kept / max(drawn, 1),
+                                          "seeds": [int(seed), int(seed) + drawn - 1]}
+        if kept < self.min_kept * num:
+            raise UserError(
+                f"{self.record['classifier']}: the classifier agreed with only {kept} of {drawn} "
+                f"synthetic '{name}' patches (min confidence {self.min_confidence:g}), fewer "
+                f"than --filter_min_kept={self.min_kept:g} x {num}: the GAN's '{name}' images do "
+                f"not look like that class; no dataset written")
+
+
+# ------------------------------------------------------------------------------------------------
 # Writing a synthetic dataset.
 # ------------------------------------------------------------------------------------------------
 
@@ -203,12 +289,22 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
                      label_names=None, name: str | None = None, run_name: str | None = None,
                      encoding: str = "png", shard_size: int = 4096, overwrite: bool = False,
                      jit_compile: bool = False, flags: dict | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, filter_classifier: str | None = None,
+                     min_confidence: float = 0.5, filter_max_draws: float = 4.0,
+                     filter_min_kept: float = 0.5) -> dict:
     """Generate ``num_per_class`` images for each class and write them as a dataset (train split).
 
     Class k uses seeds ``seed .. seed + num_per_class - 1``; each example has ``label`` k,
     ``source`` 'synthetic', ``group`` the run name and ``key`` ``synthetic/<run>/<label name>/<seed>``.
-    Every input is checked before anything is written. Returns ``{'manifest', 'images_per_second',
+    Every input is checked before anything is written.
+
+    With ``filter_classifier`` (a finished ``train_classifier`` run, e.g. trained on the GAN's own
+    real subset) a patch of class k is kept only when that classifier gives class k a probability
+    of at least ``min_confidence``; class k draws seeds ``seed, seed + 1, ...`` until it has
+    ``num_per_class`` patches or has drawn ``filter_max_draws · num_per_class``. A class that keeps
+    fewer than ``filter_min_kept · num_per_class`` is refused (UserError, no dataset written: the
+    GAN's images of that class do not look like it to a classifier of the real data); otherwise
+    the manifest's ``provenance.filter`` records per class the patches drawn, kept and refused. Returns ``{'manifest', 'images_per_second',
     'grids'}``; with ``grid``, ``grid-<label name>.png`` (the first ``grid_size`` images of each
     class) are written into ``outdir`` after the manifest.
     """
@@ -292,6 +388,11 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
     synth = Synthesizer(truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                         noise_mode=noise_mode, batch_size=batch_size, jit_compile=jit_compile,
                         **synth_kwargs)
+    scorer = None
+    if filter_classifier:
+        scorer = ClassifierFilter(filter_classifier, (synth.resolution, synth.resolution,
+                                                      synth.channels), label_names,
+                                  min_confidence, filter_max_draws, filter_min_kept)
     run = run_name or default_run
     name = name or os.path.basename(os.path.normpath(outdir))
     provenance = {
@@ -308,6 +409,8 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
         "noise_mode": noise_mode,
         "flags": dict(flags or {}),
     }
+    if scorer is not None:
+        provenance["filter"] = scorer.record
     if overwrite and os.path.isdir(outdir):  # our own grids, else the writer refuses to overwrite
         for f in os.listdir(outdir):
             if re.fullmatch(r"grid-.*\.png", f):
@@ -326,6 +429,13 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
                        shard_size=shard_size, overwrite=overwrite, provenance=provenance) as w:
         for c in classes:
             lname = label_names[c]
+            if scorer is not None:
+                def add(s, img, c=c, lname=lname):
+                    w.add("train", img, c, key=f"synthetic/{run}/{lname}/{int(s)}", group=run,
+                          source="synthetic")
+                scorer.run_class(synth, c, num_per_class, seed, add, bar,
+                                         grids.setdefault(c, []) if grid else None, grid_size)
+                continue
             for i in range(0, num_per_class, synth.batch_size):
                 seeds = np.arange(seed + i, seed + min(i + synth.batch_size, num_per_class),
                                   dtype=np.int64)

@@ -497,6 +497,29 @@ def _augment_fn(seed):
     return f
 
 
+def load_trained(run_dir: str):
+    """(model, options) of a finished ``train_classifier`` run: the architecture of its
+    ``options.json`` with the kept ``best.weights.h5`` (inputs: images in [-1, 1] at
+    ``options['image_shape']``; output: one logit per image). UserError for anything else."""
+    from histaug_tf.classifier.models import build_model
+    opts_path = os.path.join(run_dir, "options.json")
+    weights = os.path.join(run_dir, "best.weights.h5")
+    if not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir}: classifier run directory not found")
+    if read_metrics(run_dir) is None:
+        raise UserError(f"{run_dir}: not a finished train_classifier run (no metrics.json)")
+    try:
+        with open(opts_path, encoding="utf-8") as f:
+            opts = json.load(f)
+        arch, shape = opts["arch"], tuple(int(v) for v in opts["image_shape"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{opts_path}: unreadable classifier options ({e})") from None
+    if not os.path.isfile(weights):
+        raise UserError(f"{weights}: not found")
+    model = build_model(arch, shape, weights=weights, dropout=float(opts.get("dropout", 0.2)))
+    return model, opts
+
+
 def load_predictions(run_dir: str):
     """(labels, probs, keys) of a finished run's test predictions."""
     with np.load(os.path.join(run_dir, "predictions.npz"), allow_pickle=False) as z:
