@@ -23,7 +23,9 @@ flags.DEFINE_string("data", None, "The real dataset directory.")
 flags.DEFINE_string("split", "train", "Split of --data.")
 flags.DEFINE_string("gen_split", "train", "Split of --gen_data.")
 flags.DEFINE_list("metrics", ["fid50k_full"], "NVlabs names: fid50k_full, kid50k_full, "
-                  "pr50k3_full, fid10k, ...; pr..._inc: precision/recall on Inception features.")
+                  "pr50k3_full, fid10k, ...; pr..._inc: precision/recall on Inception features; "
+                  "memorization: share of generated images nearer a --data image than real "
+                  "images come to each other (docs/metrics.md).")
 flags.DEFINE_integer("num_gen", None, "Generated images (with --network); default: from the metric name (fid10k) or 50000.")
 flags.DEFINE_float("trunc", 1.0, "Truncation psi.")
 flags.DEFINE_integer("trunc_cutoff", None, "Truncation cutoff.")

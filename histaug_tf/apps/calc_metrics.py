@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
+
 from histaug_tf.common import UserError
 from histaug_tf.metrics.compute import compute_metrics, parse_metrics
 
@@ -17,6 +19,67 @@ def _check_network_labels(real: dict, meta: dict, path: str) -> None:
     if names is not None:
         check_same_labels(real["label_names"], names, manifest_path(real["data_dir"]),
                           f"{path} (label names recorded in the snapshot)")
+
+
+MEMORIZATION_NAMES = ("memorization", "memorisation")
+
+
+def split_memorization(metrics):
+    """(whether ``memorization`` is asked for, the other metric names)."""
+    names = metrics.split(",") if isinstance(metrics, str) else list(metrics or [])
+    names = [n.strip() for n in names if n.strip()]
+    return (any(n.lower() in MEMORIZATION_NAMES for n in names),
+            [n for n in names if n.lower() not in MEMORIZATION_NAMES])
+
+
+def _read_images(data_dir, split, resolution, resize_mode, limit=None):
+    from histaug_tf.data.pipeline import make_dataset
+    ds = make_dataset(data_dir, split, resolution=resolution, resize_mode=resize_mode,
+                      pixel_range=None, batch_size=256, deterministic=True)
+    out, n = [], 0
+    for x, _ in ds:
+        out.append(x.numpy())
+        n += len(out[-1])
+        if limit is not None and n >= limit:
+            break
+    if not out:
+        raise UserError(f"{data_dir}: split {split!r} is empty")
+    x = np.concatenate(out)
+    return x[:limit] if limit is not None else x
+
+
+def memorization_metric(data_dir, *, generator=None, gen_data_dir=None, split="train",
+                        gen_split="train", num_gen=None, resolution=None, resize_mode="crop",
+                        seed=0, inception_weights=None, batch_size=64) -> dict:
+    """``metrics.memorization`` of generated images (``generator``: ``num_gen`` images, default
+    5,000, seeds ``seed, seed + 1, ...``, classes in turn; or the first ``num_gen`` of
+    ``gen_data_dir``) against every image of ``data_dir/split`` (give the GAN's own training
+    set). Blurred pixels, or FID Inception features when ``inception_weights`` is given."""
+    from histaug_tf.metrics import memorization as mem
+    num = int(num_gen or 5000)
+    if generator is not None:
+        res = resolution or generator.resolution
+        seeds = np.arange(seed, seed + num, dtype=np.int64)
+        classes = generator.classes
+        labels = None if classes is None else np.asarray(classes)[np.arange(num) % len(classes)]
+        syn = np.concatenate([generator(seeds[i:i + 256], None if labels is None
+                                        else labels[i:i + 256]) for i in range(0, num, 256)])
+    else:
+        syn = _read_images(gen_data_dir, gen_split, resolution, resize_mode, limit=num)
+        res = resolution or syn.shape[1]
+    real = _read_images(data_dir, split, res, resize_mode)
+    if real.shape[1:] != syn.shape[1:]:
+        raise UserError(f"{data_dir}: real images {real.shape[1:]} and generated images "
+                        f"{syn.shape[1:]} differ; pass --resolution")
+    if not inception_weights:
+        return mem.memorization(real, syn)
+    from histaug_tf.metrics.inception import get_inception
+    ext = get_inception(inception_weights, batch_size=batch_size)
+    views = mem.dihedral(real)
+    r = mem.memorization(real, syn, train_features=np.stack([ext.features_uint8(v) for v in views]),
+                         synthetic_features=ext.features_uint8(syn))
+    r["feature"] = f"FID Inception pool features ({inception_weights})"
+    return r
 
 
 def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=None,
@@ -37,13 +100,15 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
 
     if not data_dir:
         raise UserError("--data (the real dataset directory) is required")
+    want_mem, metrics = split_memorization(metrics)
     wanted = parse_metrics(metrics)
-    if not wanted:
+    if not wanted and not want_mem:
         raise UserError("--metrics: nothing to compute")
     given = [x for x in (network, networks, gen_data_dir) if x]
     if len(given) != 1:
         raise UserError("give exactly one of --network, --networks and --gen_data")
-    weights = check_metric_options(metrics, inception_weights, vgg16_weights)
+    weights = (check_metric_options(metrics, inception_weights, vgg16_weights) if wanted
+               else {"inception_weights": inception_weights})
     if not os.path.isdir(data_dir):
         raise UserError(f"{data_dir}: dataset directory does not exist")
     # ---- every input is checked before any feature is computed or cached
@@ -74,15 +139,26 @@ def calc_metrics(metrics, data_dir, network=None, networks=None, gen_data_dir=No
                                 jit_compile=jit_compile)
     details = {}
     t0 = time.monotonic()
+    out["metrics"] = {}
     try:
-        out["metrics"] = compute_metrics(metrics, data_dir=data_dir, generator=generator,
+        if want_mem:
+            out["memorization"] = memorization_metric(
+                data_dir, generator=generator, gen_data_dir=gen_data_dir,
+                inception_weights=inception_weights, batch_size=batch_size, **{
+                    k: v for k, v in kwargs.items()
+                    if k in ("split", "gen_split", "num_gen", "resolution", "resize_mode", "seed")})
+            out["metrics"]["memorization"] = out["memorization"]["share"]
+        if not wanted:
+            out["seconds"] = time.monotonic() - t0
+            return out
+        out["metrics"].update(compute_metrics(metrics, data_dir=data_dir, generator=generator,
                                          gen_data_dir=gen_data_dir,
                                          inception_weights=weights["inception_weights"],
                                          vgg16_weights=weights["vgg16_weights"],
                                          inception_seed=inception_seed,
                                          inception_resolution=inception_resolution,
                                          batch_size=batch_size, jit_compile=jit_compile,
-                                         details=details, **kwargs)
+                                         details=details, **kwargs))
     except Exception as e:  # noqa: BLE001 - only read errors are translated, the rest re-raised
         if is_read_error(e):
             raise explain_read_error([data_dir, gen_data_dir], e) from None
