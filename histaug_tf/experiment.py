@@ -1,7 +1,8 @@
 """The augmentation study end to end: ``python -m histaug_tf.experiment --flagfile=configs/experiment_demo.flags``.
 
-For each dataset × fraction × seed: subset → GAN → generate → classifiers (baseline, augmented, TSTR)
-→ evaluation on the full test split; then ``results.csv``, ``results.md`` and ``roc.png`` in
+For each dataset × fraction × seed: subset → GAN → generate (and a filtered set) → the classifiers of
+the arms (baseline, classic, gan, gan_filtered, gan+classic) and TSTR → evaluation on the full test
+split; then ``results.csv``, ``results.md`` and ``roc.png`` in
 ``--outdir``, and the table on stdout. Finished cells are skipped on rerun; a finished step made with
 other flags is refused (``--redo_changed`` redoes it). See ``histaug_tf.apps.experiment``.
 """
@@ -45,6 +46,21 @@ flags.DEFINE_float("synthetic_ratio", 0.5, "Fraction of synthetic examples in au
 flags.DEFINE_integer("synthetic_count", None, "Instead of --synthetic_ratio: add this many "
                      "synthetic examples.")
 flags.DEFINE_boolean("tstr", True, "Also train on synthetic only, test on real (TSTR).")
+flags.DEFINE_list("arms", ["baseline", "classic", "gan", "gan_filtered", "gan+classic"],
+                  "Classifiers of each cell: baseline (real, flips), classic (real, flips + "
+                  "--classic_augment), gan (real + synthetic), gan_filtered (real + the synthetic "
+                  "patches the baseline classifier agrees with), gan+classic.")
+flags.DEFINE_list("full_data_arms", ["baseline"], "Arms of the fraction-1 cells (no GAN arms).")
+flags.DEFINE_string("classic_augment", "flips,hed_strong", "train_classifier --augment of the "
+                    "classic and gan+classic arms (docs/classifier.md).")
+flags.DEFINE_float("filter_min_confidence", 0.5, "gan_filtered: generate --min_confidence.")
+flags.DEFINE_float("filter_max_draws", 4.0, "gan_filtered: generate --filter_max_draws.")
+flags.DEFINE_float("filter_min_kept", 0.5, "gan_filtered: generate --filter_min_kept (below it "
+                   "the arm is recorded as refused).")
+flags.DEFINE_boolean("memorization", True, "Check each cell's synthetic set for copies of its "
+                     "training patches (docs/metrics.md).")
+flags.DEFINE_integer("memorization_max", 2000, "Synthetic patches per cell in the memorisation "
+                     "check (split evenly over the classes).")
 flags.DEFINE_integer("n_boot", 1000, "Bootstrap replicates for AUC intervals.")
 flags.DEFINE_string("strategy", "auto", "Classifier tf.distribute strategy.")
 flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 for the classifiers (GPUs).")
@@ -66,6 +82,9 @@ def main(argv):
         seeds = [int(v) for v in f.seeds]
     except ValueError as e:
         raise UserError(f"--fractions/--seeds: {e}") from None
+    from histaug_tf.apps.arms import parse_arms
+    from histaug_tf.classifier.stain import parse_augment
+    parse_augment(f.classic_augment)  # refused here, in one line, before any cell runs
     cfg = StudyConfig(
         outdir=f.outdir, data=list(f.data), fractions=fractions, seeds=seeds, prepare=f.prepare,
         prepare_args=f.prepare_args, subset_args=f.subset_args, resolution=f.resolution,
@@ -76,7 +95,12 @@ def main(argv):
         clf_min_steps_per_epoch=f.clf_min_steps_per_epoch, clf_lr=f.clf_lr,
         clf_patience=f.clf_patience, balance=f.balance,
         synthetic_ratio=None if f.synthetic_count is not None else f.synthetic_ratio,
-        synthetic_count=f.synthetic_count, tstr=f.tstr, n_boot=f.n_boot, strategy=f.strategy,
+        synthetic_count=f.synthetic_count, tstr=f.tstr, arms=parse_arms(f.arms),
+        full_data_arms=parse_arms(f.full_data_arms, "--full_data_arms"),
+        classic_augment=f.classic_augment, filter_min_confidence=f.filter_min_confidence,
+        filter_max_draws=f.filter_max_draws, filter_min_kept=f.filter_min_kept,
+        memorization=f.memorization, memorization_max=f.memorization_max,
+        n_boot=f.n_boot, strategy=f.strategy,
         mixed_precision=f.mixed_precision, aggregate_only=f.aggregate_only,
         redo_changed=f.redo_changed,
         stop_after_cells=f.stop_after_cells)

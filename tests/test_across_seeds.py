@@ -54,14 +54,29 @@ def test_interval_coverage_simulation():
 
 
 def test_results_table_row():
-    """The study's across-seed row carries the closed-form interval of its cells' Δ AUC."""
-    from histaug_tf.apps.experiment import across_seeds_markdown
-    rows = [{"delta_auc": d, "delong_z": z} for d, z in ((0.01, 1.0), (0.03, 2.0), (0.02, 3.0))]
-    rows.append({"delta_auc": None, "delong_z": None})          # an all-data cell: no GAN
-    md = across_seeds_markdown({("tissue", 0.03): rows, ("tissue", 1.0): [rows[-1]]})
+    """The study's per-arm row carries the closed-form interval and paired t test of its cells'
+    Δ AUC against baseline and against classic."""
+    from histaug_tf.apps.study_tables import CSV_COLUMNS, arms_markdown
+    base = {c: None for c in CSV_COLUMNS}
+    rows = []
+    for seed, (db, dc) in enumerate(((0.01, -0.02), (0.03, 0.0), (0.02, 0.01))):
+        rows.append(dict(base, seed=seed, arm="gan", n_train=60, auc=0.8 + db,
+                         delta_vs_baseline=db, delta_vs_classic=dc, tumour_f1=0.5,
+                         tumour_f1_valthr=0.6))
+        rows.append(dict(base, seed=seed, arm="baseline", n_train=60, auc=0.8, tumour_f1=0.5,
+                         tumour_f1_valthr=0.6, delta_vs_classic=dc - db))
+    md = arms_markdown({("tissue", 0.03): rows})
     half = T_2_975 * 0.01 / math.sqrt(3)
-    p = 1.0 - 3.4641016151377544 / math.sqrt(14.0)
-    line = [ln for ln in md.splitlines() if ln.startswith("| tissue | 3 % |")]
-    assert line == [f"| tissue | 3 % | 3 | +0.020 | [{0.02 - half:+.3f}, {0.02 + half:+.3f}] "
-                    f"| {p:.3g} | +3.46 (p {math.erfc(6 / math.sqrt(3) / math.sqrt(2)):.3g}) |"]
-    assert "| tissue | 100 % |" not in md
+    p = 1.0 - 3.4641016151377544 / math.sqrt(14.0)       # t = 2·√3 on 2 degrees of freedom
+    half_c = T_2_975 * np.std([-0.02, 0.0, 0.01], ddof=1) / math.sqrt(3)
+    mc = np.mean([-0.02, 0.0, 0.01])
+    tc = mc / (np.std([-0.02, 0.0, 0.01], ddof=1) / math.sqrt(3))
+    from scipy import stats
+    pc = 2 * stats.t.sf(abs(tc), 2)
+    line = [ln for ln in md.splitlines() if ln.startswith("| tissue | 3 % | gan |")]
+    assert line == [f"| tissue | 3 % | gan | 3 | 60 | 0.820 ± 0.010 "
+                    f"| +0.020 [{0.02 - half:+.3f}, {0.02 + half:+.3f}] | {p:.3g} "
+                    f"| {mc:+.3f} [{mc - half_c:+.3f}, {mc + half_c:+.3f}] | {pc:.3g} "
+                    f"| 0.500 ± 0.000 | 0.600 ± 0.000 |"], md
+    base_line = [ln for ln in md.splitlines() if ln.startswith("| tissue | 3 % | baseline |")][0]
+    assert "| – | – |" in base_line  # no Δ of the baseline against itself

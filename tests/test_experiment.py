@@ -74,12 +74,15 @@ STUBS = textwrap.dedent('''
         m = ct.read_metrics(run_dir)
         if m is not None:
             return m
-        note(f"clf {os.path.relpath(run_dir, cfg.outdir)}")
+        syn = kw.get("synthetic_data")
+        note(f"clf {os.path.relpath(run_dir, cfg.outdir)} augment={kw.get('augment')} "
+             f"synthetic={os.path.basename(syn) if syn else None}")
         os.makedirs(run_dir, exist_ok=True)
         time.sleep(DELAY)
         rng = np.random.default_rng(zlib.crc32(run_dir.encode()))
         y = np.arange(200) % 2                       # the same test set for every run
-        strength = {"baseline": 1.0, "augmented": 1.4, "tstr": 0.6}[kind]
+        strength = {"baseline": 1.0, "classic": 1.2, "gan": 1.4, "gan_filtered": 1.5,
+                    "gan+classic": 1.6, "tstr": 0.6}[kind]
         p = 1 / (1 + np.exp(-(strength * (2 * y - 1) + rng.normal(size=200))))
         keys = np.array([f"k{i:03d}".encode() for i in range(200)])
         perm = rng.permutation(200)                  # runs may list the test set in any order
@@ -126,7 +129,7 @@ def _stubbed(monkeypatch):
 def _cfg(outdir, real, **kw):
     from histaug_tf.apps.experiment import StudyConfig
     base = dict(outdir=str(outdir), data=[real], fractions=[0.1, 0.5, 1.0], seeds=[0, 1],
-                n_boot=50)
+                n_boot=50, resolution=8)
     base.update(kw)
     return StudyConfig(**base)
 
@@ -143,39 +146,65 @@ def test_table_from_cells_and_independent_delong(real, tmp_path, monkeypatch):
     _stubbed(monkeypatch)
     md = study.run_study(_cfg(tmp_path / "out", real))
     rows = _read_csv(tmp_path / "out" / "results.csv")
-    assert len(rows) == 6
-    assert {(r["fraction"], r["seed"]) for r in rows} == {
-        (f, s) for f in ("0.1", "0.5", "1.0") for s in ("0", "1")}
+    arms = ["baseline", "classic", "gan", "gan_filtered", "gan+classic"]
+    assert len(rows) == 4 * 5 + 2  # every arm in the scarce cells, the baseline at all data
+    for f in ("0.1", "0.5"):
+        for s in ("0", "1"):
+            assert [r["arm"] for r in rows if (r["fraction"], r["seed"]) == (f, s)] == arms
     full = [r for r in rows if r["fraction"] == "1.0"]
-    assert all(r["auc_augmented"] == "" and r["auc_baseline"] != "" for r in full)
-    r = [r for r in rows if r["fraction"] == "0.1" and r["seed"] == "1"][0]
+    assert [r["arm"] for r in full] == ["baseline", "baseline"] and all(r["auc"] for r in full)
     cdir = tmp_path / "out" / "cells" / "toy" / "f0.1" / "s1"
-    mb = json.load(open(cdir / "clf_baseline" / "metrics.json"))
-    ma = json.load(open(cdir / "clf_augmented" / "metrics.json"))
-    assert float(r["auc_baseline"]) == pytest.approx(mb["auc"])
-    assert float(r["delta_auc"]) == pytest.approx(ma["auc"] - mb["auc"])
-    assert float(r["delta_auc_rel_pct"]) == pytest.approx(100 * (ma["auc"] - mb["auc"]) / mb["auc"])
-    assert int(r["n_train"]) == 20  # the subset's train split (10 per class)
+    cell = {r["arm"]: r for r in rows if (r["fraction"], r["seed"]) == ("0.1", "1")}
+    auc = {a: json.load(open(cdir / ("clf_" + a.replace("+", "_")) / "metrics.json"))["auc"]
+           for a in arms}
+    for a in arms:
+        r = cell[a]
+        assert float(r["auc"]) == pytest.approx(auc[a]) and int(r["n_train"]) == 20
+        for ref in ("baseline", "classic"):
+            if a == ref:
+                assert r[f"delta_vs_{ref}"] == ""
+            else:
+                assert float(r[f"delta_vs_{ref}"]) == pytest.approx(auc[a] - auc[ref])
+    r = cell["gan"]
+    assert float(r["delta_vs_baseline_rel_pct"]) == pytest.approx(
+        100 * (auc["gan"] - auc["baseline"]) / auc["baseline"])
     # DeLong p on the aligned predictions, recomputed here with explicit O(n^2) components
-    yb, pb, kb = ct.load_predictions(str(cdir / "clf_baseline"))
-    ya, pa, ka = ct.load_predictions(str(cdir / "clf_augmented"))
-    ia, ib = np.argsort(ka), np.argsort(kb)
-    y, pa, pb = ya[ia], pa[ia], pb[ib]
-    assert np.array_equal(y, yb[ib])
-    pos, neg = np.where(y == 1)[0], np.where(y == 0)[0]
+    def aligned(run):
+        y, p, k = ct.load_predictions(str(cdir / run))
+        i = np.argsort(k)
+        return y[i], p[i]
+    for arm, ref in (("gan", "baseline"), ("gan_filtered", "classic")):
+        y, pa = aligned("clf_" + arm)
+        yb, pb = aligned("clf_" + ref)
+        assert np.array_equal(y, yb)
+        pos, neg = np.where(y == 1)[0], np.where(y == 0)[0]
 
-    def comps(s):
-        psi = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
-        return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
-    a1, v10a, v01a = comps(pa)
-    a2, v10b, v01b = comps(pb)
-    s10 = np.cov(np.stack([v10a, v10b]))
-    s01 = np.cov(np.stack([v01a, v01b]))
-    c = s10 / len(pos) + s01 / len(neg)
-    z = (a1 - a2) / np.sqrt(c[0, 0] + c[1, 1] - 2 * c[0, 1])
-    from scipy import stats
-    assert float(r["delong_p"]) == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9)
-    assert "| toy | 10 % | 2 |" in md and "| toy | 100 % | 2 |" in md
+        def comps(s):
+            psi = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+            return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
+        a1, v10a, v01a = comps(pa)
+        a2, v10b, v01b = comps(pb)
+        s10 = np.cov(np.stack([v10a, v10b]))
+        s01 = np.cov(np.stack([v01a, v01b]))
+        c = s10 / len(pos) + s01 / len(neg)
+        z = (a1 - a2) / np.sqrt(c[0, 0] + c[1, 1] - 2 * c[0, 1])
+        from scipy import stats
+        assert float(cell[arm][f"delong_p_vs_{ref}"]) == pytest.approx(
+            2 * stats.norm.sf(abs(z)), rel=1e-9)
+    # every arm of the cell trained on the same real subset, with the stain augmentation where due
+    log = open(tmp_path / "log").read().splitlines()
+    want = {"baseline": "augment=flips synthetic=None",
+            "classic": "augment=flips,hed_strong synthetic=None",
+            "gan": "augment=flips synthetic=synthetic",
+            "gan_filtered": "augment=flips synthetic=synthetic_filtered",
+            "gan_classic": "augment=flips,hed_strong synthetic=synthetic"}
+    for run, what in want.items():
+        assert f"clf cells/toy/f0.1/s1/clf_{run} {what}" in log, (run, log)
+    # the filtered set was asked of generate with the cell's baseline classifier
+    gen = [ln for ln in log if ln.startswith("stage generate") and "f0.1/s1/synthetic_filtered" in ln]
+    assert len(gen) == 1 and f"--filter_classifier={cdir}/clf_baseline" in gen[0] \
+        and "--min_confidence=0.5" in gen[0]
+    assert "| toy | 10 % | gan | 2 | 20 |" in md and "| toy | 100 % | baseline | 2 | 200 |" in md
     assert (tmp_path / "out" / "roc.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun does nothing new and gives the same table
     n_lines = len(open(tmp_path / "log").readlines())
@@ -192,9 +221,62 @@ def test_slurm_array_cells_then_aggregate_only(real, tmp_path, monkeypatch):
             study.run_study(_cfg(out, real, fractions=[f], seeds=[s]))
     os.remove(out / "results.csv")
     md = study.run_study(_cfg(out, real, aggregate_only=True))
-    assert len(_read_csv(out / "results.csv")) == 4 and "| toy | 10 % | 2 |" in md
+    assert len(_read_csv(out / "results.csv")) == 2 * 5 + 2 and "| toy | 10 % | gan | 2 | 20 |" in md
     with pytest.raises(Exception, match="no finished cells"):
         study.run_study(_cfg(tmp_path / "empty", real, aggregate_only=True))
+
+
+def test_a_new_arm_runs_only_that_arm(real, tmp_path, monkeypatch):
+    """A finished study given one more arm trains only that arm's classifier (no subset, GAN or
+    synthetic set again); finished arms keep their results."""
+    from histaug_tf.apps import experiment as study
+    monkeypatch.setenv("STUB_LOG", str(tmp_path / "log"))
+    _stubbed(monkeypatch)
+    out = tmp_path / "out"
+    study.run_study(_cfg(out, real, fractions=[0.5], seeds=[0], arms=["baseline", "gan"],
+                         tstr=False))
+    rows = _read_csv(out / "results.csv")
+    assert [r["arm"] for r in rows] == ["baseline", "gan"]
+    n = len(open(tmp_path / "log").readlines())
+    study.run_study(_cfg(out, real, fractions=[0.5], seeds=[0], arms=["baseline", "gan", "classic"],
+                         tstr=False))
+    new = open(tmp_path / "log").read().splitlines()[n:]
+    assert [ln.split()[:2] for ln in new] == [["clf", "cells/toy/f0.5/s0/clf_classic"]], new
+    rows2 = _read_csv(out / "results.csv")
+    assert [r["arm"] for r in rows2] == ["baseline", "classic", "gan"]
+    assert [r["auc"] for r in rows2 if r["arm"] != "classic"] == [r["auc"] for r in rows]
+    assert rows2[2]["delta_vs_classic"] != ""  # the finished arm is now also compared with it
+
+
+def test_filter_refusal_is_a_result(real, tmp_path, monkeypatch):
+    """When generate refuses the filtered set (the GAN's patches of a class do not look like it),
+    the cell finishes: gan_filtered is a row marked refused, the other arms have their results,
+    and a rerun does not ask generate again."""
+    from histaug_tf.apps import experiment as study
+    from histaug_tf.apps.generate import FILTER_REFUSED
+    from histaug_tf.common import UserError
+    monkeypatch.setenv("STUB_LOG", str(tmp_path / "log"))
+    _stubbed(monkeypatch)
+    stub_stage = study.run_stage
+
+    def stage(module, args, log_path):
+        if module == "generate" and any(a.startswith("--filter_classifier=") for a in args):
+            stub_stage.__globals__["note"]("stage generate refused")
+            raise UserError(f"{log_path}: stage generate failed with exit code 1: error: "
+                            f"clf: {FILTER_REFUSED} 3 of 40 synthetic 'tumour' patches")
+        stub_stage(module, args, log_path)
+    monkeypatch.setattr(study, "run_stage", stage)
+    out = tmp_path / "out"
+    cfg = _cfg(out, real, fractions=[0.5], seeds=[0], tstr=False)
+    md = study.run_study(cfg)
+    rows = {r["arm"]: r for r in _read_csv(out / "results.csv")}
+    assert rows["gan_filtered"]["status"] == "refused by the filter" and not rows["gan_filtered"]["auc"]
+    assert all(rows[a]["auc"] for a in ("baseline", "classic", "gan", "gan+classic"))
+    assert "| toy | 50 % | gan_filtered | 0 (1 refused) |" in md
+    n = len(open(tmp_path / "log").readlines())
+    (out / "cells" / "toy" / "f0.5" / "s0" / "cell.json").unlink()
+    study.run_study(cfg)
+    assert open(tmp_path / "log").read().splitlines()[n:] == []
 
 
 @pytest.mark.slow
@@ -207,7 +289,7 @@ def test_resume_after_sigkill(real, tmp_path):
         from absl import app
         from histaug_tf import experiment
         sys.argv = ["experiment", "--outdir={out}", "--data={real}", "--fractions=0.1,0.5,1",
-                    "--seeds=0,1", "--n_boot=50"]
+                    "--seeds=0,1", "--n_boot=50", "--resolution=8"]
         app.run(experiment.main)
     '''))
     env = dict(os.environ, STUB_LOG=str(log), STUB_DELAY="0.3",
@@ -240,11 +322,11 @@ def test_resume_after_sigkill(real, tmp_path):
     assert not [ln for ln in clf_after if os.path.dirname(ln[4:].strip()) in finished_dirs]
     redone = set(clf_before) & set(clf_after)
     assert len(redone) <= 1, redone
-    # every classifier ran: 4 scarce cells × 3 + 2 full cells × 1
-    assert len(set(clf_before) | set(clf_after)) == 14
+    # every classifier ran: 4 scarce cells × (5 arms + TSTR) + 2 full cells × 1
+    assert len(set(clf_before) | set(clf_after)) == 26
     rows = _read_csv(out / "results.csv")
-    assert len(rows) == 6 and all(r["auc_baseline"] for r in rows)
-    assert "| toy | 50 % | 2 |" in proc.stdout  # the table is printed
+    assert len(rows) == 4 * 5 + 2 and all(r["auc"] for r in rows)
+    assert "| toy | 50 % | gan | 2 | 100 |" in proc.stdout  # the table is printed
     # a write cut by the kill leaves at most a hidden temporary file, never a partial result file
     assert {p.name for p in out.iterdir() if not p.name.startswith(".tmp-")} == {
         "cells", "results.csv", "results.md", "roc.png", "report.html"}
@@ -268,8 +350,8 @@ def test_per_class_gans(real, tmp_path, monkeypatch):
     gen = [ln for ln in lines if ln.startswith("stage generate")][0]
     cdir = str(tmp_path / "out" / "cells" / "toy" / "f0.5" / "s3")
     assert f"--networks=0:{cdir}/gan_c0,1:{cdir}/gan_c1" in gen
-    rows = _read_csv(tmp_path / "out" / "results.csv")
-    assert len(rows) == 1 and rows[0]["auc_augmented"] and not rows[0]["auc_tstr"]
+    rows = [r for r in _read_csv(tmp_path / "out" / "results.csv") if r["arm"] == "gan"]
+    assert len(rows) == 1 and rows[0]["auc"] and not rows[0]["auc_tstr"]
 
 
 @pytest.mark.slow
@@ -291,7 +373,7 @@ def test_changed_flags_refused_then_redone(real, tmp_path):
     env = dict(os.environ, STUB_LOG=str(log),
                PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     base = [f"--outdir={out}", f"--data={real}", "--fractions=0.5", "--seeds=0", "--n_boot=50",
-            "--notstr"]
+            "--notstr", "--resolution=8", "--arms=baseline,gan"]
     cdir = out / "cells" / "toy" / "f0.5" / "s0"
 
     def run(*extra):
@@ -308,7 +390,7 @@ def test_changed_flags_refused_then_redone(real, tmp_path):
 
     p, ran = run()
     assert p.returncode == 0, p.stderr[-3000:]
-    assert len(ran) == 5  # subset, train_gan, generate, clf baseline, clf augmented
+    assert len(ran) == 5  # subset, train_gan, generate, clf baseline, clf gan
     cell = (cdir / "cell.json").read_text()
 
     p, ran = run("--gan_kimg=20")
@@ -331,7 +413,7 @@ def test_changed_flags_refused_then_redone(real, tmp_path):
 
     p, ran = run("--gan_kimg=20", "--redo_changed")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert [ln.split()[1] for ln in ran] == ["train_gan", "generate", "cells/toy/f0.5/s0/clf_augmented"]
+    assert [ln.split()[1] for ln in ran] == ["train_gan", "generate", "cells/toy/f0.5/s0/clf_gan"]
     assert json.loads((cdir / "cell.json").read_text())["flags"]["gan"]["gan_kimg"] == 20.0
 
     p, ran = run("--gan_kimg=20")  # one-command resume of unchanged steps: nothing redone
@@ -346,8 +428,8 @@ def test_changed_flags_refused_then_redone(real, tmp_path):
     assert line == (f"error: {syn}/manifest.json: label order ['tumour', 'normal'] differs from "
                     f"{real}/manifest.json's ['normal', 'tumour'] (the same label index means "
                     "another class)"), line
-    assert not (syn.parent / "cell.json").exists() and not (syn.parent / "clf_augmented").exists()
-    assert len(_read_csv(out / "results.csv")) == 1
+    assert not (syn.parent / "cell.json").exists() and not (syn.parent / "clf_gan").exists()
+    assert {r["seed"] for r in _read_csv(out / "results.csv")} == {"0"}  # seed 0's arms only
 
 
 @pytest.mark.slow
@@ -368,7 +450,7 @@ def test_prepared_dataset_is_verified_once(tmp_path):
                PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run([sys.executable, str(driver), f"--outdir={out}", "--data=prep",
                         "--prepare=synthetic_tissue", "--fractions=0.5", "--seeds=0",
-                        "--n_boot=50", "--notstr"], env=env, capture_output=True, text=True,
+                        "--n_boot=50", "--notstr", "--resolution=8"], env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]

@@ -44,8 +44,8 @@ def test_report_lists_every_cell_with_embedded_pictures(tmp_path, monkeypatch):
     idx = report.report_index(str(path))
     cells = sorted(r["dir"] for r in study.load_cells(str(out)))
     assert sorted(idx["cells"]) == cells and len(cells) == 4
-    # ROC + per GAN cell (2): 2 classes x (real + synthetic) + 2 fakes grids
-    assert idx["images"] == 1 + 2 * (2 * 2 + 2), idx
+    # ROC + per GAN cell (2): 2 classes x (real + synthetic) + 2 fakes grids + closest pairs
+    assert idx["images"] == 1 + 2 * (2 * 2 + 2 + 1), idx
     assert idx["missing"] == []
     text = path.read_text()
     uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', text)

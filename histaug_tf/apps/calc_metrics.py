@@ -32,22 +32,6 @@ def split_memorization(metrics):
             [n for n in names if n.lower() not in MEMORIZATION_NAMES])
 
 
-def _read_images(data_dir, split, resolution, resize_mode, limit=None):
-    from histaug_tf.data.pipeline import make_dataset
-    ds = make_dataset(data_dir, split, resolution=resolution, resize_mode=resize_mode,
-                      pixel_range=None, batch_size=256, deterministic=True)
-    out, n = [], 0
-    for x, _ in ds:
-        out.append(x.numpy())
-        n += len(out[-1])
-        if limit is not None and n >= limit:
-            break
-    if not out:
-        raise UserError(f"{data_dir}: split {split!r} is empty")
-    x = np.concatenate(out)
-    return x[:limit] if limit is not None else x
-
-
 def memorization_metric(data_dir, *, generator=None, gen_data_dir=None, split="train",
                         gen_split="train", num_gen=None, resolution=None, resize_mode="crop",
                         seed=0, inception_weights=None, batch_size=64) -> dict:
@@ -55,6 +39,7 @@ def memorization_metric(data_dir, *, generator=None, gen_data_dir=None, split="t
     5,000, seeds ``seed, seed + 1, ...``, classes in turn; or the first ``num_gen`` of
     ``gen_data_dir``) against every image of ``data_dir/split`` (give the GAN's own training
     set). Blurred pixels, or FID Inception features when ``inception_weights`` is given."""
+    from histaug_tf.data.pipeline import read_images
     from histaug_tf.metrics import memorization as mem
     num = int(num_gen or 5000)
     if generator is not None:
@@ -65,9 +50,10 @@ def memorization_metric(data_dir, *, generator=None, gen_data_dir=None, split="t
         syn = np.concatenate([generator(seeds[i:i + 256], None if labels is None
                                         else labels[i:i + 256]) for i in range(0, num, 256)])
     else:
-        syn = _read_images(gen_data_dir, gen_split, resolution, resize_mode, limit=num)
+        syn = read_images(gen_data_dir, gen_split, resolution=resolution, resize_mode=resize_mode,
+                          limit=num)
         res = resolution or syn.shape[1]
-    real = _read_images(data_dir, split, res, resize_mode)
+    real = read_images(data_dir, split, resolution=res, resize_mode=resize_mode)
     if real.shape[1:] != syn.shape[1:]:
         raise UserError(f"{data_dir}: real images {real.shape[1:]} and generated images "
                         f"{syn.shape[1:]} differ; pass --resolution")

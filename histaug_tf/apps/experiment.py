@@ -44,8 +44,9 @@ import time
 import numpy as np
 from absl import logging
 
+from histaug_tf.apps.arms import ARMS, COMPARED_WITH, ORDER as ARM_ORDER
 from histaug_tf.classifier import evaluate as ev
-from histaug_tf.common import UserError, file_lock, write_json_atomic, write_text_atomic
+from histaug_tf.common import UserError, file_lock, write_json_atomic
 
 
 @dataclasses.dataclass
@@ -80,6 +81,15 @@ class StudyConfig:
     synthetic_ratio: float | None = 0.5
     synthetic_count: int | None = None
     tstr: bool = True
+    # arms (apps/arms.py): which classifiers each cell trains; at fraction 1 only full_data_arms
+    arms: list = dataclasses.field(default_factory=lambda: list(ARM_ORDER))
+    full_data_arms: list = dataclasses.field(default_factory=lambda: ["baseline"])
+    classic_augment: str = "flips,hed_strong"
+    filter_min_confidence: float = 0.5
+    filter_max_draws: float = 4.0
+    filter_min_kept: float = 0.5
+    memorization: bool = True
+    memorization_max: int = 2000   # synthetic patches compared per cell (split over the classes)
     n_boot: int = 1000
     strategy: str = "auto"
     mixed_precision: bool = False
@@ -285,24 +295,29 @@ def train_gans(cfg, subset_dir, cdir, seed, logs, num_classes=2, flags=None) -> 
     return {"networks": {c: rd for c, (rd, _) in runs.items()}}
 
 
-def generate_synthetic(cfg, gans, out, seed, logs, flags=None) -> str:
+def generate_synthetic(cfg, gans, out, seed, logs, flags=None, extra=()) -> str:
+    """The cell's synthetic set ``out`` (step name: its directory's name); ``extra`` generate
+    flags (the filter's)."""
     steps = os.path.join(os.path.dirname(out), "steps")
+    step = os.path.basename(out)
     flags = dict(flags or {}, num_synthetic_per_class=cfg.num_synthetic_per_class,
                  truncation=cfg.truncation, generate_args=cfg.generate_args, seed=seed)
-    if not check_step(cfg, steps, "synthetic", out, flags, _has_manifest(out)):
+    if not check_step(cfg, steps, step, out, flags, _has_manifest(out)):
         if "network" in gans:
             net = [f"--network={gans['network']}"]
         else:
             net = ["--networks=" + ",".join(f"{c}:{d}" for c, d in sorted(gans["networks"].items()))]
         args = [*net, f"--num_per_class={cfg.num_synthetic_per_class}", f"--seed={seed}",
                 f"--outdir={out}", f"--trunc={cfg.truncation}", "--overwrite",
-                *shlex.split(cfg.generate_args)]
-        run_stage("generate", args, os.path.join(logs, "generate.log"))
-        record_step(steps, "synthetic", out, flags)
+                *shlex.split(cfg.generate_args), *extra]
+        run_stage("generate", args, os.path.join(logs, f"generate_{step}.log"
+                                                 if extra else "generate.log"))
+        record_step(steps, step, out, flags)
     return out
 
 
 def _clf_kwargs(cfg: StudyConfig, seed: int) -> dict:
+    """The classifier settings every arm shares (an arm adds its data and augmentation)."""
     return dict(arch=cfg.arch, weights=cfg.weights, resolution=cfg.resolution,
                 resize_mode=cfg.resize_mode, batch_size=cfg.clf_batch, epochs=cfg.clf_epochs,
                 min_steps_per_epoch=cfg.clf_min_steps_per_epoch, learning_rate=cfg.clf_lr,
@@ -322,34 +337,53 @@ def run_classifier(kind: str, run_dir: str, cfg: StudyConfig, seed: int, **kw) -
     return train_classifier(run_dir, **kw, **_clf_kwargs(cfg, seed))
 
 
-def _classifier_step(cfg, cdir, kind, run_dir, seed, inputs: dict, **kw) -> dict:
+def _classifier_step(cfg, cdir, kind, run_dir, seed, inputs: dict, augment="flips", **kw) -> dict:
     """``run_classifier`` behind the step check: a finished run made with other flags is refused,
-    or (``redo_changed``) its metrics.json removed so that it is trained again."""
+    or (``redo_changed``) its metrics.json removed so that it is trained again. ``augment`` is
+    recorded when it is not the default flips (so records of studies before arms still match)."""
     flags = {"kind": kind, "inputs": inputs,
              **{k: v for k, v in _clf_kwargs(cfg, seed).items()
                 if k not in ("overwrite", "strategy", "mixed_precision")}}
+    if augment != "flips":
+        flags["augment"] = augment
     steps = os.path.join(cdir, "steps")
     metrics = os.path.join(run_dir, "metrics.json")
     reuse = check_step(cfg, steps, f"clf_{kind}", run_dir, flags, os.path.exists(metrics))
     if not reuse and os.path.exists(metrics):
         os.remove(metrics)  # unfinished now: run_classifier trains it again (overwrite=True)
-    m = run_classifier(kind, run_dir, cfg, seed, **kw)
+    m = run_classifier(kind, run_dir, cfg, seed, augment=augment, **kw)
     if not reuse:
         record_step(steps, f"clf_{kind}", run_dir, flags)
     return m
 
 
+def cell_arms(cfg: StudyConfig, fraction: float) -> list:
+    """The arms a cell trains: ``cfg.arms``, or at fraction 1 (no GAN) ``cfg.full_data_arms``
+    without the GAN arms."""
+    if fraction >= 1.0:
+        return [a for a in cfg.full_data_arms if ARMS[a].synthetic is None]
+    return list(cfg.arms)
+
+
 def cell_flags(cfg: StudyConfig, data_dir: str, fraction: float, seed: int) -> dict:
     """Every flag a cell's results depend on (recorded in its cell.json)."""
     sub = subset_flags(cfg, data_dir, fraction, seed)
+    arms = cell_arms(cfg, fraction)
     out = {"subset": sub, "classifier": {k: v for k, v in _clf_kwargs(cfg, seed).items()
-                                         if k not in ("overwrite", "strategy", "mixed_precision")}}
+                                         if k not in ("overwrite", "strategy", "mixed_precision")},
+           "arms": arms}
+    if any(ARMS[a].classic for a in arms):
+        out["classic_augment"] = cfg.classic_augment
     if fraction < 1.0:
         out.update(gan=gan_flags(cfg, seed, sub),
                    generate={"num_synthetic_per_class": cfg.num_synthetic_per_class,
                              "truncation": cfg.truncation, "generate_args": cfg.generate_args},
                    synthetic_ratio=cfg.synthetic_ratio, synthetic_count=cfg.synthetic_count,
-                   tstr=cfg.tstr)
+                   tstr=cfg.tstr, memorization=cfg.memorization)
+        if "gan_filtered" in arms:
+            out["filter"] = _filter_settings(cfg)
+        if cfg.memorization:
+            out["memorization_max"] = cfg.memorization_max
     return _json_norm(out)
 
 
@@ -379,6 +413,11 @@ def finished_cell(cfg: StudyConfig, cdir: str, flags: dict):
 
 # ----------------------------------------------------------------------------- one cell
 
+def _filter_settings(cfg: StudyConfig) -> dict:
+    return {"min_confidence": cfg.filter_min_confidence, "max_draws": cfg.filter_max_draws,
+            "min_kept": cfg.filter_min_kept}
+
+
 def _tumour(m: dict, label_names) -> dict:
     pc = m["per_class"]
     name = label_names[1] if label_names[1] in pc else sorted(pc)[-1]
@@ -401,12 +440,112 @@ def _aligned_predictions(run_a: str, run_b: str):
     return ya, pa, pb
 
 
+@dataclasses.dataclass
+class _Cell:
+    """What the steps of one cell share."""
+    cfg: StudyConfig
+    dir: str
+    seed: int
+    train_dir: str
+    sub_flags: dict
+    real: dict            # val_data / test_data: the full dataset
+    logs: str
+    synthetic: dict = dataclasses.field(default_factory=dict)   # set name -> (dir, flags)
+
+    def arm(self, name: str) -> dict:
+        """Train (or reuse) the classifier of arm ``name``; return its metrics."""
+        arm = ARMS[name]
+        augment = self.cfg.classic_augment if arm.classic else "flips"
+        inputs = {"train": self.sub_flags}
+        kw = dict(train_data=self.train_dir, **self.real)
+        if arm.synthetic:
+            sdir, sflags = self.synthetic[arm.synthetic]
+            mix = ({"synthetic_count": self.cfg.synthetic_count}
+                   if self.cfg.synthetic_count is not None
+                   else {"synthetic_ratio": self.cfg.synthetic_ratio})
+            inputs.update(synthetic=sflags, **mix)
+            kw.update(synthetic_data=sdir, **mix)
+        return _classifier_step(self.cfg, self.dir, name, os.path.join(self.dir, arm.run_dir),
+                                self.seed, inputs, augment=augment, **kw)
+
+
+def _filtered_set(cell: _Cell, gans: dict, syn_flags: dict) -> str | None:
+    """The synthetic set filtered by the baseline classifier, or None when the filter refused it
+    (a GAN whose patches of a class the classifier rejects): the refusal is recorded in
+    ``<cell>/synthetic_filtered.refused.json`` and repeated, not retried, while the flags match."""
+    from histaug_tf.apps.generate import FILTER_REFUSED
+    cfg = cell.cfg
+    out = os.path.join(cell.dir, "synthetic_filtered")
+    flags = dict(syn_flags, filter=dict(_filter_settings(cfg), classifier=_json_norm(
+        {"kind": "baseline", "inputs": {"train": cell.sub_flags}})))
+    refused = os.path.join(cell.dir, "synthetic_filtered.refused.json")
+    if os.path.exists(refused):
+        with open(refused, encoding="utf-8") as f:
+            rec = json.load(f)
+        if not _flag_diff(rec["flags"], _json_norm(dict(flags, seed=cell.seed))):
+            return None
+        os.remove(refused)
+    extra = [f"--filter_classifier={os.path.join(cell.dir, ARMS['baseline'].run_dir)}",
+             f"--min_confidence={cfg.filter_min_confidence}",
+             f"--filter_max_draws={cfg.filter_max_draws}",
+             f"--filter_min_kept={cfg.filter_min_kept}"]
+    try:
+        return generate_synthetic(cfg, gans, out, cell.seed, cell.logs, flags=flags, extra=extra)
+    except UserError as e:
+        if FILTER_REFUSED not in str(e):
+            raise
+        write_json_atomic(refused, {"reason": str(e), "flags": _json_norm(dict(flags, seed=cell.seed))})
+        logging.warning("%s: the filter refused the synthetic set: %s", cell.dir, e)
+        return None
+
+
+def _filter_record(syn_dir: str) -> dict | None:
+    from histaug_tf.data.manifest import load_manifest
+    f = load_manifest(syn_dir, check="exists").get("provenance", {}).get("filter")
+    if not f:
+        return None
+    return {name: {"drawn": v["drawn"], "kept": v["kept"],
+                   "kept_fraction": v["kept_fraction_of_drawn"]}
+            for name, v in f["per_class"].items()}
+
+
+def _memorization_step(cell: _Cell, syn_dir: str, syn_flags: dict, num_classes: int) -> dict:
+    """The memorisation check of the cell's synthetic set against its real subset
+    (``memorization.json`` and the closest pairs side by side in ``memorization_pairs.png``)."""
+    from histaug_tf.data.images import image_grid
+    from histaug_tf.data.pipeline import read_images
+    from histaug_tf.metrics import memorization as mem
+    from histaug_tf.common import save_png
+    cfg = cell.cfg
+    out = os.path.join(cell.dir, "memorization.json")
+    steps = os.path.join(cell.dir, "steps")
+    flags = {"synthetic": syn_flags, "train": cell.sub_flags, "max": cfg.memorization_max}
+    if check_step(cfg, steps, "memorization", out, flags, os.path.exists(out)):
+        with open(out, encoding="utf-8") as f:
+            return json.load(f)
+    kw = dict(resolution=cfg.resolution, resize_mode=cfg.resize_mode)
+    real = read_images(cell.train_dir, "train", **kw)
+    per = max(1, cfg.memorization_max // num_classes)
+    syn = np.concatenate([read_images(syn_dir, "train", limit=per, class_filter=c, **kw)
+                          for c in range(num_classes)])
+    r = mem.memorization(real, syn)
+    if r["closest"]:
+        views = mem.dihedral(real)
+        top = [syn[p["synthetic"]] for p in r["closest"]]
+        bottom = [views[p["orientation"], p["train"]] for p in r["closest"]]
+        save_png(os.path.join(cell.dir, "memorization_pairs.png"),
+                 image_grid(np.stack(top + bottom), cols=len(top)))
+        r["pairs_png"] = "memorization_pairs.png"
+    write_json_atomic(out, r)
+    record_step(steps, "memorization", out, flags)
+    return r
+
+
 def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, seed: int) -> dict:
     """Run (or finish) one cell; write and return its cell.json record."""
     from histaug_tf.data.manifest import check_same_label_names, load_manifest
 
     cdir = cell_dir(cfg.outdir, dataset, fraction, seed)
-    cell_json = os.path.join(cdir, "cell.json")
     flags = cell_flags(cfg, data_dir, fraction, seed)
     rec = finished_cell(cfg, cdir, flags)
     if rec is not None:
@@ -423,43 +562,61 @@ def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, see
                                                   os.path.join(cdir, "steps"), sub_flags)
     tman = load_manifest(train_dir)
     check_same_label_names(man, tman)
-    n_train = int(tman["splits"]["train"]["num_examples"])
-    rec = {"dataset": dataset, "fraction": fraction, "seed": seed, "n_train": n_train,
+    rec = {"dataset": dataset, "fraction": fraction, "seed": seed,
+           "n_train": int(tman["splits"]["train"]["num_examples"]),
            "train_class_counts": tman["splits"]["train"].get("class_counts"),
-           "label_names": label_names, "dir": os.path.relpath(cdir, cfg.outdir)}
+           "label_names": label_names, "dir": os.path.relpath(cdir, cfg.outdir),
+           "arms": {}, "refused": {}, "delong": {}}
     # Validation and test come from the full dataset (a subset's valid/test reference the parent's).
-    real = dict(val_data=data_dir, test_data=data_dir)
-    base_dir = os.path.join(cdir, "clf_baseline")
-    mb = _classifier_step(cfg, cdir, "baseline", base_dir, seed, {"train": sub_flags},
-                          train_data=train_dir, **real)
-    rec["baseline"] = _summary(mb, label_names)
-    if not full:
+    cell = _Cell(cfg, cdir, seed, train_dir, sub_flags, dict(val_data=data_dir, test_data=data_dir),
+                 logs)
+    arms = cell_arms(cfg, fraction)
+    metrics = {}
+    for name in ("baseline", "classic"):  # the filter needs the baseline classifier
+        if name in arms or (name == "baseline" and "gan_filtered" in arms):
+            metrics[name] = cell.arm(name)
+    if not full and (cfg.tstr or any(ARMS[a].synthetic for a in arms)):
         g_flags = gan_flags(cfg, seed, sub_flags)
         gans = train_gans(cfg, train_dir, cdir, seed, logs, num_classes=len(label_names),
                           flags=g_flags)
-        syn_flags = {"gan": g_flags}
         syn = generate_synthetic(cfg, gans, os.path.join(cdir, "synthetic"), seed, logs,
-                                 flags=syn_flags)
+                                 flags={"gan": g_flags})
         check_same_label_names(man, load_manifest(syn))
-        syn_flags = dict(syn_flags, num_synthetic_per_class=cfg.num_synthetic_per_class,
-                         truncation=cfg.truncation, generate_args=cfg.generate_args)
-        aug_dir = os.path.join(cdir, "clf_augmented")
-        mix_kw = ({"synthetic_count": cfg.synthetic_count} if cfg.synthetic_count is not None
-                  else {"synthetic_ratio": cfg.synthetic_ratio})
-        ma = _classifier_step(cfg, cdir, "augmented", aug_dir, seed,
-                              {"train": sub_flags, "synthetic": syn_flags, **mix_kw},
-                              train_data=train_dir, synthetic_data=syn, **mix_kw, **real)
-        rec["augmented"] = _summary(ma, label_names)
-        rec["effective_synthetic_ratio"] = ma.get("effective_synthetic_ratio")
-        y, pb, pa = _aligned_predictions(base_dir, aug_dir)
-        rec["delong"] = ev.delong_test(y, pa, pb)   # augmented vs baseline
+        syn_flags = {"gan": g_flags, "num_synthetic_per_class": cfg.num_synthetic_per_class,
+                     "truncation": cfg.truncation, "generate_args": cfg.generate_args}
+        cell.synthetic["synthetic"] = (syn, syn_flags)
+        if cfg.memorization:
+            rec["memorization"] = _memorization_step(cell, syn, syn_flags, len(label_names))
+        if "gan_filtered" in arms:
+            fsyn = _filtered_set(cell, gans, syn_flags)
+            if fsyn is None:
+                with open(os.path.join(cdir, "synthetic_filtered.refused.json")) as f:
+                    rec["refused"]["gan_filtered"] = json.load(f)["reason"]
+            else:
+                check_same_label_names(man, load_manifest(fsyn))
+                cell.synthetic["synthetic_filtered"] = (fsyn, dict(syn_flags, filter=_json_norm(
+                    _filter_settings(cfg))))
+                rec["filter"] = _filter_record(fsyn)
+        for name in [a for a in arms if ARMS[a].synthetic and a not in rec["refused"]]:
+            metrics[name] = cell.arm(name)
         if cfg.tstr:
             mt = _classifier_step(cfg, cdir, "tstr", os.path.join(cdir, "clf_tstr"), seed,
-                                  {"train": syn_flags}, train_data=syn, **real)
+                                  {"train": syn_flags}, train_data=syn, **cell.real)
             rec["tstr"] = _summary(mt, label_names)
+    for name in arms:
+        if name in metrics:
+            rec["arms"][name] = _summary(metrics[name], label_names)
+            rec["arms"][name]["effective_synthetic_ratio"] = metrics[name].get(
+                "effective_synthetic_ratio")
+    for name in rec["arms"]:  # each arm against baseline and classic (DeLong, same test set)
+        for ref in COMPARED_WITH:
+            if ref != name and ref in rec["arms"]:
+                y, p_ref, p_arm = _aligned_predictions(
+                    os.path.join(cdir, ARMS[ref].run_dir), os.path.join(cdir, ARMS[name].run_dir))
+                rec["delong"].setdefault(name, {})[f"vs_{ref}"] = ev.delong_test(y, p_arm, p_ref)
     rec["seconds"] = round(time.time() - t0, 1)
     rec["flags"] = flags
-    write_json_atomic(cell_json, rec)
+    write_json_atomic(os.path.join(cdir, "cell.json"), rec)
     return rec
 
 
@@ -478,209 +635,16 @@ def _summary(m: dict, label_names) -> dict:
 
 # ----------------------------------------------------------------------------- aggregation
 
-CSV_COLUMNS = ["dataset", "fraction", "seed", "n_train", "auc_baseline", "auc_baseline_lo",
-               "auc_baseline_hi", "auc_augmented", "auc_augmented_lo", "auc_augmented_hi",
-               "delta_auc", "delta_auc_rel_pct", "delong_z", "delong_p", "auc_tstr",
-               "tumour_precision_baseline", "tumour_recall_baseline", "tumour_f1_baseline",
-               "tumour_precision_augmented", "tumour_recall_augmented", "tumour_f1_augmented",
-               "balanced_accuracy_baseline", "balanced_accuracy_augmented",
-               "val_threshold_baseline", "tumour_f1_valthr_baseline",
-               "val_threshold_augmented", "tumour_f1_valthr_augmented", "seconds"]
+def aggregate(outdir: str) -> str:
+    """Regenerate results.csv, results.md, roc.png and report.html from every cell.json; return
+    the markdown (``study_tables``)."""
+    from histaug_tf.apps.study_tables import aggregate as _aggregate
+    return _aggregate(outdir)
 
 
 def load_cells(outdir: str) -> list:
-    recs = []
-    root = os.path.join(outdir, "cells")
-    for dirpath, _, files in os.walk(root):
-        if "cell.json" in files:
-            try:
-                with open(os.path.join(dirpath, "cell.json")) as f:
-                    recs.append(json.load(f))
-            except (OSError, ValueError) as e:
-                raise UserError(f"{os.path.join(dirpath, 'cell.json')}: unreadable ({e})") from None
-    recs.sort(key=lambda r: (r["dataset"], r["fraction"], r["seed"]))
-    return recs
-
-
-def cell_row(r: dict) -> dict:
-    b, a, t = r.get("baseline", {}), r.get("augmented"), r.get("tstr")
-    row = {"dataset": r["dataset"], "fraction": r["fraction"], "seed": r["seed"],
-           "n_train": r["n_train"], "auc_baseline": b.get("auc"),
-           "auc_baseline_lo": b.get("auc_ci", [None, None])[0],
-           "auc_baseline_hi": b.get("auc_ci", [None, None])[1],
-           "tumour_precision_baseline": b.get("tumour_precision"),
-           "tumour_recall_baseline": b.get("tumour_recall"),
-           "tumour_f1_baseline": b.get("tumour_f1"),
-           "balanced_accuracy_baseline": b.get("balanced_accuracy"),
-           "val_threshold_baseline": b.get("val_threshold"),
-           "tumour_f1_valthr_baseline": b.get("tumour_f1_valthr"), "seconds": r.get("seconds")}
-    if a:
-        row.update(auc_augmented=a["auc"], auc_augmented_lo=a["auc_ci"][0],
-                   auc_augmented_hi=a["auc_ci"][1], delta_auc=a["auc"] - b["auc"],
-                   delta_auc_rel_pct=100.0 * (a["auc"] - b["auc"]) / b["auc"],
-                   delong_z=r["delong"]["z"], delong_p=r["delong"]["p_value"],
-                   tumour_precision_augmented=a["tumour_precision"],
-                   tumour_recall_augmented=a["tumour_recall"], tumour_f1_augmented=a["tumour_f1"],
-                   balanced_accuracy_augmented=a["balanced_accuracy"],
-                   val_threshold_augmented=a.get("val_threshold"),
-                   tumour_f1_valthr_augmented=a.get("tumour_f1_valthr"))
-    if t:
-        row["auc_tstr"] = t["auc"]
-    return {c: row.get(c) for c in CSV_COLUMNS}
-
-
-def _fmt(v, nd=3):
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-
-def _mean_sd(vals, nd=3, pct=False, signed=False):
-    """'mean ± sd' (sample sd over seeds), or the value alone for one seed."""
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return "–"
-    suf = " %" if pct else ""
-    sign = "+" if (pct or signed) else ""
-    m = float(np.mean(vals))
-    if len(vals) == 1:
-        return f"{m:{sign}.{nd}f}{suf}"
-    s = float(np.std(vals, ddof=1))
-    return f"{m:{sign}.{nd}f} ± {s:.{nd}f}{suf}"
-
-
-def across_seeds_markdown(groups: dict) -> str:
-    """Per dataset × fraction with GAN cells: mean Δ AUC over seeds with its 95 % Student-t
-    interval, the paired t test over seeds and Stouffer's combination of the per-seed DeLong z."""
-    from histaug_tf.classifier.across_seeds import summarize
-    lines = []
-    for (ds, fr), rs in groups.items():
-        deltas = [r["delta_auc"] for r in rs if r["delta_auc"] is not None]
-        if not deltas:
-            continue
-        s = summarize(deltas, [r["delong_z"] for r in rs])
-        ci = ("– (one seed)" if s["ci_lo"] is None
-              else f"[{s['ci_lo']:+.3f}, {s['ci_hi']:+.3f}]")
-        pt = "–" if s["p_t"] is None else f"{s['p_t']:.3g}"
-        st = ("–" if s["stouffer_z"] is None
-              else f"{s['stouffer_z']:+.2f} (p {s['p_stouffer']:.3g})")
-        lines.append(f"| {ds} | {fr * 100:g} % | {s['n_seeds']} | {s['mean']:+.3f} | {ci} | {pt} "
-                     f"| {st} |\n")
-    if not lines:
-        return ""
-    return ("\n**Across seeds** (each seed: its own subset, GAN and classifiers; the same test set). "
-            "Δ AUC = augmented − baseline; 95 % interval: Student t over seeds; p: paired t test over "
-            "seeds; Stouffer: the per-seed DeLong z combined (assumes independent z, optimistic "
-            "since the seeds share the test set):\n\n"
-            "| dataset | data | seeds | mean Δ AUC | 95 % interval | paired t p | Stouffer Z |\n"
-            "|---|---|---|---|---|---|---|\n" + "".join(lines))
-
-
-def results_markdown(rows: list) -> str:
-    """The study table: per dataset × fraction the mean ± sd over seeds, then every cell."""
-    out = io.StringIO()
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["fraction"]), []).append(r)
-    out.write("| dataset | data | seeds | n train | AUC baseline | AUC augmented | Δ AUC | Δ AUC rel. "
-              "| DeLong p | tumour F1 base → aug | F1 at val. threshold | TSTR AUC |\n")
-    out.write("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    for (ds, fr), rs in groups.items():
-        pvals = [r["delong_p"] for r in rs if r["delong_p"] is not None]
-        p = ("–" if not pvals else f"{pvals[0]:.3g}" if len(pvals) == 1
-             else f"{sum(v < 0.05 for v in pvals)}/{len(pvals)} < 0.05")
-        f1, f1v = (f"{_mean_sd([r[f'tumour_{k}_baseline'] for r in rs])}" for k in ("f1", "f1_valthr"))
-        if any(r["tumour_f1_augmented"] is not None for r in rs):
-            f1 += f" → {_mean_sd([r['tumour_f1_augmented'] for r in rs])}"
-            f1v += f" → {_mean_sd([r['tumour_f1_valthr_augmented'] for r in rs])}"
-        out.write(f"| {ds} | {fr * 100:g} % | {len(rs)} | {rs[0]['n_train']} "
-                  f"| {_mean_sd([r['auc_baseline'] for r in rs])} "
-                  f"| {_mean_sd([r['auc_augmented'] for r in rs])} "
-                  f"| {_mean_sd([r['delta_auc'] for r in rs], signed=True)} "
-                  f"| {_mean_sd([r['delta_auc_rel_pct'] for r in rs], nd=1, pct=True)} "
-                  f"| {p} | {f1} | {f1v} | {_mean_sd([r['auc_tstr'] for r in rs])} |\n")
-    out.write("\nTumour F1 on the test set at threshold 0.5, and at the threshold that maximises it "
-              "on the validation split (chosen per classifier).\n")
-    out.write(across_seeds_markdown(groups))
-    out.write("\nPer cell (95 % stratified bootstrap intervals; DeLong test augmented vs baseline on "
-              "the same test set; tumour-class precision / recall / F1 at threshold 0.5):\n\n")
-    out.write("| dataset | data | seed | AUC baseline [95 % CI] | AUC augmented [95 % CI] | Δ | Δ rel. "
-              "| p | tumour P/R/F1 baseline | tumour P/R/F1 augmented | TSTR AUC |\n")
-    out.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
-    for r in rows:
-        def ci(k):
-            if r[f"auc_{k}"] is None:
-                return "–"
-            return f"{r[f'auc_{k}']:.3f} [{r[f'auc_{k}_lo']:.3f}, {r[f'auc_{k}_hi']:.3f}]"
-
-        def prf(k):
-            if r[f"tumour_f1_{k}"] is None:
-                return "–"
-            return "/".join(_fmt(r[f"tumour_{m}_{k}"], 2) for m in ("precision", "recall", "f1"))
-        d = "–" if r["delta_auc"] is None else f"{r['delta_auc']:+.3f}"
-        dr = "–" if r["delta_auc_rel_pct"] is None else f"{r['delta_auc_rel_pct']:+.1f} %"
-        p = "–" if r["delong_p"] is None else f"{r['delong_p']:.3g}"
-        out.write(f"| {r['dataset']} | {r['fraction'] * 100:g} % | {r['seed']} | {ci('baseline')} "
-                  f"| {ci('augmented')} | {d} | {dr} | {p} | {prf('baseline')} "
-                  f"| {prf('augmented')} | {_fmt(r['auc_tstr'])} |\n")
-    return out.getvalue()
-
-
-def plot_study_roc(outdir: str, recs: list, path: str) -> bool:
-    """One panel per dataset × fraction (first seed): baseline, augmented and TSTR ROC curves."""
-    from histaug_tf.classifier.train import load_predictions
-    panels = []
-    seen = set()
-    for r in recs:
-        key = (r["dataset"], r["fraction"])
-        if key in seen:
-            continue
-        seen.add(key)
-        cdir = os.path.join(outdir, r["dir"])
-        curves = []
-        for kind in ("baseline", "augmented", "tstr"):
-            rd = os.path.join(cdir, f"clf_{kind}")
-            if os.path.exists(os.path.join(rd, "predictions.npz")):
-                y, p, _ = load_predictions(rd)
-                curves.append((kind, y, p))
-        if curves:
-            panels.append((f"{r['dataset']} {r['fraction'] * 100:g} % (seed {r['seed']})", curves))
-    if not panels:
-        return False
-    ev.plot_roc_panels(path, panels)
-    return True
-
-
-def _remove_stale_temps(outdir: str, min_age_s: float = 600.0) -> None:
-    """Delete temporary files a killed run left in ``outdir`` (old enough not to be another
-    array task's write in flight)."""
-    now = time.time()
-    with contextlib.suppress(OSError):
-        for name in os.listdir(outdir):
-            if ".tmp-" in name:
-                p = os.path.join(outdir, name)
-                with contextlib.suppress(OSError):
-                    if os.path.isfile(p) and now - os.path.getmtime(p) > min_age_s:
-                        os.unlink(p)
-
-
-def aggregate(outdir: str) -> str:
-    """Regenerate results.csv, results.md and roc.png from every cell.json; return the markdown."""
-    _remove_stale_temps(outdir)
-    recs = load_cells(outdir)
-    rows = [cell_row(r) for r in recs]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    os.makedirs(outdir, exist_ok=True)
-    write_text_atomic(os.path.join(outdir, "results.csv"), buf.getvalue())
-    md = results_markdown(rows)
-    write_text_atomic(os.path.join(outdir, "results.md"), md)
-    if rows:
-        plot_study_roc(outdir, recs, os.path.join(outdir, "roc.png"))
-        from histaug_tf.apps.report import write_report
-        write_report(outdir, recs)
-    return md
+    from histaug_tf.apps.study_tables import load_cells as _load
+    return _load(outdir)
 
 
 # ----------------------------------------------------------------------------- the study

@@ -192,6 +192,10 @@ def label_names_from_metadata(meta: dict):
 # Filtering by a classifier of the real data.
 # ------------------------------------------------------------------------------------------------
 
+# The words of the filter's refusal (the study recognises a refused set by them in generate's error).
+FILTER_REFUSED = "the classifier agreed with only"
+
+
 class ClassifierFilter:
     """Keep a synthetic patch of class k when a real-data classifier gives class k a probability
     of at least ``min_confidence`` (binary classifiers: P(class 1) = sigmoid(logit))."""
@@ -268,7 +272,7 @@ class ClassifierFilter:
                                           "seeds": [int(seed), int(seed) + drawn - 1]}
         if kept < self.min_kept * num:
             raise UserError(
-                f"{self.record['classifier']}: the classifier agreed with only {kept} of {drawn} "
+                f"{self.record['classifier']}: {FILTER_REFUSED} {kept} of {drawn} "
                 f"synthetic '{name}' patches (min confidence {self.min_confidence:g}), fewer "
                 f"than --filter_min_kept={self.min_kept:g} x {num}: the GAN's '{name}' images do "
                 f"not look like that class; no dataset written")

@@ -5,9 +5,11 @@ subset, synthetic set and GAN run directories) and shows, in the order a reader 
 
 1. the across-seed answer and the per-cell table (``results.md`` rendered as HTML tables);
 2. the ROC panels;
-3. per cell: real training patches against synthetic patches, one row pair per class (the first
-   patches of each, so the same cell always shows the same patches), the GAN's fakes at the start
-   and the end of training, and the cell's AUCs (baseline, augmented, TSTR);
+3. per cell: every arm's AUC (and TSTR); real training patches against synthetic patches, one row
+   pair per class (the first patches of each, so the same cell always shows the same patches); the
+   GAN's fakes at the start and the end of training; the memorisation check (its share and the
+   closest synthetic/training pairs side by side); what the filter kept of the synthetic patches
+   (or that it refused them);
 4. the published numbers of the study this project ports, for orientation.
 
 ``write_report(outdir, recs)`` is called by the study's aggregation; ``python -m histaug_tf.experiment
@@ -28,6 +30,7 @@ import re
 
 import numpy as np
 
+from histaug_tf.apps.arms import ARMS, ORDER
 from histaug_tf.common import write_text_atomic
 
 # The reference study's reported ROC AUC gains from GAN augmentation (one run each).
@@ -156,12 +159,41 @@ def _cell_fakes(outdir: str, rec: dict) -> str:
 
 
 def _auc(rec: dict, kind: str) -> str:
-    r = rec.get(kind)
+    r = rec.get("arms", {}).get(kind) if kind in ARMS else rec.get(kind)
     if not r:
         return "–"
     lo, hi = r.get("auc_ci", [None, None])
     ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
     return f"{r['auc']:.3f}{ci}"
+
+
+def _cell_synthetic_checks(outdir: str, rec: dict) -> str:
+    """The memorisation check (share, closest pairs) and the filter's counts of one cell."""
+    cdir = os.path.join(outdir, rec["dir"])
+    out = []
+    m = rec.get("memorization")
+    if m is not None:
+        out.append(f"<p>Memorisation: {m['share']:.3f} of {m['n_synthetic']} synthetic patches are "
+                   f"closer to a training patch than the 1st percentile of the training patches' "
+                   f"distances to each other (≈ 0.01 for new tissue, near 1 for copies).</p>")
+        png = os.path.join(cdir, m.get("pairs_png") or "memorization_pairs.png")
+        if os.path.exists(png):
+            d = ", ".join(f"{p['distance']:.3f}" for p in m.get("closest", []))
+            cap = (f"closest pairs: top synthetic, bottom the nearest training patch (turned as "
+                   f"matched); distances {d} (median between training patches "
+                   f"{m['train_loo_percentiles']['50']:.3f})")
+            out.append(f"<figure>{_img(_file_data_uri(png), 'closest pairs', 512)}"
+                       f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+        else:
+            out.append(_missing("memorisation closest pairs"))
+    if rec.get("refused", {}).get("gan_filtered"):
+        out.append("<p>Filter: refused — " + html.escape(rec["refused"]["gan_filtered"]) + "</p>")
+    elif rec.get("filter"):
+        kept = "; ".join(f"{k}: kept {v['kept']} of {v['drawn']} drawn ({v['kept_fraction']:.0%})"
+                         for k, v in rec["filter"].items())
+        out.append(f"<p>Filter (patches the baseline classifier agreed with): "
+                   f"{html.escape(kept)}</p>")
+    return "\n".join(out)
 
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -192,14 +224,18 @@ def build_report(outdir: str, recs: list) -> str:
     for rec in recs:
         title = f"{rec['dataset']} · {rec['fraction'] * 100:g} % · seed {rec['seed']}"
         parts.append(f'<h3 id="{html.escape(rec["dir"])}">{html.escape(title)}</h3>')
-        parts.append(f"<p>{rec.get('n_train', '?')} training patches · AUC baseline "
-                     f"{_auc(rec, 'baseline')} · augmented {_auc(rec, 'augmented')} · TSTR "
-                     f"{_auc(rec, 'tstr')}</p>")
-        if rec.get("augmented") is None:
-            parts.append("<p>All-data reference cell: no GAN.</p>")
+        aucs = [f"{a} {_auc(rec, a)}" for a in ORDER if a in rec.get("arms", {})]
+        aucs += [f"{a} refused by the filter" for a in rec.get("refused", {})]
+        if rec.get("tstr"):
+            aucs.append(f"TSTR {_auc(rec, 'tstr')}")
+        parts.append(f"<p>{rec.get('n_train', '?')} training patches · AUC "
+                     + html.escape(" · ".join(aucs)) + "</p>")
+        if not rec.get("tstr") and not any(ARMS[a].synthetic for a in rec.get("arms", {})):
+            parts.append("<p>No GAN in this cell (all-data reference, or no GAN arm).</p>")
             continue
         parts.append(_cell_patches(outdir, rec))
         parts.append(_cell_fakes(outdir, rec))
+        parts.append(_cell_synthetic_checks(outdir, rec))
     parts.append("<h2>Published numbers, for orientation</h2>")
     parts.append("<p>ROC AUC gain from GAN augmentation reported by the study this project ports "
                  "(one run per cell, real PCAM / IDC data, full-size networks); the demo's "

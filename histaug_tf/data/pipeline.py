@@ -257,3 +257,23 @@ def mix(real_ds, synthetic_ds, ratio, seed=None, max_denominator=1000):
     choice = blocks.unbatch()
     return tf.data.Dataset.choose_from_datasets([real_ds, synthetic_ds], choice,
                                                 stop_on_empty_dataset=True)
+
+
+def read_images(data_dir, split="train", *, resolution=None, resize_mode="crop", limit=None,
+                class_filter=None, batch_size=256):
+    """uint8 images [N, H, W, C] of one split in file order (the first ``limit``), as
+    ``make_dataset`` maps them (``resolution``, ``resize_mode``); UserError when there are none."""
+    ds = make_dataset(data_dir, split, resolution=resolution, resize_mode=resize_mode,
+                      pixel_range=None, batch_size=batch_size, class_filter=class_filter,
+                      deterministic=True)
+    out, n = [], 0
+    for x, _ in ds:
+        out.append(x.numpy())
+        n += len(out[-1])
+        if limit is not None and n >= limit:
+            break
+    if not out:
+        what = "" if class_filter is None else f" (class {class_filter})"
+        raise UserError(f"{data_dir}: split {split!r}{what} is empty")
+    x = np.concatenate(out)
+    return x[:limit] if limit is not None else x
