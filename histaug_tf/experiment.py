@@ -51,8 +51,9 @@ flags.DEFINE_list("arms", ["baseline", "classic", "gan", "gan_filtered", "gan+cl
                   "--classic_augment), gan (real + synthetic), gan_filtered (real + the synthetic "
                   "patches the baseline classifier agrees with), gan+classic.")
 flags.DEFINE_list("full_data_arms", ["baseline"], "Arms of the fraction-1 cells (no GAN arms).")
-flags.DEFINE_string("classic_augment", "flips,hed_strong", "train_classifier --augment of the "
-                    "classic and gan+classic arms (docs/classifier.md).")
+flags.DEFINE_string("classic_augment", "flips,hed_light,hsv_light,bc",
+                    "train_classifier --augment of the classic and gan+classic arms "
+                    "(docs/classifier.md).")
 flags.DEFINE_float("filter_min_confidence", 0.5, "gan_filtered: generate --min_confidence.")
 flags.DEFINE_float("filter_max_draws", 4.0, "gan_filtered: generate --filter_max_draws.")
 flags.DEFINE_float("filter_min_kept", 0.5, "gan_filtered: generate --filter_min_kept (below it "

@@ -194,10 +194,10 @@ def test_table_from_cells_and_independent_delong(real, tmp_path, monkeypatch):
     # every arm of the cell trained on the same real subset, with the stain augmentation where due
     log = open(tmp_path / "log").read().splitlines()
     want = {"baseline": "augment=flips synthetic=None",
-            "classic": "augment=flips,hed_strong synthetic=None",
+            "classic": "augment=flips,hed_light,hsv_light,bc synthetic=None",
             "gan": "augment=flips synthetic=synthetic",
             "gan_filtered": "augment=flips synthetic=synthetic_filtered",
-            "gan_classic": "augment=flips,hed_strong synthetic=synthetic"}
+            "gan_classic": "augment=flips,hed_light,hsv_light,bc synthetic=synthetic"}
     for run, what in want.items():
         assert f"clf cells/toy/f0.1/s1/clf_{run} {what}" in log, (run, log)
     # the filtered set was asked of generate with the cell's baseline classifier

@@ -84,7 +84,7 @@ class StudyConfig:
     # arms (apps/arms.py): which classifiers each cell trains; at fraction 1 only full_data_arms
     arms: list = dataclasses.field(default_factory=lambda: list(ARM_ORDER))
     full_data_arms: list = dataclasses.field(default_factory=lambda: ["baseline"])
-    classic_augment: str = "flips,hed_strong"
+    classic_augment: str = "flips,hed_light,hsv_light,bc"
     filter_min_confidence: float = 0.5
     filter_max_draws: float = 4.0
     filter_min_kept: float = 0.5
