@@ -18,21 +18,31 @@ from absl import app, flags
 from histaug_tf.common import UserError, exit_now, run_main
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, ["pcam", "idc", "folder", "synthetic_tissue"], "Input format.")
+flags.DEFINE_enum("dataset", None, ["pcam", "idc", "folder", "table", "synthetic_tissue"],
+                  "Input format (table: a CSV path,label[,group][,split] given as --src).")
 flags.DEFINE_string("src", None, "Input directory (not needed for synthetic_tissue).")
 flags.DEFINE_string("out", None, "Output dataset directory (default tfrecords/<dataset>).")
 flags.DEFINE_enum("encoding", "png", ["png", "raw"], "Image encoding in the TFRecords.")
 flags.DEFINE_integer("shard_size", 4096, "Examples per shard.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 flags.DEFINE_integer("workers", None, "Encoder processes (default: number of cores; 0 = inline).")
-flags.DEFINE_string("split", "0.7,0.15,0.15", "idc/folder: train,valid,test fractions "
-                    "(idc: by patient; folder: by image, stratified by class).")
+flags.DEFINE_string("split", "0.7,0.15,0.15", "idc/folder/table: train,valid,test fractions "
+                    "(idc: by patient; folder/table: by group when groups are given, else by "
+                    "image; stratified by class).")
 flags.DEFINE_integer("split_seed", 0, "idc/folder: seed of the split.")
 flags.DEFINE_enum("undersized", "pad", ["pad", "drop"],
                   "idc/folder: patches smaller than the dataset size are padded (white) or dropped.")
 flags.DEFINE_bool("skip_bad", False, "idc/folder: skip bad files (class/folder mismatch, corrupt "
                   "images) instead of failing; each is listed in the manifest.")
-flags.DEFINE_list("label_names", None, "folder: class folder names in label order (default sorted).")
+flags.DEFINE_list("label_names", None, "folder/table: class names in label order (label 0, 1, "
+                  "...); with two classes this or --positive_class is required.")
+flags.DEFINE_string("positive_class", None, "folder/table: the class that gets label 1 (tumour) "
+                    "when there are two.")
+flags.DEFINE_enum("group_from", "none", ["none", "parent"], "folder: the group (slide/patient) "
+                  "of an image: parent = the folder holding it (<class>/<slide>/<patch>.png). "
+                  "Splits are then made by group.")
+flags.DEFINE_string("group_regex", None, "folder: a regex with one capture group applied to the "
+                    "image path below --src; the capture is its group.")
 flags.DEFINE_string("tmp_dir", None, "pcam: where .h5.gz files are decompressed "
                     "(default: a temporary folder inside --out, deleted after use).")
 flags.DEFINE_integer("num_train", 2000, "synthetic_tissue: train patches.")
@@ -70,10 +80,11 @@ def _convert(out):
     from histaug_tf.data.convert import convert
 
     kw = {}
-    if FLAGS.dataset in ("idc", "folder"):
+    if FLAGS.dataset in ("idc", "folder", "table"):
         kw.update(split=FLAGS.split, split_seed=FLAGS.split_seed, undersized=FLAGS.undersized)
-    if FLAGS.dataset == "folder":
-        kw.update(label_names=FLAGS.label_names)
+    if FLAGS.dataset in ("folder", "table"):
+        kw.update(label_names=FLAGS.label_names, positive_class=FLAGS.positive_class,
+                  group_from=FLAGS.group_from, group_regex=FLAGS.group_regex)
     if FLAGS.dataset == "synthetic_tissue":
         kw.update(num_train=FLAGS.num_train, num_valid=FLAGS.num_valid, num_test=FLAGS.num_test,
                   size=FLAGS.size, seed=FLAGS.seed, positive_fraction=FLAGS.positive_fraction)

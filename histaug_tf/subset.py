@@ -18,6 +18,9 @@ flags.DEFINE_string("out", None, "Output directory; subsets go to <out>/frac<f>/
 flags.DEFINE_string("split", "train", "Split to take subsets of.")
 flags.DEFINE_integer("shard_size", 4096, "Examples per shard of the subsets.")
 flags.DEFINE_bool("overwrite", False, "Replace existing subset directories.")
+flags.DEFINE_enum("by", "example", ["example", "group"], "example: stratified by class, example "
+                  "by example; group: whole groups (slides/patients) until the fraction of "
+                  "examples is reached.")
 flags.mark_flags_as_required(["src", "out"])
 
 
@@ -26,7 +29,7 @@ def main(argv):
     from histaug_tf.data.subsets import make_subsets
 
     res = make_subsets(FLAGS.src, ",".join(FLAGS.fractions), FLAGS.seed, FLAGS.out, split=FLAGS.split,
-                       overwrite=FLAGS.overwrite, shard_size=FLAGS.shard_size)
+                       overwrite=FLAGS.overwrite, shard_size=FLAGS.shard_size, by=FLAGS.by)
     for f, m in res.items():
         print(f"frac {f:g}: {FLAGS.split} {m['splits'][FLAGS.split]['num_examples']} "
               f"{m['splits'][FLAGS.split]['class_counts']}")

@@ -44,7 +44,7 @@ def test_subsets_stratified_nested_stable(tmp_path, parent):
         assert len(ks) == len(set(ks))
         idx = [int(k.split("/")[-1]) for k in ks]
         cc = np.bincount(labels[idx], minlength=2)
-        assert np.all(np.abs(cc - f * n) <= 1), (f, cc, f * n)
+        assert np.all(np.abs(cc - f * n) <= 0.5), (f, cc, f * n)  # rounded to nearest
         assert res[f]["splits"]["train"]["class_counts"] == cc.tolist()
         assert idx == sorted(idx)  # stored order kept
         subs[f] = set(ks)
@@ -55,6 +55,19 @@ def test_subsets_stratified_nested_stable(tmp_path, parent):
     other = make_subsets(src, "0.2", 1, str(tmp_path / "c"), quiet=True)
     assert set(keys_of(str(tmp_path / "c" / "frac0.2"))) != subs[0.2]
     assert other[0.2]["splits"]["train"]["class_counts"] == res[0.2]["splits"]["train"]["class_counts"]
+
+
+def test_counts_round_to_nearest(tmp_path, parent):
+    """round(f · n_c) per class, not the floor: fractions chosen so that some class's exact count
+    has a fractional part above one half."""
+    src, labels = parent
+    n = np.bincount(labels)
+    fractions = (0.05, 0.11, 0.37)
+    exact = np.outer(fractions, n)
+    assert (exact - np.floor(exact) > 0.5).any()  # otherwise floor and round would agree
+    res = make_subsets(src, fractions, 3, str(tmp_path / "r"), quiet=True)
+    for f, e in zip(fractions, exact):
+        assert res[f]["splits"]["train"]["class_counts"] == np.floor(e + 0.5).astype(int).tolist()
 
 
 def test_other_splits_referenced_and_parent_named(tmp_path, parent):

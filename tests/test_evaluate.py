@@ -179,6 +179,20 @@ def test_classification_metrics_against_loop():
     assert m["per_class"]["normal"]["recall"] == pytest.approx(tn / (tn + fp))
 
 
+def test_a_score_at_the_threshold_is_positive():
+    """The decision is prob >= threshold: f1_threshold returns a score of the data, so a score
+    exactly at the threshold is the normal case, and it must count as positive."""
+    y = np.array([0, 0, 1, 1, 0, 1])
+    prob = np.array([0.1, 0.5, 0.5, 0.9, 0.3, 0.7])
+    m = ev.classification_metrics(y, prob, threshold=0.5)
+    assert m["confusion_matrix"] == [[2, 1], [0, 3]]
+    t = ev.f1_threshold(y, prob)
+    assert t in prob
+    mt = ev.classification_metrics(y, prob, threshold=t)
+    pred = (prob >= t).astype(int)
+    assert mt["per_class"]["tumour"]["recall"] == pytest.approx(pred[y == 1].mean())
+
+
 @pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
 def test_f1_threshold_against_brute_force(seed, ties):
     """The chosen threshold gives the largest F1 over every possible decision, via sklearn."""

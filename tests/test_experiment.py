@@ -86,9 +86,16 @@ STUBS = textwrap.dedent('''
         p = 1 / (1 + np.exp(-(strength * (2 * y - 1) + rng.normal(size=200))))
         keys = np.array([f"k{i:03d}".encode() for i in range(200)])
         perm = rng.permutation(200)                  # runs may list the test set in any order
+        extra = {}
+        groups = None
+        if os.environ.get("STUB_GROUPS"):  # 20 patients of 10 patches each
+            groups = np.array([f"pat{i // 10}".encode() for i in range(200)])
+            y = (np.arange(200) // 10) % 2
+            p = 1 / (1 + np.exp(-(strength * (2 * y - 1) + rng.normal(size=200))))
+            extra["groups"] = groups[perm]
         save_npz_atomic(os.path.join(run_dir, "predictions.npz"), labels=y[perm],
-                            probs=p[perm], keys=keys[perm])
-        m = ev.evaluate_scores(y, p, n_boot=50)
+                            probs=p[perm], keys=keys[perm], **extra)
+        m = ev.evaluate_scores(y, p, n_boot=50, groups=groups)
         write_json_atomic(os.path.join(run_dir, "metrics.json"), m)
         return m
 
@@ -224,6 +231,36 @@ def test_slurm_array_cells_then_aggregate_only(real, tmp_path, monkeypatch):
     assert len(_read_csv(out / "results.csv")) == 2 * 5 + 2 and "| toy | 10 % | gan | 2 | 20 |" in md
     with pytest.raises(Exception, match="no finished cells"):
         study.run_study(_cfg(tmp_path / "empty", real, aggregate_only=True))
+
+
+def test_grouped_test_set_uses_the_cluster_bootstrap(real, tmp_path, monkeypatch):
+    """When the test patches carry groups, a cell's p-values are the paired cluster bootstrap's
+    (recomputed here from the two runs' predictions), with DeLong beside them."""
+    from histaug_tf.apps import experiment as study
+    from histaug_tf.classifier import evaluate as ev
+    from histaug_tf.classifier import train as ct
+    monkeypatch.setenv("STUB_GROUPS", "1")
+    _stubbed(monkeypatch)
+    out = tmp_path / "out"
+    md = study.run_study(_cfg(out, real, fractions=[0.5], seeds=[0], arms=["baseline", "gan"],
+                              tstr=False))
+    row = [r for r in _read_csv(out / "results.csv") if r["arm"] == "gan"][0]
+    cdir = out / "cells" / "toy" / "f0.5" / "s0"
+
+    def aligned(run):
+        y, p, k = ct.load_predictions(str(cdir / run))
+        g = ct.load_groups(str(cdir / run))
+        i = np.argsort(k)
+        return y[i], p[i], g[i]
+    y, pg, g = aligned("clf_gan")
+    _, pb, _ = aligned("clf_baseline")
+    want = ev.paired_cluster_bootstrap(y, pg, pb, g, n_boot=50, seed=0)
+    assert row["p_method"] == "paired cluster bootstrap"
+    assert float(row["p_vs_baseline"]) == pytest.approx(want["p_value"], rel=1e-12)
+    assert float(row["cluster_p_vs_baseline"]) == float(row["p_vs_baseline"])
+    assert float(row["delong_p_vs_baseline"]) == pytest.approx(ev.delong_test(y, pg, pb)["p_value"])
+    assert row["auc_cluster_lo"] and row["auc_cluster_hi"]
+    assert " cluster)" in md
 
 
 def test_a_new_arm_runs_only_that_arm(real, tmp_path, monkeypatch):

@@ -258,7 +258,7 @@ def test_16bit_scaled_and_alpha_composited_on_white(tmp_path):
     Image.fromarray(plain).save(src / "tumour" / "plain.png")
     out = tmp_path / "out"
     p = cli("prepare_data", "--dataset=folder", f"--src={src}", f"--out={out}", "--workers=0",
-            "--split=1,0,0")
+            "--split=1,0,0", "--label_names=normal,tumour")
     assert p.returncode == 0, p.stderr[-3000:]
     m = json.load(open(out / "manifest.json"))
     assert m["input_report"]["16bit_scaled_to_8bit"] == 1

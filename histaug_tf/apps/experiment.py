@@ -425,9 +425,12 @@ def _tumour(m: dict, label_names) -> dict:
 
 
 def _aligned_predictions(run_a: str, run_b: str):
-    from histaug_tf.classifier.train import load_predictions
+    """(labels, scores of a, scores of b, groups or None) of two runs' test predictions, in one
+    order (by key when they differ)."""
+    from histaug_tf.classifier.train import load_groups, load_predictions
     ya, pa, ka = load_predictions(run_a)
     yb, pb, kb = load_predictions(run_b)
+    ga = load_groups(run_a)
     if len(ka) != len(kb):
         raise UserError(f"{run_a}, {run_b}: test sets differ in size ({len(ka)} vs {len(kb)})")
     if not np.array_equal(ka, kb):
@@ -435,9 +438,10 @@ def _aligned_predictions(run_a: str, run_b: str):
         if not np.array_equal(ka[ia], kb[ib]):
             raise UserError(f"{run_a}, {run_b}: test sets hold different keys")
         ya, pa, yb, pb = ya[ia], pa[ia], yb[ib], pb[ib]
+        ga = None if ga is None else ga[ia]
     if not np.array_equal(ya, yb):
         raise UserError(f"{run_a}, {run_b}: test labels differ")
-    return ya, pa, pb
+    return ya, pa, pb, ga
 
 
 @dataclasses.dataclass
@@ -566,6 +570,8 @@ def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, see
            "n_train": int(tman["splits"]["train"]["num_examples"]),
            "train_class_counts": tman["splits"]["train"].get("class_counts"),
            "label_names": label_names, "dir": os.path.relpath(cdir, cfg.outdir),
+           "grouping": man.get("grouping"),
+           "positive_class": man.get("positive_class", label_names[-1]),
            "arms": {}, "refused": {}, "delong": {}}
     # Validation and test come from the full dataset (a subset's valid/test reference the parent's).
     cell = _Cell(cfg, cdir, seed, train_dir, sub_flags, dict(val_data=data_dir, test_data=data_dir),
@@ -611,9 +617,13 @@ def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, see
     for name in rec["arms"]:  # each arm against baseline and classic (DeLong, same test set)
         for ref in COMPARED_WITH:
             if ref != name and ref in rec["arms"]:
-                y, p_ref, p_arm = _aligned_predictions(
+                y, p_ref, p_arm, groups = _aligned_predictions(
                     os.path.join(cdir, ARMS[ref].run_dir), os.path.join(cdir, ARMS[name].run_dir))
-                rec["delong"].setdefault(name, {})[f"vs_{ref}"] = ev.delong_test(y, p_arm, p_ref)
+                test = ev.delong_test(y, p_arm, p_ref)
+                if ev.has_groups(groups):  # patches of a slide/patient are not independent
+                    test["cluster"] = ev.paired_cluster_bootstrap(y, p_arm, p_ref, groups,
+                                                                  n_boot=cfg.n_boot, seed=seed)
+                rec["delong"].setdefault(name, {})[f"vs_{ref}"] = test
     rec["seconds"] = round(time.time() - t0, 1)
     rec["flags"] = flags
     write_json_atomic(os.path.join(cdir, "cell.json"), rec)
@@ -622,7 +632,8 @@ def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, see
 
 def _summary(m: dict, label_names) -> dict:
     t = _tumour(m, label_names)
-    out = {"auc": m["auc"], "auc_ci": m["auc_ci"], "accuracy": m["accuracy"],
+    out = {"auc": m["auc"], "auc_ci": m["auc_ci"], "auc_ci_cluster": m.get("auc_ci_cluster"),
+           "accuracy": m["accuracy"],
            "balanced_accuracy": m["balanced_accuracy"], "tumour_precision": t["precision"],
            "tumour_recall": t["recall"], "tumour_f1": t["f1"], "best_epoch": m.get("best_epoch"),
            "epochs_run": m.get("epochs_run"), "train_seconds": m.get("train_seconds")}

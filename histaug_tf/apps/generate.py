@@ -431,6 +431,9 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
                    quiet=None if progress else True)
     with DatasetWriter(outdir, name, shape, encoding=encoding, label_names=label_names,
                        shard_size=shard_size, overwrite=overwrite, provenance=provenance) as w:
+        w.extra = {"grouping": "run"}
+        if len(label_names) == 2:
+            w.extra["positive_class"] = label_names[1]
         for c in classes:
             lname = label_names[c]
             if scorer is not None:

@@ -24,9 +24,11 @@ from histaug_tf.classifier import evaluate as ev
 from histaug_tf.common import UserError, write_text_atomic
 
 CSV_COLUMNS = ["dataset", "fraction", "seed", "arm", "auc", "auc_lo", "auc_hi", "n_train",
+               "auc_cluster_lo", "auc_cluster_hi",
                "delta_vs_baseline", "delta_vs_baseline_rel_pct", "delong_z_vs_baseline",
-               "delong_p_vs_baseline", "delta_vs_classic", "delong_z_vs_classic",
-               "delong_p_vs_classic", "tumour_precision", "tumour_recall", "tumour_f1",
+               "delong_p_vs_baseline", "cluster_p_vs_baseline", "delta_vs_classic",
+               "delong_z_vs_classic", "delong_p_vs_classic", "cluster_p_vs_classic",
+               "p_vs_baseline", "p_vs_classic", "p_method", "tumour_precision", "tumour_recall", "tumour_f1",
                "balanced_accuracy", "val_threshold", "tumour_f1_valthr",
                "effective_synthetic_ratio", "auc_tstr", "memorization_share",
                "filter_kept_fraction_min", "status", "train_seconds"]
@@ -79,7 +81,9 @@ def cell_rows(r: dict) -> list:
         if arm == "gan_filtered" and kept:
             row["filter_kept_fraction_min"] = min(kept)
         if m:
+            cl = m.get("auc_ci_cluster") or [None, None]
             row.update(auc=m["auc"], auc_lo=m["auc_ci"][0], auc_hi=m["auc_ci"][1],
+                       auc_cluster_lo=cl[0], auc_cluster_hi=cl[1],
                        tumour_precision=m["tumour_precision"], tumour_recall=m["tumour_recall"],
                        tumour_f1=m["tumour_f1"], balanced_accuracy=m["balanced_accuracy"],
                        val_threshold=m.get("val_threshold"),
@@ -93,6 +97,11 @@ def cell_rows(r: dict) -> list:
                     row[f"delta_vs_{ref}"] = m["auc"] - b["auc"]
                     row[f"delong_z_vs_{ref}"] = d["z"]
                     row[f"delong_p_vs_{ref}"] = d["p_value"]
+                    # the cell's p: the paired cluster bootstrap when the test set has groups
+                    cluster = d.get("cluster")
+                    row[f"cluster_p_vs_{ref}"] = cluster["p_value"] if cluster else None
+                    row[f"p_vs_{ref}"] = cluster["p_value"] if cluster else d["p_value"]
+                    row["p_method"] = ("paired cluster bootstrap" if cluster else "DeLong")
                     if ref == "baseline":
                         row["delta_vs_baseline_rel_pct"] = 100.0 * (m["auc"] - b["auc"]) / b["auc"]
         rows.append({c: row.get(c) for c in CSV_COLUMNS})
@@ -184,12 +193,30 @@ def gan_checks_markdown(recs: list) -> str:
             + "\n".join(out) + "\n")
 
 
+def datasets_markdown(recs: list) -> str:
+    """One line per dataset: its positive class and how its patches are grouped."""
+    seen, out = set(), []
+    for r in recs:
+        if r["dataset"] in seen:
+            continue
+        seen.add(r["dataset"])
+        grouping = r.get("grouping")
+        how = {None: "not recorded", "split": "none within a split (intervals resample patches)",
+               "none": "**none** — patches were split one by one, so patches of one slide or "
+                       "patient may be in train and test; intervals resample patches"}.get(
+            grouping, f"by {grouping} (intervals and per-cell p-values also resample groups)")
+        out.append(f"Dataset **{r['dataset']}**: positive class '{r.get('positive_class') or '?'}'"
+                   f"; groups: {how}.\n")
+    return "".join(out) + ("\n" if out else "")
+
+
 def results_markdown(rows: list, recs: list = ()) -> str:
     """The study table: per arm over seeds, the synthetic sets, then every cell × arm."""
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["fraction"]), []).append(r)
     out = io.StringIO()
+    out.write(datasets_markdown(list(recs)))
     out.write("**Arms** (each seed: its own subset, GAN and classifiers; every arm of a seed trains "
               "on the same real patches and is tested on the same test set). AUC: mean ± sd over "
               "seeds. Δ: arm − reference per seed, mean with its 95 % Student-t interval over "
@@ -197,8 +224,10 @@ def results_markdown(rows: list, recs: list = ()) -> str:
               "threshold that maximises it on the validation split.\n\n")
     out.write(arms_markdown(groups))
     out.write(gan_checks_markdown(list(recs)))
-    out.write("\nPer cell (95 % stratified bootstrap intervals; Δ with the DeLong test of that cell, "
-              "same test set; tumour-class precision / recall / F1 at threshold 0.5):\n\n")
+    out.write("\nPer cell (95 % stratified bootstrap intervals, and by group where the test set has "
+              "groups; Δ with that cell's p on the same test set: the DeLong test, or the paired "
+              "cluster bootstrap (marked 'cluster') when the test patches come in groups; "
+              "tumour-class precision / recall / F1 at threshold 0.5):\n\n")
     out.write("| dataset | data | seed | arm | AUC [95 % CI] | Δ vs baseline (DeLong p) "
               "| Δ vs classic (DeLong p) | tumour P/R/F1 |\n|---|---|---|---|---|---|---|---|\n")
     for r in rows:
@@ -207,8 +236,11 @@ def results_markdown(rows: list, recs: list = ()) -> str:
                       f"| {r['status']} | – | – | – |\n")
             continue
         ci = f"{r['auc']:.3f} [{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]"
+        if r["auc_cluster_lo"] is not None:
+            ci += f" (by group [{r['auc_cluster_lo']:.3f}, {r['auc_cluster_hi']:.3f}])"
+        mark = {"DeLong": "", "paired cluster bootstrap": " cluster", None: ""}[r["p_method"]]
         d = {ref: ("–" if r[f"delta_vs_{ref}"] is None
-                   else f"{r[f'delta_vs_{ref}']:+.3f} ({r[f'delong_p_vs_{ref}']:.3g})")
+                   else f"{r[f'delta_vs_{ref}']:+.3f} ({r[f'p_vs_{ref}']:.3g}{mark})")
              for ref in COMPARED_WITH}
         prf = "/".join(_fmt(r[f"tumour_{m}"], 2) for m in ("precision", "recall", "f1"))
         out.write(f"| {r['dataset']} | {r['fraction'] * 100:g} % | {r['seed']} | {r['arm']} "

@@ -132,6 +132,90 @@ def bootstrap_auc_ci(y, s, n_boot: int = 1000, alpha: float = 0.05, seed: int = 
     return float(lo), float(hi)
 
 
+# ----------------------------------------------------------------------------- cluster bootstrap
+#
+# Patches of one slide or patient are not independent: resampling patches treats 40 patches of
+# one patient as 40 pieces of evidence, so the interval is too narrow. The cluster bootstrap
+# resamples whole groups (with replacement, stratified by each group's majority class so every
+# replicate keeps both classes in proportion, as the patch bootstrap stratifies by class). A
+# replicate is a weight per patch (how often its group was drawn); its AUC is the weighted
+# Mann-Whitney statistic, ties counted 1/2 — the AUC of the concatenated resampled patches.
+
+def cluster_draws(y, groups, n_boot: int, seed: int = 0):
+    """(group index of each patch [n], draws [n_boot, G]: the groups drawn in each replicate)."""
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    names, gidx = np.unique(np.asarray(groups).reshape(-1), return_inverse=True)
+    if names.size != 0 and y.size != gidx.size:
+        raise ValueError("labels and groups differ in length")
+    major = np.array([np.bincount(y[gidx == g], minlength=2).argmax() for g in range(names.size)])
+    rng = np.random.default_rng(seed)
+    draws = []
+    for c in (0, 1):
+        members = np.flatnonzero(major == c)
+        if members.size:
+            draws.append(members[rng.integers(0, members.size, size=(n_boot, members.size))])
+    return gidx, np.concatenate(draws, axis=1)
+
+
+def _weighted_aucs(s, pos, w):
+    """AUC of each row of patch weights ``w`` [B, n] (Mann-Whitney, ties 1/2)."""
+    order = np.argsort(s, kind="mergesort")
+    ss, ps, ws = s[order], pos[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])      # blocks of equal scores
+    wp = np.add.reduceat(ws * ps, starts, axis=1)
+    wn = np.add.reduceat(ws * ~ps, starts, axis=1)
+    below = np.cumsum(wn, axis=1) - wn                            # negative weight strictly below
+    num = (wp * (below + 0.5 * wn)).sum(axis=1)
+    den = wp.sum(axis=1) * wn.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _group_weights(gidx, draws):
+    n_groups = int(gidx.max()) + 1
+    counts = np.zeros((draws.shape[0], n_groups))
+    np.add.at(counts, (np.arange(draws.shape[0])[:, None], draws), 1.0)
+    return counts[:, gidx]
+
+
+def cluster_bootstrap_aucs(y, s, groups, n_boot: int = 1000, seed: int = 0,
+                           chunk: int = 100) -> np.ndarray:
+    """AUCs of ``n_boot`` cluster bootstrap replicates (whole groups resampled)."""
+    y, s, pos = _check(y, s)
+    gidx, draws = cluster_draws(y, groups, n_boot, seed)
+    return np.concatenate([_weighted_aucs(s, pos, _group_weights(gidx, draws[i:i + chunk]))
+                           for i in range(0, n_boot, chunk)])
+
+
+def cluster_bootstrap_auc_ci(y, s, groups, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0):
+    """Percentile (1-alpha) interval of the AUC from the cluster bootstrap."""
+    a = cluster_bootstrap_aucs(y, s, groups, n_boot=n_boot, seed=seed)
+    lo, hi = np.nanquantile(a, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def paired_cluster_bootstrap(y, s1, s2, groups, n_boot: int = 1000, alpha: float = 0.05,
+                             seed: int = 0, chunk: int = 100) -> dict:
+    """Δ = AUC(s1) − AUC(s2) on one test set, both resampled with the same group draws: the
+    percentile interval of Δ and a two-sided p from z = Δ / sd(Δ*) (normal approximation, the
+    cluster analogue of DeLong's test)."""
+    y, s1, pos = _check(y, s1)
+    _, s2, _ = _check(y, s2)
+    gidx, draws = cluster_draws(y, groups, n_boot, seed)
+    deltas = []
+    for i in range(0, n_boot, chunk):
+        w = _group_weights(gidx, draws[i:i + chunk])
+        deltas.append(_weighted_aucs(s1, pos, w) - _weighted_aucs(s2, pos, w))
+    d = np.concatenate(deltas)
+    diff = roc_auc(y, s1) - roc_auc(y, s2)
+    sd = float(np.nanstd(d, ddof=1))
+    z = 0.0 if sd == 0 and diff == 0 else (float(np.sign(diff) * np.inf) if sd == 0 else diff / sd)
+    lo, hi = np.nanquantile(d, [alpha / 2, 1 - alpha / 2])
+    return {"delta": float(diff), "ci": [float(lo), float(hi)], "se": sd, "z": float(z),
+            "p_value": float(2 * stats.norm.sf(abs(z))), "n_groups": int(gidx.max()) + 1,
+            "n_boot": int(n_boot)}
+
+
 def classification_metrics(y, prob, threshold: float = 0.5, label_names=("normal", "tumour")) -> dict:
     """Metrics of the hard decision ``prob >= threshold`` (prob: probability of class 1)."""
     from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
@@ -177,8 +261,10 @@ def f1_threshold(y, prob) -> float:
 
 
 def evaluate_scores(y, prob, *, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
-                    alpha: float = 0.05, label_names=("normal", "tumour")) -> dict:
-    """Everything ``metrics.json`` reports for one classifier on one test set."""
+                    alpha: float = 0.05, label_names=("normal", "tumour"), groups=None) -> dict:
+    """Everything ``metrics.json`` reports for one classifier on one test set. With ``groups``
+    (the slide or patient of each patch) of at least two distinct values, also the cluster
+    bootstrap interval (``auc_ci_cluster``)."""
     y, s, _ = _check(y, prob)
     auc = roc_auc(y, s)
     lo, hi = bootstrap_auc_ci(y, s, n_boot=n_boot, alpha=alpha, seed=seed)
@@ -186,8 +272,19 @@ def evaluate_scores(y, prob, *, threshold: float = 0.5, n_boot: int = 1000, seed
     out = {"num_examples": int(y.size), "auc": auc, "auc_ci": [lo, hi],
            "auc_ci_method": f"stratified percentile bootstrap, {n_boot} replicates, {1 - alpha:.0%}",
            "auc_ci_delong": [dlo, dhi], "auc_se_delong": float(np.sqrt(delong_variance(y, s)))}
+    if groups is not None and has_groups(groups):
+        out["auc_ci_cluster"] = list(cluster_bootstrap_auc_ci(y, s, groups, n_boot=n_boot,
+                                                              alpha=alpha, seed=seed))
+        out["auc_ci_cluster_method"] = (f"cluster (group) percentile bootstrap, {n_boot} "
+                                        f"replicates, {1 - alpha:.0%}")
+        out["num_groups"] = int(np.unique(np.asarray(groups)).size)
     out.update(classification_metrics(y, s, threshold=threshold, label_names=label_names))
     return out
+
+
+def has_groups(groups) -> bool:
+    """Whether a test set's groups can carry a cluster bootstrap (two or more distinct groups)."""
+    return groups is not None and np.unique(np.asarray(groups)).size >= 2
 
 
 def plot_roc(path, curves, title: str = "ROC") -> None:

@@ -76,10 +76,11 @@ def _check_mapping(manifest: dict, data_dir: str, resolution, resize_mode: str) 
 
 
 def _unpack(elem):
-    """(images, labels, keys-or-None) from a pipeline element (tuple, or dict with_meta)."""
+    """(images, labels, keys-or-None, groups-or-None) from a pipeline element (tuple, or dict
+    with_meta)."""
     if isinstance(elem, dict):
-        return elem["image"], elem["label"], elem.get("key")
-    return elem[0], elem[1], None
+        return elem["image"], elem["label"], elem.get("key"), elem.get("group")
+    return elem[0], elem[1], None, None
 
 
 def _train_stream(data_dir, split, *, counts, balance, resolution, resize_mode, augment, seed,
@@ -171,8 +172,9 @@ def _eval_dataset(data_dir, split, *, resolution, resize_mode, batch_size):
                         with_meta=True)
 
 
-def predict_probs(model, dataset):
-    """Run ``model`` (logits) over a finite dataset; return (labels, probabilities, keys)."""
+def predict_probs(model, dataset, with_groups: bool = False):
+    """Run ``model`` (logits) over a finite dataset; return (labels, probabilities, keys) and,
+    ``with_groups``, the groups (slide/patient) as a fourth array."""
     import tensorflow as tf
 
     step = getattr(model, "_histaug_predict_step", None)
@@ -182,20 +184,27 @@ def predict_probs(model, dataset):
             return tf.sigmoid(tf.cast(model(x, training=False), tf.float32))[:, 0]
         model._histaug_predict_step = step
 
-    ys, ps, ks = [], [], []
+    ys, ps, ks, gs = [], [], [], []
     for elem in dataset:
-        x, y, k = _unpack(elem)
+        x, y, k, g = _unpack(elem)
         ps.append(step(x).numpy())
         ys.append(np.asarray(y).reshape(-1))
         if k is not None:
             ks.append(np.asarray(k).reshape(-1))
+        if g is not None:
+            gs.append(np.asarray(g).reshape(-1))
     if not ys:
         raise UserError("evaluation split is empty")
     if ks:
         keys = np.asarray([bytes(k) for k in np.concatenate(ks)], dtype="S")
     else:
         keys = np.arange(sum(len(y) for y in ys)).astype("S")
-    return np.concatenate(ys).astype(np.int64), np.concatenate(ps).astype(np.float64), keys
+    out = np.concatenate(ys).astype(np.int64), np.concatenate(ps).astype(np.float64), keys
+    if with_groups:
+        groups = (np.asarray([bytes(g) for g in np.concatenate(gs)], dtype="S") if gs
+                  else np.zeros(len(keys), "S1"))
+        return (*out, groups)
+    return out
 
 
 # ----------------------------------------------------------------------------- strategy
@@ -455,9 +464,9 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
     # ---- test
     test_ds = _eval_dataset(test_data, test_split, resolution=resolution, resize_mode=resize_mode,
                             batch_size=max(batch_size, 64))
-    yt, pt, kt = predict_probs(model, test_ds)
+    yt, pt, kt, gt = predict_probs(model, test_ds, with_groups=True)
     metrics = ev.evaluate_scores(yt, pt, threshold=threshold, n_boot=n_boot, seed=seed,
-                                 label_names=label_names)
+                                 label_names=label_names, groups=gt)
     if state.get("val_predictions") is not None:
         # The same hard-decision metrics at the threshold that maximises the tumour F1 on the
         # validation data (predictions of the kept epoch): 0.5 is arbitrary for a classifier
@@ -472,7 +481,8 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
                    num_real_train=n_real, arch=arch, seed=seed)
     if chief:
         write_json_atomic(os.path.join(out_dir, "history.json"), history)
-        save_npz_atomic(os.path.join(out_dir, "predictions.npz"), labels=yt, probs=pt, keys=kt)
+        save_npz_atomic(os.path.join(out_dir, "predictions.npz"), labels=yt, probs=pt, keys=kt,
+                        groups=gt)
         ev.plot_roc(os.path.join(out_dir, "roc.png"), [(arch, yt, pt)], title=os.path.basename(
             os.path.normpath(out_dir)))
         _write_test_summaries(os.path.join(out_dir, "tb", "test"), yt, pt, metrics,
@@ -518,6 +528,12 @@ def load_trained(run_dir: str):
         raise UserError(f"{weights}: not found")
     model = build_model(arch, shape, weights=weights, dropout=float(opts.get("dropout", 0.2)))
     return model, opts
+
+
+def load_groups(run_dir: str):
+    """The test patches' groups of a finished run (in ``load_predictions``' order), or None."""
+    with np.load(os.path.join(run_dir, "predictions.npz"), allow_pickle=False) as z:
+        return z["groups"] if "groups" in z.files else None
 
 
 def load_predictions(run_dir: str):

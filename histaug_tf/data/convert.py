@@ -19,7 +19,9 @@ from histaug_tf.common import Progress, UserError
 from histaug_tf.data import encode_worker
 from histaug_tf.data.writer import TMP_PREFIX, DatasetWriter
 
-DATASETS = ("pcam", "idc", "folder", "synthetic_tissue")
+DATASETS = ("pcam", "idc", "folder", "table", "synthetic_tissue")
+# What a record's group is, per source (folder/table sources say it themselves).
+GROUPING = {"pcam": "split", "idc": "patient", "synthetic_tissue": "split"}
 
 
 class SyntheticSource:
@@ -109,7 +111,8 @@ def run_jobs(jobs, handle, workers: int, max_inflight=None, start_timeout=300):
 
 def make_source(dataset, src=None, tmp_dir=None, split="0.7,0.15,0.15", split_seed=0,
                 undersized="pad", skip_bad=False, num_train=2000, num_valid=500, num_test=500,
-                size=64, seed=0, positive_fraction=0.5, label_names=None):
+                size=64, seed=0, positive_fraction=0.5, label_names=None, group_from="none",
+                group_regex=None, positive_class=None):
     from histaug_tf.data.idc import parse_fractions
 
     if dataset not in DATASETS:
@@ -122,10 +125,12 @@ def make_source(dataset, src=None, tmp_dir=None, split="0.7,0.15,0.15", split_se
     if dataset == "idc":
         from histaug_tf.data.idc import IdcSource
         return IdcSource(src, parse_fractions(split), split_seed, undersized, skip_bad)
-    if dataset == "folder":
+    if dataset in ("folder", "table"):
         from histaug_tf.data.folder import FolderSource
         return FolderSource(src, parse_fractions(split), split_seed, label_names,
-                            undersized if undersized in ("pad", "drop") else "error")
+                            undersized if undersized in ("pad", "drop") else "error",
+                            group_from=group_from, group_regex=group_regex,
+                            positive_class=positive_class, table=dataset == "table")
     return SyntheticSource({"train": num_train, "valid": num_valid, "test": num_test}, size, seed,
                            positive_fraction)
 
@@ -163,8 +168,8 @@ def convert(dataset, out, src=None, encoding="png", shard_size=None, overwrite=F
                     raise UserError(f"{path}: {problem}")
                 skipped.append({"file": os.path.relpath(path, src) if src else path, "problem": problem})
             notes.update(res["notes"])
-            for split, ser, label, key in res["records"]:
-                w.add_serialized(split, ser, label, key)
+            for split, ser, label, key, group in res["records"]:
+                w.add_serialized(split, ser, label, key, group)
             progress.update(len(res["records"]))
 
         try:
@@ -179,5 +184,6 @@ def convert(dataset, out, src=None, encoding="png", shard_size=None, overwrite=F
         if notes:
             report.update({k: int(v) for k, v in sorted(notes.items())})
         w.input_report = report
+        w.extra.update(getattr(source, "extra", None) or {"grouping": GROUPING.get(dataset)})
     progress.close()
     return w.manifest

@@ -3,7 +3,7 @@
 Kept free of TensorFlow (only NumPy, Pillow and ``schema``) so that the spawned workers start fast
 and stay small. A job is a plain tuple; ``process(job)`` returns a ``dict``:
 
-    {"records": [(split, serialized_example, label, key), ...],
+    {"records": [(split, serialized_example, label, key, group), ...],
      "errors":  [(path, problem), ...],          # bad inputs (the caller fails or skips them)
      "notes":   {"undersized_padded": n, "undersized_dropped": n}}
 
@@ -26,7 +26,7 @@ def _arrays(job):
     recs = []
     for img, lab, key, grp in zip(images, labels, keys, groups):
         ser = schema.make_example(schema.encode_image(img, encoding), int(lab), key, grp, source)
-        recs.append((split, ser, int(lab), key))
+        recs.append((split, ser, int(lab), key, grp))
     return {"records": recs, "errors": [], "notes": {}}
 
 
@@ -113,7 +113,7 @@ def _files(job):
                 errors.append((path, f"image is {iw}x{ih}, expected {w}x{h}"))
                 continue
         ser = schema.make_example(schema.encode_image(img, encoding), int(lab), key, grp, "real")
-        recs.append((split, ser, int(lab), key))
+        recs.append((split, ser, int(lab), key, grp))
     return {"records": recs, "errors": errors, "notes": notes}
 
 
@@ -125,7 +125,7 @@ def _synthetic(job):
     for split, seed, lab, key, grp in items:
         img = render_patch(seed, lab, size)
         recs.append((split, schema.make_example(schema.encode_image(img, encoding), lab, key, grp,
-                                                "real"), lab, key))
+                                                "real"), lab, key, grp))
     return {"records": recs, "errors": [], "notes": {}}
 
 

@@ -1,15 +1,34 @@
-"""Folder reader for users' own data: ``<src>/<class_name>/*.{png,jpg,jpeg,tif,tiff}``.
+"""Users' own patches: a folder tree (``--dataset=folder``) or a table (``--dataset=table``).
 
-Class names are sorted to give labels 0..K-1 (or taken in the order of ``label_names``); the map
-is written to the manifest (``label_names``, ``label_map``). If ``<src>`` holds ``train/``,
-``valid/`` and/or ``test/`` each with class folders, those splits are used as they are; otherwise
-images are split at random, stratified by class (``--split``, ``--split_seed``). All images must
-have the size of the first one (``--undersized=pad`` pads smaller ones with white). Example key
-``folder/<path below src without extension>`` (e.g. ``folder/tumour/a12``), group = split name.
+**Folder**: ``<src>/<class_name>/[<slide or patient>/...]/*.{png,jpg,jpeg,tif,tiff}``; if ``<src>``
+holds ``train/``, ``valid/`` and/or ``test/`` each with class folders, those splits are kept as
+they are. **Table**: a CSV with the columns ``path,label[,group][,split]`` (header required;
+paths relative to the CSV's directory, labels are class names). Example key
+``folder/<path below src without extension>`` (the table: below the CSV's directory).
+
+**Groups** (the unit that must never straddle splits: a slide or a patient): ``group_from=
+'parent'`` takes the directory that holds the image (``<class>/<slide>/<patch>.png``), a
+``group_regex`` with one capture group takes the capture from the image's path below ``src``
+(``/`` separators), a table takes its ``group`` column. Splits are then made by group: the groups
+are stratified by their majority class, shuffled with ``split_seed``, and each goes to the split
+in which the middle of its patches falls when the stratum's groups are laid end to end
+(``split_groups``), so the example fractions come out close to ``fractions`` while no group is
+cut. Without any group information the images are split one by one (stratified by class), a
+warning says so once, and the manifest records ``"grouping": "none"``. Pre-split folders and a
+table's ``split`` column are kept as given, but a group found in two of them is refused.
+
+**Classes**: ``label_names`` fixes the order (label 0, 1, ...). With two classes and no order, the
+conversion refuses in one line naming the classes found, unless ``positive_class`` names the one
+that gets label 1: sorted folder names would otherwise decide which class every tumour metric is
+about (``IDC``/``non-IDC`` sorts ``non-IDC`` last). The manifest records ``positive_class``.
+All images must have the size of the first one (``--undersized=pad`` pads smaller ones with white).
 """
 from __future__ import annotations
 
+import csv
+import logging
 import os
+import re
 
 import numpy as np
 
@@ -17,6 +36,7 @@ from histaug_tf.common import UserError
 from histaug_tf.data.idc import SPLIT_NAMES
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+GROUP_FROM = ("none", "parent")
 
 
 def _class_files(d, src, ignored):
@@ -39,60 +59,187 @@ def _class_files(d, src, ignored):
     return out
 
 
+def resolve_classes(found, label_names, positive_class, where) -> list:
+    """The label order: ``label_names``, or for two classes the one not ``positive_class`` first;
+    refuses two classes without either (one line listing them), and names not found."""
+    found = sorted(found)
+    if label_names:
+        names = [str(n) for n in label_names]
+        unknown = sorted(set(found) - set(names))
+        if unknown:
+            raise UserError(f"{where}: classes {unknown} not in --label_names={','.join(names)}")
+        if len(set(names)) != len(names):
+            raise UserError(f"--label_names={','.join(names)}: a name is repeated")
+        if positive_class and (len(names) != 2 or names[1] != positive_class):
+            raise UserError(f"--positive_class={positive_class} disagrees with --label_names="
+                            f"{','.join(names)} (the positive class is the second name)")
+        return names
+    if len(found) < 2:
+        raise UserError(f"{where}: found {len(found)} class(es) {found}; need at least 2")
+    if positive_class:
+        if positive_class not in found:
+            raise UserError(f"{where}: --positive_class={positive_class} is not one of the classes "
+                            f"found {found}")
+        if len(found) != 2:
+            raise UserError(f"{where}: --positive_class needs two classes, found {found}; give "
+                            "--label_names")
+        return [c for c in found if c != positive_class] + [positive_class]
+    if len(found) == 2:
+        raise UserError(f"{where}: two classes {found} and no order: say which is the positive "
+                        f"(tumour) class with --positive_class=<name>, or give "
+                        f"--label_names=<negative>,<positive> (e.g. --label_names={found[0]},"
+                        f"{found[1]})")
+    return found
+
+
+def split_groups(group_labels: dict, fractions, seed) -> dict:
+    """{group: split} for ``group_labels`` = {group: [labels of its patches]} (see the module
+    docstring): per majority class, groups shuffled and laid end to end; a group goes to the
+    split whose share of the stratum holds the middle of its patches."""
+    bounds = np.cumsum(np.asarray(fractions, np.float64))
+    strata: dict = {}
+    for g in sorted(group_labels):
+        labels = np.asarray(group_labels[g], np.int64)
+        strata.setdefault(int(np.bincount(labels).argmax()), []).append((g, len(labels)))
+    out = {}
+    for c, groups in sorted(strata.items()):
+        rng = np.random.default_rng([int(seed), c])
+        order = [groups[i] for i in rng.permutation(len(groups))]
+        total = float(sum(n for _, n in order))
+        cum = 0.0
+        for g, n in order:
+            mid = (cum + n / 2.0) / total
+            i = int(np.searchsorted(bounds, mid, side="right"))
+            out[g] = SPLIT_NAMES[min(i, len(SPLIT_NAMES) - 1)]
+            cum += n
+    return out
+
+
+def _split_items(items, fractions, rng):
+    """Split (class, path) items one by one, stratified by class (no groups)."""
+    by_split = {s: [] for s in SPLIT_NAMES}
+    classes = sorted({c for c, _ in items})
+    for c in classes:
+        paths = [p for cc, p in items if cc == c]
+        perm = rng.permutation(len(paths))
+        n = len(paths)
+        cuts = np.round(np.cumsum(fractions) * n).astype(int)
+        b = [0, cuts[0], cuts[1], n]
+        for si, s in enumerate(SPLIT_NAMES):
+            by_split[s] += [(c, paths[j]) for j in perm[b[si]:b[si + 1]]]
+    return by_split
+
+
 class FolderSource:
+    """``--dataset=folder`` (``table=None``) or ``--dataset=table`` (``src`` the CSV)."""
     name = "folder"
 
     def __init__(self, src, fractions=(0.7, 0.15, 0.15), split_seed=0, label_names=None,
-                 undersized="error", chunk=256, name=None):
+                 undersized="error", chunk=256, name=None, group_from="none", group_regex=None,
+                 positive_class=None, table=False):
         from histaug_tf.data.encode_worker import load_image_file
 
-        if not os.path.isdir(src):
-            raise UserError(f"{src}: --src directory does not exist")
-        self.name = name or "folder"
         self.chunk = chunk
         self.undersized = undersized
-        ignored = []
-        pre_split = [s for s in SPLIT_NAMES if os.path.isdir(os.path.join(src, s))]
-        if pre_split:
-            per_split = {s: _class_files(os.path.join(src, s), src, ignored) for s in pre_split}
-            classes = sorted({c for d in per_split.values() for c in d})
+        self.name = name or ("table" if table else "folder")
+        ignored, bad_rows = [], []
+        if group_from not in GROUP_FROM:
+            raise UserError(f"--group_from={group_from}: expected one of {', '.join(GROUP_FROM)}")
+        rx = None
+        if group_regex:
+            try:
+                rx = re.compile(group_regex)
+            except re.error as e:
+                raise UserError(f"--group_regex={group_regex}: {e}") from None
+            if rx.groups != 1:
+                raise UserError(f"--group_regex={group_regex}: needs exactly one capture group, "
+                                f"has {rx.groups}")
+            if group_from != "none":
+                raise UserError("give --group_from or --group_regex, not both")
+        if table:
+            root, rows = self._read_table(src, bad_rows)
+            given_split = {p: s for _, p, _, s in rows if s}
         else:
-            per_class = _class_files(src, src, ignored)
-            classes = sorted(per_class)
-        if label_names:
-            unknown = sorted(set(classes) - set(label_names))
-            if unknown:
-                raise UserError(f"{src}: class folders {unknown} not in --label_names={','.join(label_names)}")
-            classes = list(label_names)
-        if len(classes) < 2:
-            raise UserError(f"{src}: found {len(classes)} class folder(s) {classes}; need at least 2")
+            if not os.path.isdir(src):
+                raise UserError(f"{src}: --src directory does not exist")
+            root = src
+            pre = [s for s in SPLIT_NAMES if os.path.isdir(os.path.join(src, s))]
+            rows = []
+            if pre:
+                for s in pre:
+                    for c, paths in _class_files(os.path.join(src, s), src, ignored).items():
+                        rows += [(c, p, None, s) for p in paths]
+            else:
+                for c, paths in _class_files(src, src, ignored).items():
+                    rows += [(c, p, None, None) for p in paths]
+            given_split = {p: s for _, p, _, s in rows if s}
+        where = src
+        classes = resolve_classes({c for c, _, _, _ in rows}, label_names, positive_class, where)
         self.label_names = tuple(classes)
         lab = {c: i for i, c in enumerate(classes)}
-        rng = np.random.default_rng(split_seed)
-        self.by_split = {}
-        if pre_split:
-            for s in pre_split:
-                items = [(c, p) for c in sorted(per_split[s]) for p in per_split[s][c]]
-                self.by_split[s] = [items[i] for i in rng.permutation(len(items))]
+        if not rows:
+            raise UserError(f"{src}: no images ({', '.join(EXTENSIONS)}) found")
+
+        # ---- groups
+        def group_of(cname, path, col):
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if col:
+                return col
+            if rx is not None:
+                m = rx.search(rel)
+                if not m or not m.group(1):
+                    raise UserError(f"{path}: --group_regex={group_regex} does not match its path "
+                                    f"{rel!r}")
+                return m.group(1)
+            if group_from == "parent":
+                parent = os.path.basename(os.path.dirname(path))
+                if parent == cname:
+                    raise UserError(f"{path}: --group_from=parent, but the image lies directly in "
+                                    f"the class folder {cname!r} (expected <class>/<group>/<image>)")
+                return parent
+            return None
+        groups = {p: group_of(c, p, col) for c, p, col, _ in rows}
+        if table and any(g is None for g in groups.values()) and any(groups.values()):
+            missing = next(p for p, g in groups.items() if g is None)
+            raise UserError(f"{src}: row of {missing} has no group while others have one")
+        grouped = all(g is not None for g in groups.values())
+        if grouped:
+            self.grouping = ("table column 'group'" if table and not rx and group_from == "none"
+                             else f"regex {group_regex}" if rx else "parent folder")
         else:
-            self.by_split = {s: [] for s in SPLIT_NAMES}
-            for c in classes:
-                paths = per_class.get(c, [])
-                perm = rng.permutation(len(paths))
-                n = len(paths)
-                cuts = np.round(np.cumsum(fractions) * n).astype(int)
-                bounds = [0, cuts[0], cuts[1], n]
-                for si, s in enumerate(SPLIT_NAMES):
-                    self.by_split[s] += [(c, paths[j]) for j in perm[bounds[si]:bounds[si + 1]]]
-            for s in SPLIT_NAMES:
-                lst = self.by_split[s]
-                self.by_split[s] = [lst[i] for i in rng.permutation(len(lst))]
-            self.by_split = {s: v for s, v in self.by_split.items() if v}
-        self.items = {s: [(s, p, lab[c], self._key(src, c, p), s) for c, p in v]
+            self.grouping = "none"
+            logging.warning("%s: no groups (slide or patient) given: patches are split one by "
+                            "one, so patches of one slide can land in train and test; give "
+                            "--group_from=parent or --group_regex (docs/data.md)", src)
+        rng = np.random.default_rng(split_seed)
+        if given_split:
+            if len(given_split) != len(rows):
+                raise UserError(f"{src}: some rows give a split and others do not")
+            by_split = {}
+            for c, p, _, s in rows:
+                by_split.setdefault(s, []).append((c, p))
+            if grouped:
+                where_g = {}
+                for c, p, _, s in rows:
+                    g = groups[p]
+                    if where_g.setdefault(g, s) != s:
+                        raise UserError(f"{src}: group {g!r} is in splits {where_g[g]!r} and {s!r} "
+                                        "(patches of one group must stay in one split)")
+        elif grouped:
+            gl: dict = {}
+            for c, p, _, _ in rows:
+                gl.setdefault(groups[p], []).append(lab[c])
+            assign = split_groups(gl, fractions, split_seed)
+            by_split = {s: [] for s in SPLIT_NAMES}
+            for c, p, _, _ in rows:
+                by_split[assign[groups[p]]].append((c, p))
+        else:
+            by_split = _split_items([(c, p) for c, p, _, _ in rows], fractions, rng)
+        self.by_split = {s: [v[i] for i in rng.permutation(len(v))] for s, v in by_split.items() if v}
+        self.items = {s: [(s, p, lab[c], self._key(root, p),
+                           groups[p] if grouped else s) for c, p in v]
                       for s, v in self.by_split.items()}
         first = next((v[0][1] for v in self.items.values() if v), None)
-        if first is None:
-            raise UserError(f"{src}: no images ({', '.join(EXTENSIONS)}) in class folders")
         try:
             self.image_shape = load_image_file(first).shape
         except ValueError as e:
@@ -103,12 +250,54 @@ class FolderSource:
             raise UserError(f"{src}: two files give the same key {dup} (same name, different extension?)")
         self.total = len(keys)
         self.report = {"ignored": {"count": len(ignored), "paths": ignored[:200]},
-                       "label_map": lab, "pre_split": bool(pre_split)}
-        self.provenance = {"source": "folder", "src": os.path.abspath(src),
-                           "split": None if pre_split else list(fractions), "split_seed": split_seed}
+                       "label_map": lab, "pre_split": bool(given_split), "grouping": self.grouping}
+        if table:
+            self.report["bad_rows"] = {"count": len(bad_rows), "rows": bad_rows[:200]}
+        if grouped:
+            self.report["groups_per_split"] = {s: len({it[4] for it in v})
+                                               for s, v in self.items.items()}
+        self.extra = {"grouping": self.grouping}
+        if len(classes) == 2:
+            self.extra["positive_class"] = classes[1]
+        self.provenance = {"source": "table" if table else "folder", "src": os.path.abspath(src),
+                           "split": None if given_split else list(fractions),
+                           "split_seed": split_seed, "grouping": self.grouping}
 
     @staticmethod
-    def _key(src, cname, path):
+    def _read_table(path, bad_rows):
+        """(root, [(label name, abs path, group or None, split or None)]) of a CSV table."""
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: --src table (CSV) not found")
+        root = os.path.dirname(os.path.abspath(path))
+        rows = []
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                cols = [c.strip() for c in (reader.fieldnames or [])]
+                for need in ("path", "label"):
+                    if need not in cols:
+                        raise UserError(f"{path}: no {need!r} column (header: {','.join(cols)}; "
+                                        "expected path,label[,group][,split])")
+                for i, r in enumerate(reader, start=2):
+                    r = {(k or "").strip(): (v or "").strip() for k, v in r.items()
+                         if isinstance(v, str)}
+                    if not r.get("path") or not r.get("label"):
+                        bad_rows.append({"line": i, "problem": "empty path or label"})
+                        continue
+                    split = r.get("split") or None
+                    if split is not None and split not in SPLIT_NAMES:
+                        raise UserError(f"{path}:{i}: split {split!r} is not one of "
+                                        f"{', '.join(SPLIT_NAMES)}")
+                    p = os.path.normpath(os.path.join(root, r["path"]))
+                    if not os.path.isfile(p):
+                        raise UserError(f"{path}:{i}: image {r['path']} not found ({p})")
+                    rows.append((r["label"], p, r.get("group") or None, split))
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise UserError(f"{path}: unreadable table ({e})") from None
+        return root, rows
+
+    @staticmethod
+    def _key(src, path):
         rel = os.path.splitext(os.path.relpath(path, src))[0].replace(os.sep, "/")
         return f"folder/{rel}"
 

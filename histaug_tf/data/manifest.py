@@ -97,8 +97,24 @@ def load_manifest(data_dir: str, check: str = "size") -> dict:
         if total != info["num_examples"]:
             raise UserError(f"{path}: split '{split}' shards hold {total} examples, "
                             f"num_examples says {info['num_examples']}")
+    check_groups(m, path)
     m["data_dir"] = os.path.abspath(data_dir)
     return m
+
+
+def check_groups(m: dict, where: str) -> None:
+    """No group (patient, slide, run ...) in two splits of a manifest that lists its groups."""
+    groups = m.get("groups")
+    if not isinstance(groups, dict):
+        return
+    seen: dict = {}
+    for split in sorted(groups):
+        for g in groups[split]:
+            if g in seen and seen[g] != split:
+                raise UserError(f"{where}: group {g!r} is in splits {seen[g]!r} and {split!r} "
+                                f"(patches of one {m.get('grouping', 'group')} must stay in one "
+                                "split)")
+            seen[g] = split
 
 
 def count_records(path: str) -> int:

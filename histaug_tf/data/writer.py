@@ -131,6 +131,7 @@ class DatasetWriter:
         self.input_report = {}
         self.extra = {}
         self.referenced_splits = {}
+        self._groups: dict[str, set] = {}      # split -> groups written (manifest "groups")
         self._splits: dict[str, _SplitState] = {}
         self._keys = set() if check_keys else None
         self._created = False
@@ -161,10 +162,12 @@ class DatasetWriter:
 
     def add_encoded(self, split, image_bytes, label, key, group, source="real"):
         self.add_serialized(split, schema.make_example(image_bytes, label, key, group, source),
-                            label, key)
+                            label, key, group)
 
-    def add_serialized(self, split, serialized: bytes, label: int, key=None):
-        """Write an already-serialized example (its ``label`` and ``key`` given for the books)."""
+    def add_serialized(self, split, serialized: bytes, label: int, key=None, group=None):
+        """Write an already-serialized example (its ``label``, ``key`` and ``group`` given for the
+        books: the manifest lists each split's groups, so that a reader can check that no group
+        straddles two splits)."""
         if not self._open:
             raise RuntimeError("DatasetWriter used outside its `with` block")
         label = int(label)
@@ -182,15 +185,21 @@ class DatasetWriter:
         if st.writer is None:
             self._open_shard(split, st)
         st.writer.write(serialized)
+        if group is not None:
+            self._groups.setdefault(split, set()).add(group.decode() if isinstance(group, bytes)
+                                                      else str(group))
         st.count += 1
         st.class_counts[label] += 1
         if st.count >= self.shard_size:
             self._close_shard(st)
 
-    def reference_split(self, split, split_info: dict, parent_dir: str):
-        """Record a split whose shards live in another dataset (``parent_dir``), without copying."""
+    def reference_split(self, split, split_info: dict, parent_dir: str, groups=None):
+        """Record a split whose shards live in another dataset (``parent_dir``), without copying
+        (``groups``: the parent's list of that split's groups, if it has one)."""
         if split in self._splits:
             raise ValueError(f"split {split!r} already written")
+        if groups is not None:
+            self._groups[split] = set(groups)
         shards = []
         for sh in split_info["shards"]:
             abs_p = os.path.normpath(os.path.join(os.path.abspath(parent_dir), sh["file"]))
@@ -256,6 +265,8 @@ class DatasetWriter:
                                    .isoformat(timespec="seconds")),
                 "input_report": self.input_report,
             }
+            if self._groups:
+                manifest["groups"] = {sp: sorted(g) for sp, g in self._groups.items()}
             manifest.update(self.extra)
             tmp = os.path.join(self.out_dir, TMP_PREFIX + MANIFEST_NAME)
             with open(tmp, "w", encoding="utf-8") as f:
