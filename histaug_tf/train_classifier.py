@@ -45,6 +45,8 @@ flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 (GPUs).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
 flags.DEFINE_integer("n_boot", 1000, "Bootstrap replicates for the AUC interval.")
 flags.DEFINE_float("threshold", 0.5, "Decision threshold on P(class 1) for accuracy/P/R/F1.")
+flags.DEFINE_float("fixed_specificity", 0.9, "Also report test sensitivity/specificity at the "
+                   "threshold that reaches this specificity on the validation split.")
 flags.DEFINE_boolean("overwrite", False, "Redo a finished run.")
 flags.DEFINE_boolean("verify", False, "Check every input shard's sha256 against its manifest "
                      "before training (reads every shard once).")
@@ -65,7 +67,7 @@ def main(argv):
         weight_decay=f.weight_decay, dropout=f.dropout, patience=f.patience, balance=f.balance,
         augment=f.augment, seed=f.seed, strategy=f.strategy, mixed_precision=f.mixed_precision,
         jit_compile=f.jit_compile, n_boot=f.n_boot, threshold=f.threshold, overwrite=f.overwrite,
-        verify=f.verify)
+        verify=f.verify, fixed_specificity=f.fixed_specificity)
 
 
 if __name__ == "__main__":

@@ -282,6 +282,82 @@ def evaluate_scores(y, prob, *, threshold: float = 0.5, n_boot: int = 1000, seed
     return out
 
 
+# ----------------------------------------------------------------------------- calibration
+
+ECE_BINS = 10
+
+
+def calibration(y, prob, n_bins: int = ECE_BINS) -> dict:
+    """Brier score and expected calibration error of P(class 1).
+
+    ECE: ``n_bins`` equal-width bins of the predicted probability ([0, 1/B], (1/B, 2/B], ...,
+    ((B−1)/B, 1]); ECE = Σ_b (n_b / N) · |observed frequency of class 1 in b − mean prediction in
+    b|. ``bins`` lists each non-empty bin (its range, count, mean prediction, observed frequency)
+    for a reliability diagram."""
+    y = np.asarray(y).reshape(-1).astype(np.float64)
+    p = np.asarray(prob, dtype=np.float64).reshape(-1)
+    idx = np.clip(np.ceil(p * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        m = idx == b
+        if not m.any():
+            continue
+        conf, freq = float(p[m].mean()), float(y[m].mean())
+        ece += m.sum() / y.size * abs(freq - conf)
+        bins.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "count": int(m.sum()),
+                     "mean_prediction": conf, "observed_frequency": freq})
+    return {"brier": float(np.mean((p - y) ** 2)), "ece": float(ece),
+            "ece_bins": f"{n_bins} equal-width bins of P(positive), weighted by count",
+            "bins": bins}
+
+
+def operating_point(y, prob, threshold: float) -> dict:
+    """Sensitivity and specificity of the decision prob >= threshold."""
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    pred = np.asarray(prob, dtype=np.float64).reshape(-1) >= threshold
+    pos, neg = y == 1, y == 0
+    return {"threshold": float(threshold),
+            "sensitivity": float(pred[pos].mean()) if pos.any() else float("nan"),
+            "specificity": float((~pred[neg]).mean()) if neg.any() else float("nan")}
+
+
+def threshold_for_specificity(y, prob, specificity: float) -> float:
+    """The smallest threshold (a score of the data, or +inf) whose specificity on (y, prob) is at
+    least ``specificity``: the most sensitive decision that keeps it."""
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    p = np.asarray(prob, dtype=np.float64).reshape(-1)
+    neg = np.sort(p[y == 0])
+    if neg.size == 0:
+        return float(np.min(p)) if p.size else 0.5
+    cands = np.unique(np.r_[p, np.inf])
+    spec = np.searchsorted(neg, cands, side="left") / neg.size   # share of negatives below t
+    return float(cands[np.flatnonzero(spec >= specificity - 1e-12)[0]])
+
+
+def plot_reliability(path, curves, n_bins: int = ECE_BINS, title: str = "Reliability") -> None:
+    """Reliability diagram: observed frequency of class 1 against mean prediction per bin, one
+    line per ``(name, y, prob)``, with the diagonal; written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    for name, y, p in curves:
+        c = calibration(y, p, n_bins)
+        xs = [b["mean_prediction"] for b in c["bins"]]
+        ys = [b["observed_frequency"] for b in c["bins"]]
+        ax.plot(xs, ys, "o-", ms=3, label=f"{name} (ECE {c['ece']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted P(positive)")
+    ax.set_ylabel("observed frequency of positive")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    _save_fig_atomic(fig, path)
+    plt.close(fig)
+
+
 def has_groups(groups) -> bool:
     """Whether a test set's groups can carry a cluster bootstrap (two or more distinct groups)."""
     return groups is not None and np.unique(np.asarray(groups)).size >= 2

@@ -133,3 +133,61 @@ def build_model(arch: str = "small_cnn", image_shape=(32, 32, 3), weights: str =
             raise UserError(f"{wpath}: cannot load as weights for --arch={arch}: "
                             f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     return model
+
+
+# ----------------------------------------------------------------------------- export
+
+def _core_preprocess(mode: str):
+    """Core Keras layers equal to ``BackbonePreprocess(mode)`` (so an exported model needs no
+    histaug_tf code to load): [-1, 1] in, the backbone's convention out."""
+    import numpy as np
+    if mode == "tf":
+        return []
+    to255 = layers.Rescaling(127.5, offset=127.5, name="to_0_255")
+    if mode == "raw":
+        return [to255]
+    if mode == "torch":
+        mean = np.asarray(BackbonePreprocess._MEAN_TORCH, np.float32)
+        std = np.asarray(BackbonePreprocess._STD_TORCH, np.float32)
+        return [layers.Rescaling(0.5, offset=0.5, name="to_0_1"),
+                layers.Normalization(mean=mean, variance=std ** 2, name="imagenet_norm")]
+    # caffe: RGB -> BGR (a permutation, exact in float) minus the ImageNet means
+    perm = layers.Dense(3, use_bias=True, trainable=False, name="rgb_to_bgr_minus_mean")
+    perm.build((None, 3))
+    perm.set_weights([np.eye(3, dtype=np.float32)[:, ::-1],
+                      -np.asarray(BackbonePreprocess._MEAN_CAFFE_BGR, np.float32)])
+    return [to255, perm]
+
+
+def export_model(model: keras.Model, stored_shape, resize_mode: str = "crop") -> keras.Model:
+    """The trained classifier as one self-contained model for inference: uint8 RGB images at the
+    dataset's stored size in, P(positive class) out ([N, 1], float32). The input mapping of the
+    data pipeline (centre crop, white pad or antialiased bilinear resize to the training size,
+    then [-1, 1]) is inside, built from core Keras layers only, so ``keras.models.load_model``
+    loads it without histaug_tf. Shares the weights of ``model`` (a linear chain of layers)."""
+    sh, sw, c = (int(v) for v in stored_shape)
+    dh, dw = (int(v) for v in model.input_shape[1:3])
+    inp = keras.Input((sh, sw, c), dtype="uint8", name="image_uint8")
+    x = layers.Rescaling(1.0, name="to_float")(inp)
+    if (sh, sw) != (dh, dw):
+        if resize_mode == "crop":
+            oy, ox = (sh - dh) // 2, (sw - dw) // 2
+            x = layers.Cropping2D(((oy, sh - dh - oy), (ox, sw - dw - ox)), name="centre_crop")(x)
+        elif resize_mode == "pad":
+            py, px = dh - sh, dw - sw
+            x = layers.Rescaling(1.0, offset=-255.0, name="white_to_zero")(x)
+            x = layers.ZeroPadding2D(((py // 2, py - py // 2), (px // 2, px - px // 2)),
+                                     name="centre_pad")(x)
+            x = layers.Rescaling(1.0, offset=255.0, name="zero_to_white")(x)
+        else:
+            x = layers.Resizing(dh, dw, interpolation="bilinear", antialias=True,
+                                name="resize")(x)
+    x = layers.Rescaling(2.0 / 255.0, offset=-1.0, name="to_minus1_1")(x)
+    for layer in model.layers[1:]:
+        if isinstance(layer, BackbonePreprocess):
+            for core in _core_preprocess(layer.mode):
+                x = core(x)
+        else:
+            x = layer(x)
+    prob = layers.Activation("sigmoid", dtype="float32", name="p_positive")(x)
+    return keras.Model(inp, prob, name=f"{model.name}_inference")

@@ -268,7 +268,8 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
                      strategy: str = "auto", mixed_precision: bool = False,
                      jit_compile: str = "auto", n_boot: int = 1000, threshold: float = 0.5,
                      shuffle_buffer: int = 2048, overwrite: bool = False,
-                     verify: bool = False, verbose: bool = True) -> dict:
+                     verify: bool = False, verbose: bool = True,
+                     fixed_specificity: float = 0.9) -> dict:
     """Train, keep the best-validation-AUC weights, evaluate on the test split. Returns metrics.
 
     Every input (manifests, splits, label names against the training set's, image shapes) is
@@ -286,7 +287,8 @@ def train_classifier(out_dir: str, train_data: str, *, synthetic_data: str | Non
             weight_decay=weight_decay, dropout=dropout, patience=patience, balance=balance,
             augment=augment, seed=seed, strategy=strategy, mixed_precision=mixed_precision,
             jit_compile=jit_compile, n_boot=n_boot, threshold=threshold,
-            shuffle_buffer=shuffle_buffer, overwrite=overwrite, verify=verify, verbose=verbose)
+            shuffle_buffer=shuffle_buffer, overwrite=overwrite, verify=verify, verbose=verbose,
+            fixed_specificity=fixed_specificity)
     except Exception as e:  # noqa: BLE001 - only read errors are translated, the rest re-raised
         from histaug_tf.data.manifest import explain_read_error, is_read_error
         if is_read_error(e):
@@ -299,7 +301,8 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
                       arch, weights, resolution, resize_mode, batch_size, epochs,
                       min_steps_per_epoch, learning_rate, weight_decay, dropout, patience,
                       balance, augment, seed, strategy, mixed_precision, jit_compile, n_boot,
-                      threshold, shuffle_buffer, overwrite, verify, verbose) -> dict:
+                      threshold, shuffle_buffer, overwrite, verify, verbose,
+                      fixed_specificity) -> dict:
     import keras
     import tensorflow as tf
 
@@ -380,7 +383,8 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
                 weight_decay=weight_decay, dropout=dropout, patience=patience, balance=balance,
                 class_weights=class_w.tolist(), augment=str(augment), seed=seed, strategy=strategy,
                 mixed_precision=mixed_precision, jit_compile=jit_compile, n_boot=n_boot,
-                threshold=threshold, real_train_class_counts=real_counts.tolist(),
+                threshold=threshold, fixed_specificity=fixed_specificity,
+                real_train_class_counts=real_counts.tolist(),
                 synthetic_class_counts=syn_counts.tolist())
 
     strat = _get_strategy(strategy)
@@ -475,6 +479,12 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
         metrics["at_val_threshold"] = dict(
             ev.classification_metrics(yt, pt, threshold=val_thr, label_names=label_names),
             criterion="max tumour F1 on the validation split")
+        spec_thr = ev.threshold_for_specificity(*state["val_predictions"], fixed_specificity)
+        metrics["operating_points"] = {
+            "val_max_f1": ev.operating_point(yt, pt, val_thr),
+            "val_specificity": dict(ev.operating_point(yt, pt, spec_thr),
+                                    target_specificity_on_validation=fixed_specificity)}
+    metrics["calibration"] = ev.calibration(yt, pt)
     metrics.update(best_val_auc=state["best"], best_epoch=state["best_epoch"] + 1,
                    epochs_run=len(history), steps_per_epoch=steps_per_epoch,
                    train_seconds=round(train_seconds, 1), effective_synthetic_ratio=ratio,
@@ -485,6 +495,10 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
                         groups=gt)
         ev.plot_roc(os.path.join(out_dir, "roc.png"), [(arch, yt, pt)], title=os.path.basename(
             os.path.normpath(out_dir)))
+        ev.plot_reliability(os.path.join(out_dir, "reliability.png"), [(arch, yt, pt)],
+                            title=os.path.basename(os.path.normpath(out_dir)))
+        _save_inference_model(model, os.path.join(out_dir, "model.keras"), man["image_shape"],
+                              resize_mode)
         _write_test_summaries(os.path.join(out_dir, "tb", "test"), yt, pt, metrics,
                               step=len(history))
         write_json_atomic(metrics_path, metrics)
@@ -494,6 +508,15 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
     if mixed_precision:
         keras.mixed_precision.set_global_policy("float32")
     return metrics
+
+
+def _save_inference_model(model, path, stored_shape, resize_mode) -> None:
+    """``model.keras``: the kept classifier with its input mapping, P(positive) out
+    (``models.export_model``), written atomically."""
+    from histaug_tf.classifier.models import export_model
+    with atomic_path(path, ".keras") as tmp:
+        os.unlink(tmp)
+        export_model(model, stored_shape, resize_mode).save(tmp)
 
 
 def _augment_fn(seed):
