@@ -44,8 +44,9 @@ def test_report_lists_every_cell_with_embedded_pictures(tmp_path, monkeypatch):
     idx = report.report_index(str(path))
     cells = sorted(r["dir"] for r in study.load_cells(str(out)))
     assert sorted(idx["cells"]) == cells and len(cells) == 4
-    # ROC + per GAN cell (2): 2 classes x (real + synthetic) + 2 fakes grids + closest pairs
-    assert idx["images"] == 1 + 2 * (2 * 2 + 2 + 1), idx
+    # ROC + per cell (4) a reliability diagram + per GAN cell (2): 2 classes x (real +
+    # synthetic) + 2 fakes grids + closest pairs
+    assert idx["images"] == 1 + 4 + 2 * (2 * 2 + 2 + 1), idx
     assert idx["missing"] == []
     text = path.read_text()
     uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', text)
@@ -59,13 +60,13 @@ def test_report_lists_every_cell_with_embedded_pictures(tmp_path, monkeypatch):
                                    deterministic=True)))[0].numpy()
     section = text.split(f'<h3 id="{gan_cell}"')[1]
     grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(
-        re.findall(r'<img src="data:image/png;base64,([^"]+)"', section)[0]))))
+        re.findall(r'<img src="data:image/png;base64,([^"]+)"', section)[1]))))
     expect = np.concatenate(list(first), axis=1)
     assert grid.shape == expect.shape and np.array_equal(grid, expect)
     syn = next(iter(make_dataset(str(out / gan_cell / "synthetic"), "train", pixel_range=None,
                                  batch_size=8, class_filter=1, deterministic=True)))[0].numpy()
     syn_grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(
-        re.findall(r'<img src="data:image/png;base64,([^"]+)"', section)[3]))))
+        re.findall(r'<img src="data:image/png;base64,([^"]+)"', section)[4]))))
     assert np.array_equal(syn_grid, np.concatenate(list(syn), axis=1))
     assert not np.array_equal(syn_grid, expect)
     assert "+11.3 %" in text and "seed 1" in text

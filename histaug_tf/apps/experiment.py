@@ -641,6 +641,15 @@ def _summary(m: dict, label_names) -> dict:
     if v:  # hard decisions at the threshold chosen on validation data (max tumour F1)
         out.update(val_threshold=v["threshold"], tumour_f1_valthr=_tumour(v, label_names)["f1"],
                    balanced_accuracy_valthr=v["balanced_accuracy"])
+    cal = m.get("calibration")
+    if cal:
+        out.update(brier=cal["brier"], ece=cal["ece"])
+    ops = m.get("operating_points") or {}
+    if "val_specificity" in ops:
+        o = ops["val_specificity"]
+        out.update(sensitivity_at_specificity=o["sensitivity"],
+                   specificity_at_specificity=o["specificity"],
+                   target_specificity=o["target_specificity_on_validation"])
     return out
 
 

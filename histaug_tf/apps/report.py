@@ -167,6 +167,29 @@ def _auc(rec: dict, kind: str) -> str:
     return f"{r['auc']:.3f}{ci}"
 
 
+def _cell_reliability(outdir: str, rec: dict) -> str:
+    """A reliability diagram of the cell's arms (from their test predictions)."""
+    import tempfile
+    from histaug_tf.classifier import evaluate as ev
+    from histaug_tf.classifier.train import load_predictions
+    cdir = os.path.join(outdir, rec["dir"])
+    curves = []
+    for a in ORDER:
+        rd = os.path.join(cdir, ARMS[a].run_dir)
+        if a in rec.get("arms", {}) and os.path.exists(os.path.join(rd, "predictions.npz")):
+            y, p, _ = load_predictions(rd)
+            curves.append((a, y, p))
+    if not curves:
+        return _missing("reliability diagram (no test predictions)")
+    with tempfile.TemporaryDirectory() as d:
+        png = os.path.join(d, "reliability.png")
+        ev.plot_reliability(png, curves, title="calibration on the test set")
+        uri = _file_data_uri(png)
+    return (f"<figure>{_img(uri, 'reliability diagram', 320)}<figcaption>reliability: observed "
+            "frequency of the positive class against the mean prediction, 10 bins</figcaption>"
+            "</figure>")
+
+
 def _cell_synthetic_checks(outdir: str, rec: dict) -> str:
     """The memorisation check (share, closest pairs) and the filter's counts of one cell."""
     cdir = os.path.join(outdir, rec["dir"])
@@ -230,6 +253,7 @@ def build_report(outdir: str, recs: list) -> str:
             aucs.append(f"TSTR {_auc(rec, 'tstr')}")
         parts.append(f"<p>{rec.get('n_train', '?')} training patches · AUC "
                      + html.escape(" · ".join(aucs)) + "</p>")
+        parts.append(_cell_reliability(outdir, rec))
         if not rec.get("tstr") and not any(ARMS[a].synthetic for a in rec.get("arms", {})):
             parts.append("<p>No GAN in this cell (all-data reference, or no GAN arm).</p>")
             continue

@@ -29,7 +29,8 @@ CSV_COLUMNS = ["dataset", "fraction", "seed", "arm", "auc", "auc_lo", "auc_hi", 
                "delong_p_vs_baseline", "cluster_p_vs_baseline", "delta_vs_classic",
                "delong_z_vs_classic", "delong_p_vs_classic", "cluster_p_vs_classic",
                "p_vs_baseline", "p_vs_classic", "p_method", "tumour_precision", "tumour_recall", "tumour_f1",
-               "balanced_accuracy", "val_threshold", "tumour_f1_valthr",
+               "balanced_accuracy", "val_threshold", "tumour_f1_valthr", "brier", "ece",
+               "target_specificity", "sensitivity_at_specificity", "specificity_at_specificity",
                "effective_synthetic_ratio", "auc_tstr", "memorization_share",
                "filter_kept_fraction_min", "status", "train_seconds"]
 
@@ -87,7 +88,10 @@ def cell_rows(r: dict) -> list:
                        tumour_precision=m["tumour_precision"], tumour_recall=m["tumour_recall"],
                        tumour_f1=m["tumour_f1"], balanced_accuracy=m["balanced_accuracy"],
                        val_threshold=m.get("val_threshold"),
-                       tumour_f1_valthr=m.get("tumour_f1_valthr"),
+                       tumour_f1_valthr=m.get("tumour_f1_valthr"), brier=m.get("brier"),
+                       ece=m.get("ece"), target_specificity=m.get("target_specificity"),
+                       sensitivity_at_specificity=m.get("sensitivity_at_specificity"),
+                       specificity_at_specificity=m.get("specificity_at_specificity"),
                        effective_synthetic_ratio=m.get("effective_synthetic_ratio"),
                        train_seconds=m.get("train_seconds"))
             for ref in COMPARED_WITH:
@@ -228,13 +232,18 @@ def results_markdown(rows: list, recs: list = ()) -> str:
               "groups; Δ with that cell's p on the same test set: the DeLong test, or the paired "
               "cluster bootstrap (marked 'cluster') when the test patches come in groups; "
               "tumour-class precision / recall / F1 at threshold 0.5):\n\n")
-    out.write("| dataset | data | seed | arm | AUC [95 % CI] | Δ vs baseline (DeLong p) "
-              "| Δ vs classic (DeLong p) | tumour P/R/F1 |\n|---|---|---|---|---|---|---|---|\n")
+    out.write("| dataset | data | seed | arm | AUC [95 % CI] | Δ vs baseline (p) "
+              "| Δ vs classic (p) | tumour P/R/F1 | Brier / ECE | sens. / spec. at val. spec. "
+              "|\n|---|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
         if r["auc"] is None:
             out.write(f"| {r['dataset']} | {r['fraction'] * 100:g} % | {r['seed']} | {r['arm']} "
-                      f"| {r['status']} | – | – | – |\n")
+                      f"| {r['status']} | – | – | – | – | – |\n")
             continue
+        cal = f"{_fmt(r['brier'])} / {_fmt(r['ece'])}"
+        op = ("–" if r["sensitivity_at_specificity"] is None else
+              f"{r['sensitivity_at_specificity']:.2f} / {r['specificity_at_specificity']:.2f} "
+              f"(target {r['target_specificity']:g})")
         ci = f"{r['auc']:.3f} [{r['auc_lo']:.3f}, {r['auc_hi']:.3f}]"
         if r["auc_cluster_lo"] is not None:
             ci += f" (by group [{r['auc_cluster_lo']:.3f}, {r['auc_cluster_hi']:.3f}])"
@@ -244,7 +253,7 @@ def results_markdown(rows: list, recs: list = ()) -> str:
              for ref in COMPARED_WITH}
         prf = "/".join(_fmt(r[f"tumour_{m}"], 2) for m in ("precision", "recall", "f1"))
         out.write(f"| {r['dataset']} | {r['fraction'] * 100:g} % | {r['seed']} | {r['arm']} "
-                  f"| {ci} | {d['baseline']} | {d['classic']} | {prf} |\n")
+                  f"| {ci} | {d['baseline']} | {d['classic']} | {prf} | {cal} | {op} |\n")
     return out.getvalue()
 
 
