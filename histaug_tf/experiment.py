@@ -51,10 +51,14 @@ flags.DEFINE_list("arms", ["baseline", "classic", "gan", "gan_filtered", "gan+cl
                   "--classic_augment), gan (real + synthetic), gan_filtered (real + the synthetic "
                   "patches the baseline classifier agrees with), gan+classic.")
 flags.DEFINE_list("full_data_arms", ["baseline"], "Arms of the fraction-1 cells (no GAN arms).")
+flags.DEFINE_list("full_data_seeds", None, "Seeds of the fraction-1 cells (default: --seeds); "
+                  "the all-data reference needs no subset, so one seed often suffices.")
 flags.DEFINE_string("classic_augment", "flips,hed_light,hsv_light,bc",
                     "train_classifier --augment of the classic and gan+classic arms "
                     "(docs/classifier.md).")
-flags.DEFINE_float("filter_min_confidence", 0.5, "gan_filtered: generate --min_confidence.")
+flags.DEFINE_string("filter_min_confidence", "val", "gan_filtered: generate --min_confidence "
+                    "(a probability, or 'val': the baseline classifier's decision at its "
+                    "validation-chosen threshold).")
 flags.DEFINE_float("filter_max_draws", 4.0, "gan_filtered: generate --filter_max_draws.")
 flags.DEFINE_float("filter_min_kept", 0.5, "gan_filtered: generate --filter_min_kept (below it "
                    "the arm is recorded as refused).")
@@ -98,6 +102,7 @@ def main(argv):
         synthetic_ratio=None if f.synthetic_count is not None else f.synthetic_ratio,
         synthetic_count=f.synthetic_count, tstr=f.tstr, arms=parse_arms(f.arms),
         full_data_arms=parse_arms(f.full_data_arms, "--full_data_arms"),
+        full_data_seeds=None if f.full_data_seeds is None else [int(v) for v in f.full_data_seeds],
         classic_augment=f.classic_augment, filter_min_confidence=f.filter_min_confidence,
         filter_max_draws=f.filter_max_draws, filter_min_kept=f.filter_min_kept,
         memorization=f.memorization, memorization_max=f.memorization_max,

@@ -35,8 +35,9 @@ flags.DEFINE_boolean("jit", False, "Compile the generator with XLA.")
 flags.DEFINE_string("filter_classifier", None, "A finished train_classifier run (e.g. on the GAN's "
                     "real subset): keep a synthetic patch only when it gives the patch's class at "
                     "least --min_confidence; oversample until each class has --num_per_class.")
-flags.DEFINE_float("min_confidence", 0.5, "With --filter_classifier: the least probability of the "
-                   "conditioning class for a patch to be kept.")
+flags.DEFINE_string("min_confidence", "0.5", "With --filter_classifier: the least probability of "
+                    "the conditioning class for a patch to be kept, or 'val': the classifier's "
+                    "decision at the balanced (Youden) threshold it chose on its validation split.")
 flags.DEFINE_float("filter_max_draws", 4.0, "With --filter_classifier: draw at most this many "
                    "times --num_per_class patches per class.")
 flags.DEFINE_float("filter_min_kept", 0.5, "With --filter_classifier: refuse the set (no output) "

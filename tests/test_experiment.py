@@ -210,7 +210,7 @@ def test_table_from_cells_and_independent_delong(real, tmp_path, monkeypatch):
     # the filtered set was asked of generate with the cell's baseline classifier
     gen = [ln for ln in log if ln.startswith("stage generate") and "f0.1/s1/synthetic_filtered" in ln]
     assert len(gen) == 1 and f"--filter_classifier={cdir}/clf_baseline" in gen[0] \
-        and "--min_confidence=0.5" in gen[0]
+        and "--min_confidence=val" in gen[0]
     assert "| toy | 10 % | gan | 2 | 20 |" in md and "| toy | 100 % | baseline | 2 | 200 |" in md
     assert (tmp_path / "out" / "roc.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun does nothing new and gives the same table

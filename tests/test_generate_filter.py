@@ -147,3 +147,24 @@ def test_cli_with_a_real_classifier_run(nets, tmp_path):
     assert p.returncode == 1 and err == [
         f"error: {clf8}: the classifier takes 8x8x3 images, the generator makes 16x16x3"], p.stderr
     assert not (tmp_path / "syn8").exists() or not os.listdir(tmp_path / "syn8")
+
+
+def test_val_rule_uses_the_runs_youden_threshold(nets, template_filter, tmp_path):
+    """--min_confidence=val: class 1 kept iff P(positive) >= the run's validation Youden
+    threshold, class 0 iff below it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    p1 = _p1(template_filter, expected_images_unc(nets["G0"], range(0, 12)))
+    t = float(np.median(p1))  # about half of the class-0 network's patches fall on each side
+    (run / "metrics.json").write_text(json.dumps(
+        {"auc": 0.8, "operating_points": {"val_youden": {"threshold": t}}}))
+    out = str(tmp_path / "syn")
+    generate_lib.generate_dataset(out, networks={0: nets["p0"], 1: nets["p0"]}, num_per_class=3,
+                                  seed=0, batch_size=4, progress=False, filter_classifier=str(run),
+                                  min_confidence="val", filter_min_kept=0.0)
+    f = json.load(open(os.path.join(out, "manifest.json")))["provenance"]["filter"]
+    assert f["val_threshold"] == t and f["min_confidence"] == "val"
+    for c, name in ((0, "normal"), (1, "tumour")):
+        keep = (p1 < t) if c == 0 else (p1 >= t)
+        want = np.nonzero(keep)[0][:3]
+        assert f["per_class"][name]["drawn"] == want[-1] + 1, (name, f["per_class"][name], want)

@@ -140,3 +140,13 @@ def test_cli_on_a_folder_counts_bad_files(run, tmp_path):
     assert probs["small.png"].startswith("image is 10x10x3") and "grayscale" in probs["grey.png"]
     assert probs["broken.png"].startswith("unreadable")
     assert len(open(tmp_path / "f.csv").read().splitlines()) == 6
+
+
+def test_youden_threshold_against_brute_force():
+    rng = np.random.default_rng(5)
+    y = (rng.random(150) < 0.35).astype(int)
+    s = np.round(rng.normal(size=150) + y, 1)
+    t = ev.youden_threshold(y, s)
+    j = {c: np.mean(s[y == 1] >= c) + np.mean(s[y == 0] < c) - 1 for c in np.unique(s)}
+    best = max(j.values())
+    assert t == max(c for c, v in j.items() if v >= best - 1e-12)

@@ -84,8 +84,9 @@ class StudyConfig:
     # arms (apps/arms.py): which classifiers each cell trains; at fraction 1 only full_data_arms
     arms: list = dataclasses.field(default_factory=lambda: list(ARM_ORDER))
     full_data_arms: list = dataclasses.field(default_factory=lambda: ["baseline"])
+    full_data_seeds: list | None = None   # seeds of the fraction-1 cells (None: every seed)
     classic_augment: str = "flips,hed_light,hsv_light,bc"
-    filter_min_confidence: float = 0.5
+    filter_min_confidence: str = "val"   # generate --min_confidence: a probability or 'val'
     filter_max_draws: float = 4.0
     filter_min_kept: float = 0.5
     memorization: bool = True
@@ -692,6 +693,9 @@ def run_study(cfg: StudyConfig) -> str:
         dataset = load_manifest(data_dir)["name"]
         for fraction in cfg.fractions:
             for seed in cfg.seeds:
+                if fraction >= 1.0 and cfg.full_data_seeds is not None and \
+                        seed not in cfg.full_data_seeds:
+                    continue
                 cdir = cell_dir(cfg.outdir, dataset, fraction, seed)
                 if finished_cell(cfg, cdir, cell_flags(cfg, data_dir, fraction, seed)) is not None:
                     logging.info("cell %s done already, skipped", os.path.relpath(cdir, cfg.outdir))

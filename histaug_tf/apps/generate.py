@@ -197,14 +197,30 @@ FILTER_REFUSED = "the classifier agreed with only"
 
 
 class ClassifierFilter:
-    """Keep a synthetic patch of class k when a real-data classifier gives class k a probability
-    of at least ``min_confidence`` (binary classifiers: P(class 1) = sigmoid(logit))."""
+    """Keep a synthetic patch of class k when a real-data classifier agrees: it gives class k a
+    probability of at least ``min_confidence`` (binary classifiers: P(class 1) = sigmoid(logit)),
+    or, with ``min_confidence='val'``, its decision at the balanced threshold it chose on its
+    validation split (Youden's J; ``metrics.json``: ``operating_points.val_youden``) is class k."""
 
     def __init__(self, run_dir, image_shape, label_names, min_confidence, max_draws, min_kept):
-        from histaug_tf.classifier.train import load_trained
+        from histaug_tf.classifier.train import load_trained, read_metrics
         from histaug_tf.data.manifest import check_same_labels, load_manifest
 
-        if not 0.0 <= float(min_confidence) <= 1.0:
+        self.val_threshold = None
+        if str(min_confidence).strip().lower() == "val":
+            m = read_metrics(run_dir) if os.path.isdir(run_dir) else None
+            t = (((m or {}).get("operating_points") or {}).get("val_youden") or {}).get("threshold")
+            if t is None:
+                raise UserError(f"{run_dir}: --min_confidence=val needs the run's "
+                                "validation-chosen threshold (metrics.json: "
+                                "operating_points.val_youden; runs before it: train again)")
+            self.val_threshold = float(t)
+            min_confidence = 0.5
+        try:
+            min_confidence = float(min_confidence)
+        except ValueError:
+            raise UserError(f"--min_confidence={min_confidence}: a probability or 'val'") from None
+        if not 0.0 <= min_confidence <= 1.0:
             raise UserError(f"--min_confidence={min_confidence}: must be within [0, 1]")
         if float(max_draws) < 1.0:
             raise UserError(f"--filter_max_draws={max_draws}: must be >= 1")
@@ -228,8 +244,13 @@ class ClassifierFilter:
         self.min_confidence = float(min_confidence)
         self.max_draws = float(max_draws)
         self.min_kept = float(min_kept)
+        self.rule = (f"P(class) >= {self.min_confidence:g}" if self.val_threshold is None else
+                     f"its decision at its validation (Youden) threshold P(positive) >= "
+                     f"{self.val_threshold:.4g}")
         self.record = {"classifier": os.path.abspath(run_dir),
-                       "min_confidence": self.min_confidence,
+                       "min_confidence": "val" if self.val_threshold is not None
+                       else self.min_confidence,
+                       "val_threshold": self.val_threshold, "rule": self.rule,
                        "max_draws_per_class": self.max_draws, "min_kept_fraction": self.min_kept,
                        "per_class": {}}
         import tensorflow as tf
@@ -242,6 +263,13 @@ class ClassifierFilter:
         p1 = 1.0 / (1.0 + np.exp(-np.asarray(self._logits(x), np.float64)[:, 0]))
         return p1 if label == 1 else 1.0 - p1
 
+    def keep(self, images: np.ndarray, label: int) -> np.ndarray:
+        """Whether the classifier agrees that each image is of class ``label``."""
+        if self.val_threshold is None:
+            return self.confidence(images, label) >= self.min_confidence
+        p1 = self.confidence(images, 1)
+        return p1 >= self.val_threshold if label == 1 else p1 < self.val_threshold
+
     def run_class(self, synth, c, num, seed, add, bar, grid=None, grid_size=0) -> None:
         """Draw class ``c`` from ``seed`` on until ``num`` patches are kept or the draw limit is
         hit; ``add(seed, image)`` each kept one. Records the counts; UserError below the floor."""
@@ -253,7 +281,7 @@ class ClassifierFilter:
             k = min(synth.batch_size, limit - drawn)
             seeds = np.arange(nxt, nxt + k, dtype=np.int64)
             images = synth(seeds, np.full(seeds.shape, c))
-            ok = self.confidence(images, c) >= self.min_confidence
+            ok = self.keep(images, c)
             before = kept
             for i in range(k):  # in seed order, stopping where the quota fills
                 drawn += 1
@@ -273,7 +301,7 @@ class ClassifierFilter:
         if kept < self.min_kept * num:
             raise UserError(
                 f"{self.record['classifier']}: {FILTER_REFUSED} {kept} of {drawn} "
-                f"synthetic '{name}' patches (min confidence {self.min_confidence:g}), fewer "
+                f"synthetic '{name}' patches ({self.rule}), fewer "
                 f"than --filter_min_kept={self.min_kept:g} x {num}: the GAN's '{name}' images do "
                 f"not look like that class; no dataset written")
 
@@ -294,7 +322,7 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
                      encoding: str = "png", shard_size: int = 4096, overwrite: bool = False,
                      jit_compile: bool = False, flags: dict | None = None,
                      progress: bool = True, filter_classifier: str | None = None,
-                     min_confidence: float = 0.5, filter_max_draws: float = 4.0,
+                     min_confidence="0.5", filter_max_draws: float = 4.0,
                      filter_min_kept: float = 0.5) -> dict:
     """Generate ``num_per_class`` images for each class and write them as a dataset (train split).
 
@@ -304,7 +332,8 @@ def generate_dataset(outdir: str, *, network: str | None = None, networks: str |
 
     With ``filter_classifier`` (a finished ``train_classifier`` run, e.g. trained on the GAN's own
     real subset) a patch of class k is kept only when that classifier gives class k a probability
-    of at least ``min_confidence``; class k draws seeds ``seed, seed + 1, ...`` until it has
+    of at least ``min_confidence`` (or, ``'val'``, classifies it as class k at the balanced
+    threshold it chose on its validation split); class k draws seeds ``seed, seed + 1, ...`` until it has
     ``num_per_class`` patches or has drawn ``filter_max_draws · num_per_class``. A class that keeps
     fewer than ``filter_min_kept · num_per_class`` is refused (UserError, no dataset written: the
     GAN's images of that class do not look like it to a classifier of the real data); otherwise

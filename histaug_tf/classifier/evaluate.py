@@ -321,6 +321,24 @@ def operating_point(y, prob, threshold: float) -> dict:
             "specificity": float((~pred[neg]).mean()) if neg.any() else float("nan")}
 
 
+def youden_threshold(y, prob) -> float:
+    """The threshold t (a score of the data) maximising Youden's J = sensitivity + specificity − 1
+    of ``prob >= t``; the largest such t among ties. The balanced decision: unlike the max-F1
+    threshold it does not drift to 'everything positive' when the classes overlap."""
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    s = np.asarray(prob, dtype=np.float64).reshape(-1)
+    n_pos, n_neg = int(y.sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(1 - y_sorted)
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    j = np.where(last, tp / n_pos - fp / n_neg, -np.inf)
+    return float(s_sorted[int(np.flatnonzero(j >= j.max() - 1e-12)[0])])
+
+
 def threshold_for_specificity(y, prob, specificity: float) -> float:
     """The smallest threshold (a score of the data, or +inf) whose specificity on (y, prob) is at
     least ``specificity``: the most sensitive decision that keeps it."""

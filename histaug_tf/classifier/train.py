@@ -482,6 +482,7 @@ def _train_classifier(out_dir, train_data, *, synthetic_data, synthetic_ratio, s
         spec_thr = ev.threshold_for_specificity(*state["val_predictions"], fixed_specificity)
         metrics["operating_points"] = {
             "val_max_f1": ev.operating_point(yt, pt, val_thr),
+            "val_youden": ev.operating_point(yt, pt, ev.youden_threshold(*state["val_predictions"])),
             "val_specificity": dict(ev.operating_point(yt, pt, spec_thr),
                                     target_specificity_on_validation=fixed_specificity)}
     metrics["calibration"] = ev.calibration(yt, pt)
