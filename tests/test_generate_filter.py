@@ -11,7 +11,7 @@ import pytest
 
 from histaug_tf.apps import generate as generate_lib
 from histaug_tf.common import UserError
-from test_generate import RES, expected_images, nets  # noqa: F401  (fixture)
+from test_generate import RES, nets  # noqa: F401  (nets: a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

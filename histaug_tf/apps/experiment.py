@@ -1,16 +1,19 @@
 """The augmentation study: dataset × fraction × seed cells, each
 
-    subset → GAN (conditional, or one per class) → generate → classifier baseline, augmented, TSTR
-    → evaluate on the full test split,
+    subset → classifiers of the real-only arms (baseline, classic) → GAN (conditional, or one per
+    class) → generate (and the set filtered by the baseline classifier) → memorisation check →
+    classifiers of the GAN arms (gan, gan_filtered, gan+classic; apps/arms.py) and TSTR →
+    evaluate on the full test split,
 
-and the aggregated table. ``python -m histaug_tf.experiment`` is the thin entry.
+and the aggregated tables (apps/study_tables.py). ``python -m histaug_tf.experiment`` is the thin entry.
 
 Layout of ``--outdir``::
 
     data/<name>/                     datasets prepared by the experiment (``--prepare``), if any
     results.csv  results.md  roc.png  report.html   regenerated from every cell.json on each run
     cells/<dataset>/f<fraction>/s<seed>/
-        subset/  gan/ (or gan_c0/, gan_c1/)  synthetic/  clf_baseline/  clf_augmented/  clf_tstr/
+        subsets/  gan/ (or gan_c0/, gan_c1/)  synthetic/  synthetic_filtered/
+        clf_<arm>/ (one per arm)  clf_tstr/  memorization.json  memorization_pairs.png
         logs/<stage>.log             stdout/stderr of each stage's subprocess
         cell.json                    the cell's results — written LAST, atomically
 
@@ -21,8 +24,8 @@ the experiment at any moment and rerunning the same command loses at most the st
 so it is never half-written. For SLURM arrays run one cell per task (``--fractions=<one>
 --seeds=<one>``) into a shared ``--outdir`` and finish with ``--aggregate_only``.
 
-A fraction of 1 (``--fractions=...,1``) runs the baseline classifier on all the training data only
-(no GAN), the reference for how much the scarce-data cells lose.
+A fraction of 1 (``--fractions=...,1``) runs ``full_data_arms`` (default: the baseline) on all the
+training data (no GAN), the reference for how much the scarce-data cells lose.
 
 The GAN, subset, generate and prepare stages run as subprocesses (``python -m histaug_tf.<stage>``),
 the classifiers in this process.
@@ -30,11 +33,8 @@ the classifiers in this process.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -546,6 +546,41 @@ def _memorization_step(cell: _Cell, syn_dir: str, syn_flags: dict, num_classes: 
     return r
 
 
+def _gan_steps(cell: _Cell, arms: list, rec: dict, metrics: dict, man: dict) -> None:
+    """The GAN half of a cell: GAN(s), synthetic set, memorisation check, filtered set, the GAN
+    arms' classifiers (into ``metrics``) and TSTR (into ``rec``)."""
+    from histaug_tf.data.manifest import check_same_label_names, load_manifest
+    cfg, cdir, seed, logs = cell.cfg, cell.dir, cell.seed, cell.logs
+    label_names = list(man.get("label_names", ["normal", "tumour"]))
+    g_flags = gan_flags(cfg, seed, cell.sub_flags)
+    gans = train_gans(cfg, cell.train_dir, cdir, seed, logs, num_classes=len(label_names),
+                      flags=g_flags)
+    syn = generate_synthetic(cfg, gans, os.path.join(cdir, "synthetic"), seed, logs,
+                             flags={"gan": g_flags})
+    check_same_label_names(man, load_manifest(syn))
+    syn_flags = {"gan": g_flags, "num_synthetic_per_class": cfg.num_synthetic_per_class,
+                 "truncation": cfg.truncation, "generate_args": cfg.generate_args}
+    cell.synthetic["synthetic"] = (syn, syn_flags)
+    if cfg.memorization:
+        rec["memorization"] = _memorization_step(cell, syn, syn_flags, len(label_names))
+    if "gan_filtered" in arms:
+        fsyn = _filtered_set(cell, gans, syn_flags)
+        if fsyn is None:
+            with open(os.path.join(cdir, "synthetic_filtered.refused.json")) as f:
+                rec["refused"]["gan_filtered"] = json.load(f)["reason"]
+        else:
+            check_same_label_names(man, load_manifest(fsyn))
+            cell.synthetic["synthetic_filtered"] = (fsyn, dict(syn_flags, filter=_json_norm(
+                _filter_settings(cfg))))
+            rec["filter"] = _filter_record(fsyn)
+    for name in [a for a in arms if ARMS[a].synthetic and a not in rec["refused"]]:
+        metrics[name] = cell.arm(name)
+    if cfg.tstr:
+        mt = _classifier_step(cfg, cdir, "tstr", os.path.join(cdir, "clf_tstr"), seed,
+                              {"train": syn_flags}, train_data=syn, **cell.real)
+        rec["tstr"] = _summary(mt, label_names)
+
+
 def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, seed: int) -> dict:
     """Run (or finish) one cell; write and return its cell.json record."""
     from histaug_tf.data.manifest import check_same_label_names, load_manifest
@@ -583,33 +618,7 @@ def run_cell(cfg: StudyConfig, data_dir: str, dataset: str, fraction: float, see
         if name in arms or (name == "baseline" and "gan_filtered" in arms):
             metrics[name] = cell.arm(name)
     if not full and (cfg.tstr or any(ARMS[a].synthetic for a in arms)):
-        g_flags = gan_flags(cfg, seed, sub_flags)
-        gans = train_gans(cfg, train_dir, cdir, seed, logs, num_classes=len(label_names),
-                          flags=g_flags)
-        syn = generate_synthetic(cfg, gans, os.path.join(cdir, "synthetic"), seed, logs,
-                                 flags={"gan": g_flags})
-        check_same_label_names(man, load_manifest(syn))
-        syn_flags = {"gan": g_flags, "num_synthetic_per_class": cfg.num_synthetic_per_class,
-                     "truncation": cfg.truncation, "generate_args": cfg.generate_args}
-        cell.synthetic["synthetic"] = (syn, syn_flags)
-        if cfg.memorization:
-            rec["memorization"] = _memorization_step(cell, syn, syn_flags, len(label_names))
-        if "gan_filtered" in arms:
-            fsyn = _filtered_set(cell, gans, syn_flags)
-            if fsyn is None:
-                with open(os.path.join(cdir, "synthetic_filtered.refused.json")) as f:
-                    rec["refused"]["gan_filtered"] = json.load(f)["reason"]
-            else:
-                check_same_label_names(man, load_manifest(fsyn))
-                cell.synthetic["synthetic_filtered"] = (fsyn, dict(syn_flags, filter=_json_norm(
-                    _filter_settings(cfg))))
-                rec["filter"] = _filter_record(fsyn)
-        for name in [a for a in arms if ARMS[a].synthetic and a not in rec["refused"]]:
-            metrics[name] = cell.arm(name)
-        if cfg.tstr:
-            mt = _classifier_step(cfg, cdir, "tstr", os.path.join(cdir, "clf_tstr"), seed,
-                                  {"train": syn_flags}, train_data=syn, **cell.real)
-            rec["tstr"] = _summary(mt, label_names)
+        _gan_steps(cell, arms, rec, metrics, man)
     for name in arms:
         if name in metrics:
             rec["arms"][name] = _summary(metrics[name], label_names)

@@ -107,7 +107,7 @@ def predict(model: str, out: str, *, data: str | None = None, split: str = "test
                         f"{str(e).splitlines()[0][:200]})") from None
     shape = tuple(int(v) for v in net.input_shape[1:])
     label_names = _run_label_names(path)
-    rows, skipped = [], []
+    skipped = []
     labels = groups = None
     if data is not None:
         from histaug_tf.data.manifest import load_manifest

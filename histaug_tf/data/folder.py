@@ -130,6 +130,70 @@ def _split_items(items, fractions, rng):
     return by_split
 
 
+def _group_rule(group_from, group_regex):
+    """The compiled ``group_regex`` (or None), after checking the group options."""
+    if group_from not in GROUP_FROM:
+        raise UserError(f"--group_from={group_from}: expected one of {', '.join(GROUP_FROM)}")
+    if not group_regex:
+        return None
+    try:
+        rx = re.compile(group_regex)
+    except re.error as e:
+        raise UserError(f"--group_regex={group_regex}: {e}") from None
+    if rx.groups != 1:
+        raise UserError(f"--group_regex={group_regex}: needs exactly one capture group, "
+                        f"has {rx.groups}")
+    if group_from != "none":
+        raise UserError("give --group_from or --group_regex, not both")
+    return rx
+
+
+def _group_of(cname, path, col, root, rx, group_regex, group_from):
+    """The group of one image: the table's column, the regex capture, its folder, or None."""
+    if col:
+        return col
+    rel = os.path.relpath(path, root).replace(os.sep, "/")
+    if rx is not None:
+        m = rx.search(rel)
+        if not m or not m.group(1):
+            raise UserError(f"{path}: --group_regex={group_regex} does not match its path {rel!r}")
+        return m.group(1)
+    if group_from == "parent":
+        parent = os.path.basename(os.path.dirname(path))
+        if parent == cname:
+            raise UserError(f"{path}: --group_from=parent, but the image lies directly in the "
+                            f"class folder {cname!r} (expected <class>/<group>/<image>)")
+        return parent
+    return None
+
+
+def _assign_splits(rows, groups, lab, fractions, seed, src):
+    """({split: [(class, path)]}, the generator to shuffle each split with): the splits as given
+    (a group in two given splits is refused), by whole groups (``split_groups``), or patch by
+    patch stratified by class (no groups; the shuffle continues that split's generator)."""
+    if any(s for _, _, _, s in rows):
+        if not all(s for _, _, _, s in rows):
+            raise UserError(f"{src}: some rows give a split and others do not")
+        by_split, where = {}, {}
+        for c, p, _, s in rows:
+            by_split.setdefault(s, []).append((c, p))
+            if groups is not None and where.setdefault(groups[p], s) != s:
+                raise UserError(f"{src}: group {groups[p]!r} is in splits {where[groups[p]]!r} and "
+                                f"{s!r} (patches of one group must stay in one split)")
+        return by_split, np.random.default_rng(seed)
+    if groups is not None:
+        gl: dict = {}
+        for c, p, _, _ in rows:
+            gl.setdefault(groups[p], []).append(lab[c])
+        assign = split_groups(gl, fractions, seed)
+        by_split = {s: [] for s in SPLIT_NAMES}
+        for c, p, _, _ in rows:
+            by_split[assign[groups[p]]].append((c, p))
+        return by_split, np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
+    return _split_items([(c, p) for c, p, _, _ in rows], fractions, rng), rng
+
+
 class FolderSource:
     """``--dataset=folder`` (``table=None``) or ``--dataset=table`` (``src`` the CSV)."""
     name = "folder"
@@ -142,99 +206,34 @@ class FolderSource:
         self.chunk = chunk
         self.undersized = undersized
         self.name = name or ("table" if table else "folder")
+        rx = _group_rule(group_from, group_regex)
         ignored, bad_rows = [], []
-        if group_from not in GROUP_FROM:
-            raise UserError(f"--group_from={group_from}: expected one of {', '.join(GROUP_FROM)}")
-        rx = None
-        if group_regex:
-            try:
-                rx = re.compile(group_regex)
-            except re.error as e:
-                raise UserError(f"--group_regex={group_regex}: {e}") from None
-            if rx.groups != 1:
-                raise UserError(f"--group_regex={group_regex}: needs exactly one capture group, "
-                                f"has {rx.groups}")
-            if group_from != "none":
-                raise UserError("give --group_from or --group_regex, not both")
         if table:
             root, rows = self._read_table(src, bad_rows)
-            given_split = {p: s for _, p, _, s in rows if s}
         else:
-            if not os.path.isdir(src):
-                raise UserError(f"{src}: --src directory does not exist")
-            root = src
-            pre = [s for s in SPLIT_NAMES if os.path.isdir(os.path.join(src, s))]
-            rows = []
-            if pre:
-                for s in pre:
-                    for c, paths in _class_files(os.path.join(src, s), src, ignored).items():
-                        rows += [(c, p, None, s) for p in paths]
-            else:
-                for c, paths in _class_files(src, src, ignored).items():
-                    rows += [(c, p, None, None) for p in paths]
-            given_split = {p: s for _, p, _, s in rows if s}
-        where = src
-        classes = resolve_classes({c for c, _, _, _ in rows}, label_names, positive_class, where)
+            root, rows = self._read_folder(src, ignored)
+        classes = resolve_classes({c for c, _, _, _ in rows}, label_names, positive_class, src)
         self.label_names = tuple(classes)
         lab = {c: i for i, c in enumerate(classes)}
         if not rows:
             raise UserError(f"{src}: no images ({', '.join(EXTENSIONS)}) found")
-
-        # ---- groups
-        def group_of(cname, path, col):
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            if col:
-                return col
-            if rx is not None:
-                m = rx.search(rel)
-                if not m or not m.group(1):
-                    raise UserError(f"{path}: --group_regex={group_regex} does not match its path "
-                                    f"{rel!r}")
-                return m.group(1)
-            if group_from == "parent":
-                parent = os.path.basename(os.path.dirname(path))
-                if parent == cname:
-                    raise UserError(f"{path}: --group_from=parent, but the image lies directly in "
-                                    f"the class folder {cname!r} (expected <class>/<group>/<image>)")
-                return parent
-            return None
-        groups = {p: group_of(c, p, col) for c, p, col, _ in rows}
+        groups = {p: _group_of(c, p, col, root, rx, group_regex, group_from)
+                  for c, p, col, _ in rows}
         if table and any(g is None for g in groups.values()) and any(groups.values()):
             missing = next(p for p, g in groups.items() if g is None)
             raise UserError(f"{src}: row of {missing} has no group while others have one")
         grouped = all(g is not None for g in groups.values())
         if grouped:
-            self.grouping = ("table column 'group'" if table and not rx and group_from == "none"
-                             else f"regex {group_regex}" if rx else "parent folder")
+            self.grouping = (f"regex {group_regex}" if rx else "parent folder"
+                             if group_from == "parent" else "table column 'group'")
         else:
             self.grouping = "none"
             logging.warning("%s: no groups (slide or patient) given: patches are split one by "
                             "one, so patches of one slide can land in train and test; give "
                             "--group_from=parent or --group_regex (docs/data.md)", src)
-        rng = np.random.default_rng(split_seed)
-        if given_split:
-            if len(given_split) != len(rows):
-                raise UserError(f"{src}: some rows give a split and others do not")
-            by_split = {}
-            for c, p, _, s in rows:
-                by_split.setdefault(s, []).append((c, p))
-            if grouped:
-                where_g = {}
-                for c, p, _, s in rows:
-                    g = groups[p]
-                    if where_g.setdefault(g, s) != s:
-                        raise UserError(f"{src}: group {g!r} is in splits {where_g[g]!r} and {s!r} "
-                                        "(patches of one group must stay in one split)")
-        elif grouped:
-            gl: dict = {}
-            for c, p, _, _ in rows:
-                gl.setdefault(groups[p], []).append(lab[c])
-            assign = split_groups(gl, fractions, split_seed)
-            by_split = {s: [] for s in SPLIT_NAMES}
-            for c, p, _, _ in rows:
-                by_split[assign[groups[p]]].append((c, p))
-        else:
-            by_split = _split_items([(c, p) for c, p, _, _ in rows], fractions, rng)
+        pre_split = any(s for _, _, _, s in rows)
+        by_split, rng = _assign_splits(rows, groups if grouped else None, lab, fractions,
+                                       split_seed, src)
         self.by_split = {s: [v[i] for i in rng.permutation(len(v))] for s, v in by_split.items() if v}
         self.items = {s: [(s, p, lab[c], self._key(root, p),
                            groups[p] if grouped else s) for c, p in v]
@@ -250,7 +249,7 @@ class FolderSource:
             raise UserError(f"{src}: two files give the same key {dup} (same name, different extension?)")
         self.total = len(keys)
         self.report = {"ignored": {"count": len(ignored), "paths": ignored[:200]},
-                       "label_map": lab, "pre_split": bool(given_split), "grouping": self.grouping}
+                       "label_map": lab, "pre_split": pre_split, "grouping": self.grouping}
         if table:
             self.report["bad_rows"] = {"count": len(bad_rows), "rows": bad_rows[:200]}
         if grouped:
@@ -260,8 +259,21 @@ class FolderSource:
         if len(classes) == 2:
             self.extra["positive_class"] = classes[1]
         self.provenance = {"source": "table" if table else "folder", "src": os.path.abspath(src),
-                           "split": None if given_split else list(fractions),
+                           "split": None if pre_split else list(fractions),
                            "split_seed": split_seed, "grouping": self.grouping}
+
+    @staticmethod
+    def _read_folder(src, ignored):
+        """(root, [(class name, path, None, split or None)]) of a folder tree."""
+        if not os.path.isdir(src):
+            raise UserError(f"{src}: --src directory does not exist")
+        pre = [s for s in SPLIT_NAMES if os.path.isdir(os.path.join(src, s))]
+        rows = []
+        for s in pre or [None]:
+            base = os.path.join(src, s) if s else src
+            for c, paths in _class_files(base, src, ignored).items():
+                rows += [(c, p, None, s) for p in paths]
+        return src, rows
 
     @staticmethod
     def _read_table(path, bad_rows):
