@@ -87,9 +87,6 @@ def main(argv):
         seeds = [int(v) for v in f.seeds]
     except ValueError as e:
         raise UserError(f"--fractions/--seeds: {e}") from None
-    from histaug_tf.apps.arms import parse_arms
-    from histaug_tf.classifier.stain import parse_augment
-    parse_augment(f.classic_augment)  # refused here, in one line, before any cell runs
     cfg = StudyConfig(
         outdir=f.outdir, data=list(f.data), fractions=fractions, seeds=seeds, prepare=f.prepare,
         prepare_args=f.prepare_args, subset_args=f.subset_args, resolution=f.resolution,
@@ -100,8 +97,8 @@ def main(argv):
         clf_min_steps_per_epoch=f.clf_min_steps_per_epoch, clf_lr=f.clf_lr,
         clf_patience=f.clf_patience, balance=f.balance,
         synthetic_ratio=None if f.synthetic_count is not None else f.synthetic_ratio,
-        synthetic_count=f.synthetic_count, tstr=f.tstr, arms=parse_arms(f.arms),
-        full_data_arms=parse_arms(f.full_data_arms, "--full_data_arms"),
+        synthetic_count=f.synthetic_count, tstr=f.tstr, arms=list(f.arms),
+        full_data_arms=list(f.full_data_arms),
         full_data_seeds=None if f.full_data_seeds is None else [int(v) for v in f.full_data_seeds],
         classic_augment=f.classic_augment, filter_min_confidence=f.filter_min_confidence,
         filter_max_draws=f.filter_max_draws, filter_min_kept=f.filter_min_kept,

@@ -8,10 +8,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "histaug_tf")
 
 ENTRY_POINTS = {"prepare_data", "subset", "train_gan", "generate", "calc_metrics",
-                "train_classifier", "experiment", "import_nvlabs"}
+                "train_classifier", "experiment", "import_nvlabs", "predict"}
 # apps/: the library behind entry point histaug_tf/NAME.py is histaug_tf/apps/NAME.py; these app
 # modules have no entry point of their own
-APP_HELPERS = {"report"}
+APP_HELPERS = {"report", "arms", "study_tables"}
 
 LAYERS = [  # (layer, module prefixes), ground first
     ("common", ["histaug_tf.common", "histaug_tf"]),

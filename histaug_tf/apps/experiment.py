@@ -683,6 +683,11 @@ def run_study(cfg: StudyConfig) -> str:
     """Run every unfinished cell, then aggregate. Returns the results markdown."""
     if not cfg.outdir:
         raise UserError("--outdir is required")
+    from histaug_tf.apps.arms import parse_arms
+    from histaug_tf.classifier.stain import parse_augment
+    cfg.arms = parse_arms(cfg.arms)  # refused in one line before anything is written
+    cfg.full_data_arms = parse_arms(cfg.full_data_arms, "--full_data_arms")
+    parse_augment(cfg.classic_augment)
     os.makedirs(cfg.outdir, exist_ok=True)
     if cfg.aggregate_only:
         md = aggregate(cfg.outdir)
