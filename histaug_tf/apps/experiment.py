@@ -474,10 +474,11 @@ class _Cell:
                                 self.seed, inputs, augment=augment, **kw)
 
 
-def _filtered_set(cell: _Cell, gans: dict, syn_flags: dict) -> str | None:
-    """The synthetic set filtered by the baseline classifier, or None when the filter refused it
-    (a GAN whose patches of a class the classifier rejects): the refusal is recorded in
-    ``<cell>/synthetic_filtered.refused.json`` and repeated, not retried, while the flags match."""
+def _filtered_set(cell: _Cell, gans: dict, syn_flags: dict):
+    """(the synthetic set filtered by the baseline classifier, None), or (None, the reason) when
+    the filter refused it (a GAN whose patches of a class the classifier rejects): the refusal is
+    recorded in ``<cell>/synthetic_filtered.refused.json`` and repeated, not retried, while the
+    flags match."""
     from histaug_tf.apps.generate import FILTER_REFUSED
     cfg = cell.cfg
     out = os.path.join(cell.dir, "synthetic_filtered")
@@ -488,20 +489,21 @@ def _filtered_set(cell: _Cell, gans: dict, syn_flags: dict) -> str | None:
         with open(refused, encoding="utf-8") as f:
             rec = json.load(f)
         if not _flag_diff(rec["flags"], _json_norm(dict(flags, seed=cell.seed))):
-            return None
+            return None, rec["reason"]
         os.remove(refused)
     extra = [f"--filter_classifier={os.path.join(cell.dir, ARMS['baseline'].run_dir)}",
              f"--min_confidence={cfg.filter_min_confidence}",
              f"--filter_max_draws={cfg.filter_max_draws}",
              f"--filter_min_kept={cfg.filter_min_kept}"]
     try:
-        return generate_synthetic(cfg, gans, out, cell.seed, cell.logs, flags=flags, extra=extra)
+        return generate_synthetic(cfg, gans, out, cell.seed, cell.logs, flags=flags,
+                                  extra=extra), None
     except UserError as e:
         if FILTER_REFUSED not in str(e):
             raise
         write_json_atomic(refused, {"reason": str(e), "flags": _json_norm(dict(flags, seed=cell.seed))})
         logging.warning("%s: the filter refused the synthetic set: %s", cell.dir, e)
-        return None
+        return None, str(e)
 
 
 def _filter_record(syn_dir: str) -> dict | None:
@@ -564,10 +566,9 @@ def _gan_steps(cell: _Cell, arms: list, rec: dict, metrics: dict, man: dict) -> 
     if cfg.memorization:
         rec["memorization"] = _memorization_step(cell, syn, syn_flags, len(label_names))
     if "gan_filtered" in arms:
-        fsyn = _filtered_set(cell, gans, syn_flags)
+        fsyn, reason = _filtered_set(cell, gans, syn_flags)
         if fsyn is None:
-            with open(os.path.join(cdir, "synthetic_filtered.refused.json")) as f:
-                rec["refused"]["gan_filtered"] = json.load(f)["reason"]
+            rec["refused"]["gan_filtered"] = reason
         else:
             check_same_label_names(man, load_manifest(fsyn))
             cell.synthetic["synthetic_filtered"] = (fsyn, dict(syn_flags, filter=_json_norm(
